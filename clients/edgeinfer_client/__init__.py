@@ -1,0 +1,1 @@
+"""edgeinfer client library placeholder (filled in below)."""

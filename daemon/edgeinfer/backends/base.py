@@ -1,0 +1,136 @@
+"""The runner interface every backend implements.
+
+A runner owns one loaded model on one runtime. Loading is lazy: constructing a
+runner touches no GPU; `activate()` does. `infer()` validates the feeds
+against the model's tensor specs, then calls the backend's `infer_impl()`.
+Runners are safe to call from several threads at once up to `max_concurrency`
+(the batcher never exceeds it).
+"""
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, dtype and shape of one model input or output. -1 = dynamic."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return bool(self.shape) and self.shape[0] == -1
+
+    def check(self, array: np.ndarray) -> None:
+        """Raise InvalidInput unless `array` fits this spec."""
+        if array.dtype != self.dtype:
+            raise InvalidInput(f"input {self.name!r}: expected dtype {self.dtype.name}, got {array.dtype.name}")
+        if len(array.shape) != len(self.shape):
+            raise InvalidInput(f"input {self.name!r}: expected shape {_fmt(self.shape)} "
+                               f"(rank {len(self.shape)}), got {list(array.shape)}")
+        for want, got in zip(self.shape, array.shape):
+            if want != -1 and want != got:
+                raise InvalidInput(f"input {self.name!r}: expected shape {_fmt(self.shape)}, got {list(array.shape)}")
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return "[" + ", ".join("?" if d == -1 else str(d) for d in shape) + "]"
+
+
+@dataclass
+class RunnerInfo:
+    """What a loaded runner tells the rest of the daemon (and GetModel)."""
+
+    backend: str
+    precision: str
+    device: str = "cpu"
+    # Largest batch the runner accepts (profile max for TensorRT); None = any.
+    max_batch: Optional[int] = None
+    # Concurrent infer() calls the runner supports (contexts, sessions).
+    max_concurrency: int = 1
+    details: dict = field(default_factory=dict)
+
+
+class Runner(abc.ABC):
+    """Base class of all backend runners."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.last_inference_s = 0.0
+
+    # -- lifecycle --------------------------------------------------------
+    def activate(self) -> None:
+        if not self.active:
+            self.activate_impl()
+            self.active = True
+
+    def deactivate(self) -> None:
+        if self.active:
+            self.deactivate_impl()
+            self.active = False
+
+    def __enter__(self) -> "Runner":
+        self.activate()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    # -- description ------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def inputs(self) -> list[TensorSpec]: ...
+
+    @property
+    @abc.abstractmethod
+    def outputs(self) -> list[TensorSpec]: ...
+
+    @property
+    @abc.abstractmethod
+    def info(self) -> RunnerInfo: ...
+
+    # -- inference --------------------------------------------------------
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model. Feeds are checked against `inputs` first.
+
+        Raises:
+            InvalidInput: a feed is missing, unexpected, or has the wrong dtype/shape.
+            InferenceError: the runtime failed.
+        """
+        specs = {s.name: s for s in self.inputs}
+        missing = sorted(set(specs) - set(feeds))
+        if missing:
+            raise InvalidInput(f"missing input tensor(s) {missing}; the model takes {sorted(specs)}")
+        extra = sorted(set(feeds) - set(specs))
+        if extra:
+            raise InvalidInput(f"unknown input tensor(s) {extra}; the model takes {sorted(specs)}")
+        batch = None
+        for name, arr in feeds.items():
+            specs[name].check(arr)
+            if specs[name].dynamic_batch:
+                batch = arr.shape[0] if batch is None else batch
+        limit = self.info.max_batch
+        if batch is not None and limit is not None and batch > limit:
+            raise InvalidInput(f"batch of {batch} exceeds the engine's maximum batch {limit}")
+        start = time.perf_counter()
+        out = self.infer_impl(feeds)
+        self.last_inference_s = time.perf_counter() - start
+        return out
+
+    @abc.abstractmethod
+    def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def activate_impl(self) -> None:  # pragma: no cover - default no-op
+        pass
+
+    def deactivate_impl(self) -> None:  # pragma: no cover - default no-op
+        pass

@@ -1,0 +1,1 @@
+"""ONNX Runtime backend: CPU everywhere, CUDA EP where onnxruntime-gpu and a GPU are present."""

@@ -1,0 +1,78 @@
+"""Session from ONNX: picks execution providers, builds the ORT session."""
+from __future__ import annotations
+
+import logging
+
+from ...errors import BackendLoadError, BackendUnavailable
+from .. import LoadRequest
+from .runner import OnnxRuntimeRunner
+
+try:
+    import onnxruntime as ort
+except ImportError as exc:  # pragma: no cover - the daemon extra installs it
+    raise ImportError(f"onnxruntime: {exc}") from exc
+
+log = logging.getLogger(__name__)
+
+_OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+def default_providers() -> list[str]:
+    """CUDA first when this onnxruntime build has it and a GPU answers, then CPU.
+
+    The TensorRT EP is deliberately not picked: edgeinfer's own TensorRT
+    backend owns engine building and caching.
+    """
+    available = ort.get_available_providers()
+    chosen = []
+    if "CUDAExecutionProvider" in available and _cuda_device_present():
+        chosen.append("CUDAExecutionProvider")
+    chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def _cuda_device_present() -> bool:
+    from ... import platform as plat
+
+    return plat.cuda_device_count() > 0
+
+
+class RunnerFromOnnx:
+    """Lazy loader: `RunnerFromOnnx(request)()` returns an active OnnxRuntimeRunner."""
+
+    def __init__(self, request: LoadRequest):
+        self.request = request
+
+    def __call__(self) -> OnnxRuntimeRunner:
+        cfg = self.request.model.onnxruntime
+        providers = list(cfg.providers) or default_providers()
+        unknown = [p for p in providers if p not in ort.get_available_providers()]
+        if unknown:
+            raise BackendUnavailable(f"onnxruntime {ort.__version__} has no {unknown} "
+                                     f"(available: {ort.get_available_providers()})")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = cfg.intra_op_threads
+        opts.inter_op_num_threads = cfg.inter_op_threads
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[cfg.graph_optimization])
+        # Quiet ORT's warnings about initializers listed as graph inputs (old IR models).
+        opts.log_severity_level = 3
+        self.request.progress(f"creating onnxruntime session ({', '.join(providers)})")
+        try:
+            session = ort.InferenceSession(str(self.request.onnx_path), sess_options=opts, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            raise BackendLoadError(f"onnxruntime could not load {self.request.onnx_path.name}: {exc}") from exc
+        # ORT silently drops a provider it cannot initialise (e.g. CUDA without
+        # cuDNN); report what is really in use.
+        used = session.get_providers()
+        if providers[0] != used[0]:
+            log.warning("model %s: asked for %s, onnxruntime runs it on %s",
+                        self.request.model.name, providers[0], used[0])
+        runner = OnnxRuntimeRunner(session, precision=self.request.precision,
+                                   max_concurrency=cfg.instances)
+        runner.activate()
+        return runner

@@ -1,0 +1,445 @@
+"""Typed daemon configuration, loaded from one TOML file and validated once.
+
+Every error names the file, the table and the key, and says what was
+expected: ``configs/dev.toml: [models.faces.input] size: expected a list of
+2 positive integers [width, height], got [640]``. Unknown keys are errors, so
+a typo never silently falls back to a default.
+
+The object built here is passed through constructors; nothing reads the
+file or the environment again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 (JetPack 6)
+    import tomli as tomllib
+
+from .errors import ConfigError
+
+BACKEND_NAMES = ("tensorrt", "onnxruntime")
+PRECISIONS = ("fp32", "fp16", "int8")
+TASKS = ("classification", "centerface", "yolov8", "raw")
+
+
+def _default_cache_dir() -> str:
+    # systemd sets CACHE_DIRECTORY (CacheDirectory=edgeinfer); elsewhere use XDG.
+    if os.environ.get("CACHE_DIRECTORY"):
+        return os.environ["CACHE_DIRECTORY"].split(":")[0]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "edgeinfer")
+
+
+# --------------------------------------------------------------------------
+# Schema. Field metadata "check" holds (predicate, expectation text).
+# --------------------------------------------------------------------------
+
+def _check(pred, expected: str):
+    return {"check": (pred, expected)}
+
+
+_positive = _check(lambda v: v > 0, "a positive number")
+_non_negative = _check(lambda v: v >= 0, "a number >= 0")
+_unit = _check(lambda v: 0.0 <= v <= 1.0, "a number between 0 and 1")
+
+
+@dataclass
+class ServerConfig:
+    # host:port to listen on; "unix:/run/edgeinfer/edgeinfer.sock" also works.
+    listen: str = "127.0.0.1:50051"
+    # Threads doing decode/preprocess/inference/postprocess off the event loop.
+    workers: int = field(default=4, metadata=_positive)
+    max_message_bytes: int = field(default=32 * 1024 * 1024, metadata=_positive)
+    # Images larger than this (width x height, read from the header before any
+    # pixel is allocated) are refused with INVALID_ARGUMENT.
+    max_image_pixels: int = field(default=40_000_000, metadata=_positive)
+    max_image_bytes: int = field(default=20 * 1024 * 1024, metadata=_positive)
+    # In-flight frames per InferStream call before the server stops reading.
+    stream_window: int = field(default=16, metadata=_positive)
+    # Seconds given to in-flight calls on shutdown before they are cancelled.
+    grace_period_s: float = field(default=10.0, metadata=_non_negative)
+    reflection: bool = True
+
+
+@dataclass
+class MetricsConfig:
+    enabled: bool = True
+    listen: str = "127.0.0.1:9400"
+
+
+@dataclass
+class CacheConfig:
+    # Engine cache and timing caches. Under systemd: /var/cache/edgeinfer.
+    dir: str = field(default_factory=_default_cache_dir)
+
+
+@dataclass
+class InputConfig:
+    # Name of the image input; empty = the model's first input.
+    tensor: str = ""
+    # Channel order the model expects.
+    color: Literal["rgb", "bgr", "gray"] = "rgb"
+    resize: Literal["stretch", "letterbox", "center-crop"] = "stretch"
+    # [width, height] of the model input.
+    size: list[int] = field(default_factory=lambda: [224, 224], metadata=_check(
+        lambda v: len(v) == 2 and all(x > 0 for x in v), "a list of 2 positive integers [width, height]"))
+    # center-crop: the crop covers this fraction of the resized shorter side
+    # (0.875 = the classic resize-256/crop-224 ImageNet recipe).
+    crop_fraction: float = field(default=0.875, metadata=_check(lambda v: 0 < v <= 1, "a number in (0, 1]"))
+    # Padding value for letterbox (0-255).
+    pad_value: int = field(default=114, metadata=_check(lambda v: 0 <= v <= 255, "an integer 0..255"))
+    # Per pixel: ((value * scale) - mean[c]) / std[c], on 0..255 values.
+    scale: float = field(default=1.0, metadata=_positive)
+    mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0], metadata=_check(
+        lambda v: all(x != 0 for x in v), "a list of non-zero numbers"))
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    dtype: Literal["float32", "float16", "uint8"] = "float32"
+
+
+@dataclass
+class PostprocessConfig:
+    task: Literal["classification", "centerface", "yolov8", "raw"] = "raw"
+    # Classification / detection labels: .txt (one per line) or .json
+    # (list, or object index -> name). Relative to the config file.
+    labels: str = ""
+    top_k: int = field(default=5, metadata=_positive)
+    # Default: 0.5 for detectors, 0 (no cut) for classification.
+    score_threshold: Optional[float] = field(default=None, metadata=_unit)
+    nms_iou_threshold: float = field(default=0.45, metadata=_unit)
+    max_detections: int = field(default=100, metadata=_positive)
+    # Classification: apply softmax to logits (false when the model already does).
+    softmax: bool = True
+
+
+@dataclass
+class ProfileConfig:
+    """One TensorRT optimization profile: shapes per dynamic input."""
+    min: dict[str, list[int]] = field(default_factory=dict)
+    opt: dict[str, list[int]] = field(default_factory=dict)
+    max: dict[str, list[int]] = field(default_factory=dict)
+
+
+@dataclass
+class TensorRTConfig:
+    workspace_mb: int = field(default=1024, metadata=_positive)
+    # Builder optimization level 0..5 (TensorRT default 3).
+    optimization_level: int = field(default=3, metadata=_check(lambda v: 0 <= v <= 5, "an integer 0..5"))
+    # Jetson DLA core (-1 = GPU only); layers DLA cannot run fall back to the GPU.
+    dla_core: int = field(default=-1, metadata=_check(lambda v: v >= -1, "an integer >= -1"))
+    # "none", "ampere+" or "same-compute-capability" (TensorRT >= 10).
+    hardware_compatibility: Literal["none", "ampere+", "same-compute-capability"] = "none"
+    # TensorRT-RTX: ahead-of-time target ("current", "sm75", "sm86", "sm89", "sm120").
+    rtx_compute_capability: str = "current"
+    # Execution contexts (each with its own stream) for parallel batches.
+    instances: int = field(default=2, metadata=_positive)
+    profiles: list[ProfileConfig] = field(default_factory=list)
+
+
+@dataclass
+class OnnxRuntimeConfig:
+    # Execution providers in order; empty = CUDA when available, then CPU.
+    providers: list[str] = field(default_factory=list)
+    intra_op_threads: int = field(default=0, metadata=_non_negative)
+    inter_op_threads: int = field(default=0, metadata=_non_negative)
+    # Concurrent Run() calls allowed on one session.
+    instances: int = field(default=2, metadata=_positive)
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+
+
+@dataclass
+class CalibrationConfig:
+    """INT8 calibration and the accuracy gate for reduced precisions."""
+    # Folder of representative images (relative to the config file) used to
+    # calibrate INT8. Also accepts a video file (frames are sampled).
+    images: str = ""
+    max_images: int = field(default=64, metadata=_positive)
+    # Validation images for the accuracy gate; empty = the calibration set.
+    validation: str = ""
+    # Gate thresholds, per task: classification top-1 agreement, detection
+    # mean matched-box IoU, raw cosine similarity.
+    min_top1_agreement: float = field(default=0.9, metadata=_unit)
+    min_mean_iou: float = field(default=0.9, metadata=_unit)
+    min_cosine: float = field(default=0.99, metadata=_unit)
+
+
+@dataclass
+class BatchingConfig:
+    # 1 = no batching. Bounded by the engine's largest profile.
+    max_batch: int = field(default=1, metadata=_positive)
+    # How long the first request of a batch may wait for others.
+    max_queue_delay_us: int = field(default=2000, metadata=_non_negative)
+    preferred_batch_sizes: list[int] = field(default_factory=list)
+    # Requests waiting beyond this get RESOURCE_EXHAUSTED.
+    max_queue: int = field(default=256, metadata=_positive)
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    onnx: str
+    version: str = "1"
+    # Ordered backend preference, or "auto" (tensorrt, then onnxruntime).
+    backends: Union[list[str], str] = "auto"
+    # Ordered precision preference; the first that loads and passes the gate serves.
+    precision: list[str] = field(default_factory=lambda: ["fp32"])
+    warmup_runs: int = field(default=2, metadata=_non_negative)
+    input: InputConfig = field(default_factory=InputConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+    onnxruntime: OnnxRuntimeConfig = field(default_factory=OnnxRuntimeConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+
+    @property
+    def backend_order(self) -> list[str]:
+        if self.backends == "auto":
+            return list(BACKEND_NAMES)
+        return list(self.backends)
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    models: list[ModelConfig] = field(default_factory=list)
+    # File the config came from (for messages) and its folder (for relative paths).
+    source: str = "<memory>"
+
+    def model(self, name: str) -> ModelConfig:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+
+# --------------------------------------------------------------------------
+# Loading and validation
+# --------------------------------------------------------------------------
+
+class _Ctx:
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, table: str, key: str, message: str) -> ConfigError:
+        where = f"[{table}] " if table else ""
+        return ConfigError(f"{self.source}: {where}{key}: {message}")
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list,):
+        (inner,) = typing.get_args(tp) or (Any,)
+        return f"a list of {_type_name(inner)}s"
+    if origin is dict:
+        return "a table"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _convert(ctx: _Ctx, table: str, key: str, tp, value):
+    """Convert a TOML value to the annotated type or raise a ConfigError."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ctx.fail(table, key, f"expected a table, got {value!r}")
+        sub = f"{table}.{key}" if table else key
+        return _build(ctx, sub, tp, value)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ctx.fail(table, key, f"expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for alt in typing.get_args(tp):
+            if alt is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _convert(ctx, table, key, alt, value)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ctx.fail(table, key, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ctx.fail(table, key, f"expected {_type_name(tp)}, got {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_convert(ctx, table, f"{key}[{i}]", inner, v) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ctx.fail(table, key, f"expected a table, got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {k: _convert(ctx, table, f"{key}.{k}", vt, v) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ctx.fail(table, key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ctx.fail(table, key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ctx.fail(table, key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ctx.fail(table, key, f"expected a string, got {value!r}")
+        return value
+    raise ctx.fail(table, key, f"unsupported type {tp}")  # pragma: no cover
+
+
+def _build(ctx: _Ctx, table: str, cls, data: dict):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ctx.fail(table, unknown[0],
+                       f"unknown key (expected one of: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ctx.fail(table, name, f"missing required key ({_type_name(hints[name])})")
+            continue
+        value = _convert(ctx, table, name, hints[name], data[name])
+        check = f.metadata.get("check")
+        if check is not None:
+            pred, expected = check
+            values = value if isinstance(value, list) and "list" not in expected else [value]
+            try:
+                ok = all(pred(v) for v in values)
+            except Exception:  # noqa: BLE001 - a predicate on a malformed value is a failed check
+                ok = False
+            if not ok:
+                raise ctx.fail(table, name, f"expected {expected}, got {data[name]!r}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _validate_model(ctx: _Ctx, m: ModelConfig, base: Path) -> None:
+    table = f"models.{m.name}"
+    if not m.name or not all(c.isalnum() or c in "-_." for c in m.name):
+        raise ctx.fail("models", "name", f"expected letters, digits, '-', '_' or '.', got {m.name!r}")
+    if isinstance(m.backends, str) and m.backends != "auto":
+        raise ctx.fail(table, "backends", f"expected \"auto\" or a list from {list(BACKEND_NAMES)}, got {m.backends!r}")
+    if isinstance(m.backends, list):
+        if not m.backends:
+            raise ctx.fail(table, "backends", "expected at least one backend")
+        for b in m.backends:
+            if b not in BACKEND_NAMES:
+                raise ctx.fail(table, "backends", f"unknown backend {b!r} (expected one of {list(BACKEND_NAMES)})")
+    if not m.precision:
+        raise ctx.fail(table, "precision", "expected at least one of " + ", ".join(PRECISIONS))
+    for p in m.precision:
+        if p not in PRECISIONS:
+            raise ctx.fail(table, "precision", f"unknown precision {p!r} (expected one of {list(PRECISIONS)})")
+    if len(set(m.precision)) != len(m.precision):
+        raise ctx.fail(table, "precision", f"lists a precision twice: {m.precision}")
+    if "int8" in m.precision and not m.calibration.images:
+        raise ctx.fail(f"{table}.calibration", "images",
+                       "INT8 needs representative images: set a folder of images or a video file")
+    channels = 1 if m.input.color == "gray" else 3
+    for key in ("mean", "std"):
+        if len(getattr(m.input, key)) not in (1, channels):
+            raise ctx.fail(f"{table}.input", key, f"expected 1 or {channels} values, got {getattr(m.input, key)}")
+    if m.postprocess.task == "classification" and m.postprocess.top_k < 1:
+        raise ctx.fail(f"{table}.postprocess", "top_k", "expected a positive integer")
+    b = m.batching
+    for s in b.preferred_batch_sizes:
+        if not 1 <= s <= b.max_batch:
+            raise ctx.fail(f"{table}.batching", "preferred_batch_sizes",
+                           f"expected sizes between 1 and max_batch ({b.max_batch}), got {s}")
+    for i, prof in enumerate(m.tensorrt.profiles):
+        names = set(prof.min) | set(prof.opt) | set(prof.max)
+        for n in names:
+            shapes = [prof.min.get(n), prof.opt.get(n), prof.max.get(n)]
+            if any(s is None for s in shapes):
+                raise ctx.fail(f"{table}.tensorrt.profiles[{i}]", n, "needs min, opt and max shapes")
+            if len({len(s) for s in shapes}) != 1:
+                raise ctx.fail(f"{table}.tensorrt.profiles[{i}]", n, f"min/opt/max have different ranks: {shapes}")
+            if not all(a <= o <= x for a, o, x in zip(*shapes)):
+                raise ctx.fail(f"{table}.tensorrt.profiles[{i}]", n, f"expected min <= opt <= max in every dimension, got {shapes}")
+    # Paths are relative to the config file, so a config can travel with its models.
+    m.onnx = str((base / os.path.expanduser(m.onnx)).resolve())
+    if m.postprocess.labels:
+        m.postprocess.labels = str((base / os.path.expanduser(m.postprocess.labels)).resolve())
+    for key in ("images", "validation"):
+        val = getattr(m.calibration, key)
+        if val:
+            setattr(m.calibration, key, str((base / os.path.expanduser(val)).resolve()))
+
+
+def parse_config(data: dict, source: str = "<memory>", base_dir: Optional[Path] = None,
+                 check_files: bool = True) -> Config:
+    """Build a validated Config from a TOML-shaped dict.
+
+    Raises:
+        ConfigError: naming source, table and key.
+    """
+    ctx = _Ctx(source)
+    base = Path(base_dir) if base_dir else Path.cwd()
+    data = dict(data)
+    models_raw = data.pop("models", [])
+    if isinstance(models_raw, dict):
+        raise ctx.fail("", "models", "expected [[models]] entries (an array of tables), got a single table")
+    if not isinstance(models_raw, list):
+        raise ctx.fail("", "models", f"expected [[models]] entries, got {models_raw!r}")
+    cfg = _build(ctx, "", Config, data)
+    cfg.source = source
+    seen = set()
+    for i, raw in enumerate(models_raw):
+        if not isinstance(raw, dict):
+            raise ctx.fail("models", f"[{i}]", "expected a table")
+        label = raw.get("name") if isinstance(raw.get("name"), str) else f"#{i + 1}"
+        model = _build(ctx, f"models.{label}", ModelConfig, raw)
+        _validate_model(ctx, model, base)
+        if model.name in seen:
+            raise ctx.fail(f"models.{model.name}", "name", "a model of this name is already configured")
+        seen.add(model.name)
+        if check_files:
+            if not Path(model.onnx).is_file():
+                raise ctx.fail(f"models.{model.name}", "onnx", f"file not found: {model.onnx}")
+            if model.postprocess.labels and not Path(model.postprocess.labels).is_file():
+                raise ctx.fail(f"models.{model.name}.postprocess", "labels",
+                               f"file not found: {model.postprocess.labels}")
+            for key in ("images", "validation"):
+                val = getattr(model.calibration, key)
+                if val and not Path(val).exists():
+                    raise ctx.fail(f"models.{model.name}.calibration", key, f"not found: {val}")
+        cfg.models.append(model)
+    cfg.cache.dir = os.path.expanduser(cfg.cache.dir)
+    return cfg
+
+
+def load_config(path: Union[str, Path], check_files: bool = True) -> Config:
+    """Read and validate a TOML config file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(data, source=str(path), base_dir=path.resolve().parent, check_files=check_files)

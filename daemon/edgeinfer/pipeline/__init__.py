@@ -1,0 +1,1 @@
+"""Model families: preprocessing (OpenCV) and postprocessing, separate from runtimes."""
