@@ -1,1 +1,16 @@
-"""edgeinfer client library placeholder (filled in below)."""
+"""Client library for the edgeinfer daemon: numpy in, dataclasses out.
+
+    from edgeinfer_client import Client
+    with Client("127.0.0.1:50051") as c:
+        print(c.infer("imagenet", "cat.jpg").classes[0])
+
+Installs with grpcio, protobuf and numpy only (no OpenCV, no inference runtime).
+"""
+from .aio import AsyncClient
+from .client import DEFAULT_ADDRESS, Client
+from .errors import ClientError
+from .types import (Accuracy, Attempt, ClassScore, Detection, InferResult, ModelInfo, StreamError,
+                    TensorInfo)
+
+__all__ = ["Accuracy", "AsyncClient", "Attempt", "ClassScore", "Client", "ClientError", "DEFAULT_ADDRESS",
+           "Detection", "InferResult", "ModelInfo", "StreamError", "TensorInfo"]

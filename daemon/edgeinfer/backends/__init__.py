@@ -31,6 +31,8 @@ class LoadRequest:
     onnx_path: Path
     precision: str = "fp32"
     cache_dir: Optional[Path] = None
+    # Hash of the INT8 calibration data (part of the engine cache key).
+    calibration_hash: Optional[str] = None
     # Called with short progress text ("parsing ONNX", "building 42%").
     progress: Callable[[str], None] = field(default=lambda _msg: None)
 

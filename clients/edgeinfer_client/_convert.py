@@ -1,0 +1,84 @@
+"""numpy <-> protobuf tensors, and request building. Shared with the daemon."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+import numpy as np
+
+from ._proto.edgeinfer.v1 import inference_pb2 as pb
+
+DTYPES: dict[int, np.dtype] = {
+    pb.DATA_TYPE_FLOAT32: np.dtype("<f4"),
+    pb.DATA_TYPE_FLOAT16: np.dtype("<f2"),
+    pb.DATA_TYPE_FLOAT64: np.dtype("<f8"),
+    pb.DATA_TYPE_INT8: np.dtype("i1"),
+    pb.DATA_TYPE_UINT8: np.dtype("u1"),
+    pb.DATA_TYPE_INT16: np.dtype("<i2"),
+    pb.DATA_TYPE_INT32: np.dtype("<i4"),
+    pb.DATA_TYPE_INT64: np.dtype("<i8"),
+    pb.DATA_TYPE_BOOL: np.dtype("?"),
+}
+# Native-order numpy dtype -> proto enum.
+PB_DTYPE: dict[np.dtype, int] = {v.newbyteorder("="): k for k, v in DTYPES.items()}
+
+PIXEL_FORMATS = {
+    "rgb": pb.PIXEL_FORMAT_RGB,
+    "bgr": pb.PIXEL_FORMAT_BGR,
+    "gray": pb.PIXEL_FORMAT_GRAY,
+    "rgba": pb.PIXEL_FORMAT_RGBA,
+    "bgra": pb.PIXEL_FORMAT_BGRA,
+}
+
+ImageLike = Union[bytes, str, Path, np.ndarray]
+
+
+def to_tensor(name: str, array: np.ndarray) -> pb.Tensor:
+    """numpy -> Tensor (little-endian bytes)."""
+    array = np.ascontiguousarray(array)
+    code = PB_DTYPE.get(array.dtype.newbyteorder("="))
+    if code is None:
+        raise TypeError(f"tensor {name!r}: dtype {array.dtype} has no protobuf equivalent")
+    data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    return pb.Tensor(name=name, dtype=code, shape=list(array.shape), data=data)
+
+
+def from_tensor(t: pb.Tensor) -> np.ndarray:
+    """Tensor -> numpy (native byte order). Trusts a well-formed message."""
+    dtype = DTYPES[t.dtype]
+    return np.frombuffer(t.data, dtype=dtype).reshape(list(t.shape)).astype(dtype.newbyteorder("="), copy=False)
+
+
+def build_request(model: str, image: Optional[ImageLike] = None, *, tensors: Optional[Mapping[str, np.ndarray]] = None,
+                  pixel_format: str = "rgb", request_id: str = "", top_k: int = 0,
+                  score_threshold: Optional[float] = None, nms_iou_threshold: Optional[float] = None,
+                  include_raw_outputs: bool = False) -> pb.InferRequest:
+    """One InferRequest from an image (encoded bytes, a file path, or HxW[xC] uint8 pixels) or tensors."""
+    req = pb.InferRequest(model=model, request_id=request_id)
+    if (image is None) == (tensors is None):
+        raise ValueError("give exactly one of image or tensors")
+    if tensors is not None:
+        req.tensors.tensors.extend(to_tensor(n, a) for n, a in tensors.items())
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        req.image = bytes(image)
+    elif isinstance(image, (str, Path)):
+        req.image = Path(image).read_bytes()
+    else:
+        arr = np.ascontiguousarray(image)
+        if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
+            raise ValueError(f"pixel arrays must be uint8 HxW or HxWxC, got {arr.dtype} {arr.shape}")
+        if arr.ndim == 2:
+            pixel_format = "gray"
+        if pixel_format not in PIXEL_FORMATS:
+            raise ValueError(f"pixel_format must be one of {sorted(PIXEL_FORMATS)}")
+        req.raw_image.height, req.raw_image.width = arr.shape[:2]
+        req.raw_image.format = PIXEL_FORMATS[pixel_format]
+        req.raw_image.data = arr.tobytes()
+    opts = req.options
+    opts.top_k = top_k
+    opts.include_raw_outputs = include_raw_outputs
+    if score_threshold is not None:
+        opts.score_threshold = score_threshold
+    if nms_iou_threshold is not None:
+        opts.nms_iou_threshold = nms_iou_threshold
+    return req

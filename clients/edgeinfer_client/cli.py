@@ -1,0 +1,173 @@
+"""`edgeinfer-client`: infer | stream | models | health against a running daemon.
+
+Exit status: 0 success, 1 the call failed (message on stderr), 2 bad usage.
+With --json, `infer` prints exactly one JSON object, `stream` one per line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Iterator, Optional
+
+from .client import DEFAULT_ADDRESS, Client
+from .errors import ClientError
+from .types import InferResult, StreamError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def _describe(result: InferResult) -> str:
+    lines = [f"{result.model} ({result.backend}/{result.precision}) "
+             f"{result.image_size[0]}x{result.image_size[1]} in {result.timing_us.get('total', 0) / 1000:.1f} ms"]
+    for c in result.classes:
+        lines.append(f"  {c.score:6.3f}  {c.index:4d}  {c.label}")
+    for d in result.detections:
+        box = ", ".join(f"{v:.0f}" for v in d.box)
+        lines.append(f"  {d.label or d.class_index} {d.score:.3f} box=[{box}]")
+    if not result.classes and not result.detections:
+        if result.outputs:
+            for name, arr in result.outputs.items():
+                lines.append(f"  {name}: {arr.dtype} {list(arr.shape)}")
+        else:
+            lines.append("  (nothing found)")
+    return "\n".join(lines)
+
+
+def _frames(source: str) -> Iterator[bytes]:
+    """Encoded images from a folder/list of image files, or frames of a video (JPEG-encoded)."""
+    path = Path(source)
+    if path.is_dir():
+        for p in sorted(path.iterdir()):
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                yield p.read_bytes()
+        return
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        yield path.read_bytes()
+        return
+    try:
+        import cv2
+    except ImportError:
+        raise ClientError("INVALID_ARGUMENT", "reading video needs OpenCV: pip install opencv-python-headless") from None
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ClientError("INVALID_ARGUMENT", f"cannot open {source} as a video")
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            if ok:
+                yield buf.tobytes()
+    finally:
+        cap.release()
+
+
+def cmd_infer(client: Client, args) -> int:
+    result = client.infer(args.model, Path(args.image), top_k=args.top_k, score_threshold=args.score_threshold)
+    print(json.dumps(result.to_dict()) if args.json else _describe(result))
+    return 0
+
+
+def cmd_stream(client: Client, args) -> int:
+    failures = 0
+    count = 0
+    for item in client.stream(args.model, _frames(args.source), score_threshold=args.score_threshold):
+        count += 1
+        if isinstance(item, StreamError):
+            failures += 1
+            if args.json:
+                print(json.dumps({"model": args.model, "classes": [], "detections": [], "timing_us": {},
+                                  "error": {"code": item.code, "message": item.message}}), flush=True)
+            else:
+                print(f"frame {item.sequence}: {item.code}: {item.message}", flush=True)
+            continue
+        if args.json:
+            print(json.dumps(item.to_dict()), flush=True)
+        else:
+            print(f"frame {item.request_id}: " + _describe(item), flush=True)
+    if count == 0:
+        raise ClientError("INVALID_ARGUMENT", f"{args.source}: no frames or images found")
+    if failures:
+        print(f"edgeinfer-client: {failures} of {count} frames failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_models(client: Client, args) -> int:
+    models = client.list_models()
+    if args.json:
+        print(json.dumps([m.to_dict() for m in models], indent=2))
+        return 0
+    for m in models:
+        print(f"{m.name:<16} {m.state:<8} {m.backend or '-'}/{m.precision or '-'} {m.device or '-'}  "
+              f"task={m.task}  {m.state_reason}")
+        for t in m.inputs:
+            print(f"    in  {t.name}: {t.dtype} {t.shape}")
+        for t in m.outputs:
+            print(f"    out {t.name}: {t.dtype} {t.shape}")
+    return 0
+
+
+def cmd_health(client: Client, args) -> int:
+    status = client.health(args.service)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edgeinfer-client", description="call an edgeinfer daemon")
+    ap.add_argument("--address", default=os.environ.get("EDGEINFER_ADDRESS", DEFAULT_ADDRESS),
+                    help=f"daemon address (default {DEFAULT_ADDRESS}, or $EDGEINFER_ADDRESS)")
+    ap.add_argument("--timeout", type=float, default=30.0, help="seconds per call (stream: whole stream)")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("infer", help="send one image")
+    p.add_argument("--model", required=True)
+    p.add_argument("image")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--score-threshold", type=float)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("stream", help="send a video's frames (or a folder of images) over InferStream")
+    p.add_argument("--model", required=True)
+    p.add_argument("source", help="video file, image file, or folder of images")
+    p.add_argument("--score-threshold", type=float)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("models", help="list the daemon's models")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("health", help="SERVING / NOT_SERVING of the daemon or one model")
+    p.add_argument("service", nargs="?", default="", help="model name ('' = the whole daemon)")
+    p.set_defaults(func=cmd_health)
+    return ap
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with Client(args.address, timeout=args.timeout) as client:
+            return args.func(client, args)
+    except ClientError as exc:
+        print(f"edgeinfer-client: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # Output closed early (e.g. `| head`): not an error of the call.
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except OSError as exc:
+        print(f"edgeinfer-client: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Synchronous client: numpy in, dataclasses out, one error type."""
+from __future__ import annotations
+
+import itertools
+from typing import Iterable, Iterator, Mapping, Optional, Union
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ._convert import ImageLike, build_request
+from ._proto.edgeinfer.v1 import inference_pb2 as pb
+from ._proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
+from .errors import ClientError, from_rpc_error
+from .types import (InferResult, ModelInfo, StreamError, model_from_proto, result_from_proto,
+                    stream_item_from_proto)
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+MAX_MESSAGE = 64 * 1024 * 1024
+
+
+def channel_options() -> list[tuple[str, int]]:
+    return [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
+
+
+class Client:
+    """Talks to one edgeinfer daemon.
+
+    Args:
+        address: "host:port" or "unix:/path".
+        timeout: default deadline in seconds for each call (None = no deadline).
+
+    Every method raises ClientError on failure; `.code` holds the gRPC status name.
+    """
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: Optional[float] = None):
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(address, options=channel_options())
+        self._stub = pb_grpc.InferenceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, fn, request, timeout):
+        try:
+            return fn(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    def infer(self, model: str, image: Optional[ImageLike] = None, *,
+              tensors: Optional[Mapping[str, np.ndarray]] = None, timeout: Optional[float] = None,
+              **options) -> InferResult:
+        """One inference.
+
+        Args:
+            model: the served model's name.
+            image: encoded bytes (JPEG/PNG/BMP/WebP), a file path, or uint8 pixels
+                (HxWxC; `pixel_format="rgb"` by default, "bgr" for OpenCV frames).
+            tensors: named arrays fed to the model as they are (instead of an image).
+            options: pixel_format, request_id, top_k, score_threshold,
+                nms_iou_threshold, include_raw_outputs.
+        """
+        req = build_request(model, image, tensors=tensors, **options)
+        return result_from_proto(self._call(self._stub.Infer, req, timeout))
+
+    def stream(self, model: str, frames: Iterable[ImageLike], *, timeout: Optional[float] = None,
+               **options) -> Iterator[Union[InferResult, StreamError]]:
+        """Send frames over one InferStream; yields one result (or StreamError) per frame, in order."""
+        counter = itertools.count()
+        requests = (build_request(model, f, request_id=str(next(counter)), **options) for f in frames)
+        call = self._stub.InferStream(requests, timeout=self.timeout if timeout is None else timeout)
+        try:
+            for item in call:
+                yield stream_item_from_proto(item)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            # The consumer may stop early (closed pipe, break): end the call
+            # cleanly instead of leaving it to die with the interpreter.
+            call.cancel()
+
+    def list_models(self, timeout: Optional[float] = None) -> list[ModelInfo]:
+        resp = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return [model_from_proto(m) for m in resp.models]
+
+    def get_model(self, name: str, timeout: Optional[float] = None) -> ModelInfo:
+        return model_from_proto(self._call(self._stub.GetModel, pb.GetModelRequest(name=name), timeout))
+
+    def health(self, service: str = "", timeout: Optional[float] = None) -> str:
+        """"SERVING", "NOT_SERVING", ...; service "" is the whole daemon, a model name one model."""
+        resp = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    def wait_ready(self, service: str = "", timeout: float = 60.0) -> None:
+        """Block until `service` reports SERVING or `timeout` passes (ClientError DEADLINE_EXCEEDED)."""
+        import time
+
+        end = time.monotonic() + timeout
+        last = "UNKNOWN"
+        while time.monotonic() < end:
+            try:
+                last = self.health(service, timeout=max(0.1, min(2.0, end - time.monotonic())))
+                if last == "SERVING":
+                    return
+            except ClientError as exc:
+                last = exc.code
+            time.sleep(0.1)
+        raise ClientError("DEADLINE_EXCEEDED", f"{service or 'daemon'} not SERVING after {timeout}s (last: {last})")

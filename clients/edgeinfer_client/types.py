@@ -1,0 +1,147 @@
+"""Plain dataclasses the client returns: no protobuf leaks out of the library."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import numpy as np
+
+from ._convert import from_tensor
+from ._proto.edgeinfer.v1 import inference_pb2 as pb
+
+
+@dataclass
+class ClassScore:
+    index: int
+    label: str
+    score: float
+
+
+@dataclass
+class Detection:
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in the sent image's pixels
+    score: float
+    label: str = ""
+    class_index: int = 0
+    landmarks: list[tuple[float, float]] = field(default_factory=list)
+
+
+@dataclass
+class InferResult:
+    model: str
+    model_version: str = ""
+    request_id: str = ""
+    classes: list[ClassScore] = field(default_factory=list)
+    detections: list[Detection] = field(default_factory=list)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    timing_us: dict[str, int] = field(default_factory=dict)
+    image_size: tuple[int, int] = (0, 0)
+    backend: str = ""
+    precision: str = ""
+
+    def to_dict(self) -> dict:
+        """The JSON shape `edgeinfer-client infer --json` prints."""
+        return {
+            "model": self.model,
+            "classes": [{"index": c.index, "label": c.label, "score": c.score} for c in self.classes],
+            "detections": [{"box": [round(v, 2) for v in d.box], "score": d.score, "label": d.label}
+                           for d in self.detections],
+            "timing_us": dict(self.timing_us),
+        }
+
+
+@dataclass
+class StreamError:
+    """The error of one frame in a stream (the stream itself goes on)."""
+
+    request_id: str
+    sequence: int
+    code: str
+    message: str
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: list[int]
+
+
+@dataclass
+class Attempt:
+    backend: str
+    precision: str
+    outcome: str
+    reason: str
+
+
+@dataclass
+class Accuracy:
+    precision: str
+    metrics: dict[str, float]
+    gate_metric: str
+    threshold: float
+    passed: bool
+    samples: int
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    version: str
+    state: str  # "loading", "ready", "failed"
+    state_reason: str
+    backend: str
+    precision: str
+    task: str
+    device: str
+    max_batch: int
+    labels_count: int
+    inputs: list[TensorInfo] = field(default_factory=list)
+    outputs: list[TensorInfo] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+    accuracy: list[Accuracy] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+_STATE = {pb.MODEL_STATE_LOADING: "loading", pb.MODEL_STATE_READY: "ready", pb.MODEL_STATE_FAILED: "failed"}
+
+
+def _dtype_name(code: int) -> str:
+    return pb.DataType.Name(code).removeprefix("DATA_TYPE_").lower()
+
+
+def result_from_proto(r: pb.InferResponse) -> InferResult:
+    t = r.timing
+    return InferResult(
+        model=r.model, model_version=r.model_version, request_id=r.request_id,
+        classes=[ClassScore(c.index, c.label, c.score) for c in r.classes],
+        detections=[Detection((d.box.x1, d.box.y1, d.box.x2, d.box.y2), d.score, d.label, d.class_index,
+                              [(p.x, p.y) for p in d.landmarks]) for d in r.detections],
+        outputs={o.name: from_tensor(o) for o in r.outputs},
+        timing_us={"queue": t.queue_us, "preprocess": t.preprocess_us, "inference": t.inference_us,
+                   "postprocess": t.postprocess_us, "total": t.total_us},
+        image_size=(r.image_width, r.image_height), backend=r.backend, precision=r.precision,
+    )
+
+
+def stream_item_from_proto(s: pb.StreamResponse):
+    if s.WhichOneof("result") == "error":
+        return StreamError(s.request_id, s.sequence, s.error.code, s.error.message)
+    return result_from_proto(s.response)
+
+
+def model_from_proto(m: pb.ModelInfo) -> ModelInfo:
+    def tensors(items):
+        return [TensorInfo(t.name, _dtype_name(t.dtype), list(t.shape)) for t in items]
+
+    return ModelInfo(
+        name=m.name, version=m.version, state=_STATE.get(m.state, "unknown"), state_reason=m.state_reason,
+        backend=m.backend, precision=m.precision, task=m.task, device=m.device, max_batch=m.max_batch,
+        labels_count=m.labels_count, inputs=tensors(m.inputs), outputs=tensors(m.outputs),
+        attempts=[Attempt(a.backend, a.precision, a.outcome, a.reason) for a in m.attempts],
+        accuracy=[Accuracy(a.precision, dict(a.metrics), a.gate_metric, a.threshold, a.passed, a.samples)
+                  for a in m.accuracy],
+    )

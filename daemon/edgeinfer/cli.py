@@ -1,0 +1,185 @@
+"""`edgeinfer` command line: serve | check-config | models | info.
+
+Exit status: 0 success, 1 runtime failure, 2 bad usage or bad config.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from typing import Optional
+
+from . import __version__
+from .config import Config, load_config
+from .errors import ConfigError
+
+log = logging.getLogger("edgeinfer")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+def _load(path: str) -> Config:
+    return load_config(path)
+
+
+# -- commands -------------------------------------------------------------------
+
+def cmd_serve(args) -> int:
+    from . import systemd
+    from .server.app import Daemon
+
+    config = _load(args.config)
+    if args.listen:
+        config.server.listen = args.listen
+    tick = systemd.watchdog_interval_s() or 1.0
+
+    async def main() -> None:
+        daemon = Daemon(config, tick_s=min(tick, 1.0))
+        await daemon.run()
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+def cmd_check_config(args) -> int:
+    config = _load(args.config)
+    print(f"{args.config}: OK ({len(config.models)} model(s): {', '.join(m.name for m in config.models)})")
+    return 0
+
+
+def _models_from_daemon(config: Config, timeout: float):
+    """ModelInfo list from the daemon at the config's address, or None when none answers."""
+    from edgeinfer_client import Client, ClientError
+
+    try:
+        with Client(config.server.listen, timeout=timeout) as client:
+            return client.list_models()
+    except ClientError:
+        return None
+
+
+def _models_loaded_here(config: Config):
+    """Load every model in this process (no server) and describe it."""
+    from edgeinfer_client.types import model_from_proto
+
+    from .registry import ModelRegistry
+    from .server.converters import model_info
+
+    registry = ModelRegistry(config)
+    registry.start_loading()
+    registry.wait_loaded()
+    try:
+        return [model_from_proto(model_info(m)) for m in registry]
+    finally:
+        registry.close()
+
+
+def cmd_models(args) -> int:
+    config = _load(args.config)
+    models = None if args.load else _models_from_daemon(config, timeout=2.0)
+    source = f"daemon at {config.server.listen}"
+    if models is None:
+        source = "loaded in this process" if args.load else None
+        if args.load:
+            models = _models_loaded_here(config)
+    if models is None:
+        print(f"no daemon answers at {config.server.listen}; configured models (use --load to load them here):")
+        for m in config.models:
+            print(f"  {m.name:<16} {m.postprocess.task:<15} backends={m.backend_order} "
+                  f"precision={m.precision} onnx={m.onnx}")
+        return 0
+    if args.json:
+        print(json.dumps([m.to_dict() for m in models], indent=2))
+        return 0
+    print(f"models ({source}):")
+    for m in models:
+        print(f"  {m.name:<16} {m.state:<8} {m.backend or '-'}/{m.precision or '-'} on {m.device or '-'}  "
+              f"task={m.task} max_batch={m.max_batch or '-'}")
+        if m.state_reason:
+            print(f"      {m.state_reason}")
+        for a in m.attempts:
+            print(f"      tried {a.backend}/{a.precision}: {a.outcome}{' - ' + a.reason if a.reason else ''}")
+        for acc in m.accuracy:
+            figures = ", ".join(f"{k}={v:.4f}" for k, v in sorted(acc.metrics.items()))
+            verdict = "passed" if acc.passed else "REFUSED"
+            print(f"      accuracy {acc.precision} vs fp32 ({acc.samples} samples): {figures}; "
+                  f"{acc.gate_metric} >= {acc.threshold} {verdict}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from . import platform
+
+    info = platform.detect()
+    if args.json:
+        print(json.dumps(info.as_dict(), indent=2))
+        return 0
+    print(f"edgeinfer {__version__} on {info.machine}, Python {info.python}")
+    if info.jetson_model:
+        print(f"  Jetson:       {info.jetson_model} (L4T {info.l4t_release or 'unknown'})")
+    if info.gpus:
+        for g in info.gpus:
+            print(f"  GPU {g.index}:        {g.name}, compute capability {g.compute_capability}, {g.total_memory_mb} MiB")
+    else:
+        print("  GPU:          none found (CPU only)")
+    print(f"  NVIDIA driver: {info.nvidia_driver or '-'}   CUDA driver API: {info.cuda_driver or '-'}   "
+          f"CUDA runtime: {info.cuda_runtime or '-'}")
+    print(f"  TensorRT:     {info.tensorrt or 'not installed'}"
+          + (f"   TensorRT-RTX: {info.tensorrt_rtx}" if info.tensorrt_rtx else ""))
+    print(f"  ONNX Runtime: {info.onnxruntime or 'not installed'} "
+          f"(providers: {', '.join(info.onnxruntime_providers) or '-'})")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edgeinfer", description="gRPC edge-inference daemon")
+    ap.add_argument("--version", action="version", version=f"edgeinfer {__version__}")
+    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the daemon in the foreground (logs to stderr)")
+    p.add_argument("--config", required=True, help="TOML config file")
+    p.add_argument("--listen", help="override [server] listen, e.g. 127.0.0.1:0")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check-config", help="validate a config file and exit")
+    p.add_argument("config", help="TOML config file")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("models", help="show models: asks the running daemon, or loads them with --load")
+    p.add_argument("--config", required=True)
+    p.add_argument("--load", action="store_true", help="load the models in this process instead of asking the daemon")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("info", help="what this machine offers: GPU, CUDA, TensorRT, ONNX Runtime, Jetson")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+    return ap
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"edgeinfer: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""A served model: state, runner, preprocessing and postprocessing, glued.
+
+Everything here is synchronous and runs on worker threads; the gRPC layer
+only awaits it. The runtime (runner) and the model family (pre/post) stay
+separate: nothing below branches on the backend.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+from ..backends.base import Runner, TensorSpec
+from ..config import ModelConfig, ServerConfig
+from ..errors import BackendLoadError, InvalidInput, ModelNotReady
+from ..loading import Attempt, ModelLoader
+from .labels import load_labels
+from .postprocess import Options, Result, postprocessor_for
+from .preprocess import IDENTITY, Preprocessor, Transform
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+# -- inputs -------------------------------------------------------------------
+
+@dataclass
+class EncodedImage:
+    data: bytes
+
+
+@dataclass
+class RawPixels:
+    height: int
+    width: int
+    pixel_format: str  # rgb, bgr, gray, rgba, bgra
+    data: bytes
+
+
+@dataclass
+class Tensors:
+    arrays: dict[str, np.ndarray]
+
+
+ModelInput = Union[EncodedImage, RawPixels, Tensors]
+
+
+@dataclass
+class Prepared:
+    """One request after decode + preprocess, ready for the runner."""
+
+    feeds: dict[str, np.ndarray]  # with batch dimension
+    transform: Transform
+    image_size: tuple[int, int]  # (width, height) of what the client sent; (0, 0) for tensors
+    preprocess_us: int
+    batch: int = 1
+
+
+@dataclass
+class Timing:
+    queue_us: int = 0
+    preprocess_us: int = 0
+    inference_us: int = 0
+    postprocess_us: int = 0
+    total_us: int = 0
+
+
+@dataclass
+class Prediction:
+    result: Result
+    timing: Timing
+    image_size: tuple[int, int]
+    backend: str
+    precision: str
+
+
+def _us(seconds: float) -> int:
+    return int(seconds * 1e6)
+
+
+class ServedModel:
+    """One configured model through its whole life: loading, ready/failed, serving."""
+
+    def __init__(self, cfg: ModelConfig, server_cfg: ServerConfig, cache_dir: Optional[Path] = None,
+                 on_state_change: Callable[["ServedModel"], None] = lambda _m: None):
+        self.cfg = cfg
+        self.cache_dir = cache_dir
+        self.on_state_change = on_state_change
+        self.state = ModelState.LOADING
+        self.state_reason = "waiting to load"
+        self.runner: Optional[Runner] = None
+        self.attempts: list[Attempt] = []
+        self.accuracy: list = []
+        self.labels = load_labels(cfg.postprocess.labels)
+        self.preprocessor = Preprocessor(cfg.input, server_cfg.max_image_pixels, server_cfg.max_image_bytes)
+        self.postprocessor = postprocessor_for(cfg.postprocess, self.labels)
+        self.image_input: Optional[TensorSpec] = None
+        self.load_seconds = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    # -- lifecycle ----------------------------------------------------------
+    def _set_state(self, state: ModelState, reason: str) -> None:
+        with self._lock:
+            self.state, self.state_reason = state, reason
+        level = logging.ERROR if state is ModelState.FAILED else logging.INFO
+        log.log(level, "model %s: %s: %s", self.name, state.value, reason)
+        self.on_state_change(self)
+
+    def progress(self, message: str) -> None:
+        """Loaders report here; the text shows in GetModel while loading."""
+        log.info("model %s: %s", self.name, message)
+        with self._lock:
+            if self.state is ModelState.LOADING:
+                self.state_reason = message
+
+    def load(self) -> None:
+        """Blocking: run the fallback chain, check the input, warm up, mark ready or failed."""
+        start = time.perf_counter()
+        self._set_state(ModelState.LOADING, "loading")
+        try:
+            outcome = ModelLoader(self.cfg, self.cache_dir, self.progress)()
+            self.attempts, self.accuracy = outcome.attempts, outcome.accuracy
+            if outcome.runner is None:
+                raise BackendLoadError(f"no backend could load the model: {outcome.failure_reason}")
+            runner = outcome.runner
+            self.image_input = self._check_image_input(runner)
+            self.progress(f"warming up ({self.cfg.warmup_runs} runs)")
+            self._warm_up(runner)
+        except Exception as exc:  # noqa: BLE001 - any failure is a failed model, never a dead daemon
+            if not isinstance(exc, BackendLoadError):
+                log.exception("model %s failed to load", self.name)
+            self.load_seconds = time.perf_counter() - start
+            self._set_state(ModelState.FAILED, str(exc))
+            return
+        self.runner = runner
+        self.load_seconds = time.perf_counter() - start
+        info = runner.info
+        self._set_state(ModelState.READY, f"ready on {info.backend}/{info.precision} ({info.device}) "
+                                          f"in {self.load_seconds:.1f}s")
+
+    def unload(self) -> None:
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            runner.deactivate()
+
+    def _check_image_input(self, runner: Runner) -> Optional[TensorSpec]:
+        """The image input must match the configured size/layout/dtype, or the model fails to load."""
+        if self.cfg.postprocess.task == "raw" and not self.cfg.input.tensor and len(runner.inputs) != 1:
+            return None  # tensor-only model (e.g. a text encoder)
+        specs = {s.name: s for s in runner.inputs}
+        name = self.cfg.input.tensor or runner.inputs[0].name
+        if name not in specs:
+            raise BackendLoadError(f"[models.{self.name}.input] tensor: the model has no input {name!r} "
+                                   f"(inputs: {sorted(specs)})")
+        spec = specs[name]
+        expected = self._image_shape()
+        if len(spec.shape) != 4:
+            raise BackendLoadError(f"input {name!r} has rank {len(spec.shape)}; an image input needs rank 4")
+        for want, got in zip(spec.shape[1:], expected[1:]):
+            if want != -1 and want != got:
+                raise BackendLoadError(
+                    f"input {name!r} is {list(spec.shape)} but [models.{self.name}.input] gives "
+                    f"{self.cfg.input.layout} {list(expected)} (size {self.cfg.input.size}, color {self.cfg.input.color})")
+        if spec.dtype != np.dtype(self.cfg.input.dtype):
+            raise BackendLoadError(f"input {name!r} takes {spec.dtype.name}, but [models.{self.name}.input] "
+                                   f"dtype is {self.cfg.input.dtype}")
+        return spec
+
+    def _image_shape(self) -> tuple[int, int, int, int]:
+        w, h = self.cfg.input.size
+        c = 1 if self.cfg.input.color == "gray" else 3
+        return (1, c, h, w) if self.cfg.input.layout == "NCHW" else (1, h, w, c)
+
+    def example_feeds(self, batch: int = 1) -> dict[str, np.ndarray]:
+        """Feeds of the right shape and dtype (for warm-up and benchmarks)."""
+        rng = np.random.default_rng(0)
+        feeds = {}
+        for spec in self.runner.inputs if self.runner else []:
+            if self.image_input is not None and spec.name == self.image_input.name:
+                shape = (batch,) + self._image_shape()[1:]
+            else:
+                shape = tuple(batch if i == 0 and d == -1 else (d if d > 0 else 1) for i, d in enumerate(spec.shape))
+            if np.issubdtype(spec.dtype, np.floating):
+                feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+            else:
+                feeds[spec.name] = np.ones(shape, spec.dtype)
+        return feeds
+
+    def _warm_up(self, runner: Runner) -> None:
+        self.runner = runner  # example_feeds reads it
+        try:
+            for _ in range(self.cfg.warmup_runs):
+                runner.infer(self.example_feeds(1))
+        finally:
+            self.runner = None
+
+    def require_ready(self) -> Runner:
+        runner = self.runner
+        if self.state is not ModelState.READY or runner is None:
+            raise ModelNotReady(f"model {self.name!r} is {self.state.value}: {self.state_reason}")
+        return runner
+
+    # -- serving ------------------------------------------------------------
+    def prepare(self, item: ModelInput) -> Prepared:
+        """Decode and preprocess one request (worker thread)."""
+        start = time.perf_counter()
+        if isinstance(item, Tensors):
+            feeds = item.arrays
+            batch = _batch_of(feeds)
+            return Prepared(feeds, IDENTITY, (0, 0), _us(time.perf_counter() - start), batch)
+        if self.image_input is None:
+            raise InvalidInput(f"model {self.name!r} takes tensors, not images: send named tensors")
+        if isinstance(item, EncodedImage):
+            bgr = self.preprocessor.decode(item.data)
+        else:
+            bgr = self.preprocessor.from_raw(item.height, item.width, item.pixel_format, item.data)
+        tensor, transform = self.preprocessor(bgr)
+        feeds = {self.image_input.name: tensor[None]}
+        return Prepared(feeds, transform, (bgr.shape[1], bgr.shape[0]), _us(time.perf_counter() - start))
+
+    def postprocess(self, outputs: dict[str, np.ndarray], prepared: Prepared,
+                    options: Options) -> Result:
+        return self.postprocessor(outputs, prepared.transform, options)
+
+    def predict(self, item: ModelInput, options: Options) -> Prediction:
+        """The whole pipeline for one request, unbatched (worker thread)."""
+        start = time.perf_counter()
+        runner = self.require_ready()
+        prepared = self.prepare(item)
+        t0 = time.perf_counter()
+        outputs = runner.infer(prepared.feeds)
+        t1 = time.perf_counter()
+        if prepared.batch != 1 and self.cfg.postprocess.task != "raw":
+            # A batch sent as tensors: postprocess item 0 only would be wrong, return tensors.
+            result = Result(outputs=outputs)
+        else:
+            result = self.postprocess(outputs, prepared, options)
+        t2 = time.perf_counter()
+        timing = Timing(preprocess_us=prepared.preprocess_us, inference_us=_us(t1 - t0),
+                        postprocess_us=_us(t2 - t1), total_us=_us(t2 - start))
+        info = runner.info
+        return Prediction(result, timing, prepared.image_size, info.backend, info.precision)
+
+
+def _batch_of(feeds: dict[str, np.ndarray]) -> int:
+    sizes = {a.shape[0] for a in feeds.values() if a.ndim > 0}
+    return sizes.pop() if len(sizes) == 1 else 1

@@ -1,0 +1,1 @@
+"""gRPC edge: thin servicers, protobuf <-> numpy converters, error translation."""

@@ -1,0 +1,140 @@
+"""The daemon's lifecycle: startup, main loop, graceful shutdown.
+
+startup   bind the gRPC port, register services, tell systemd READY (the
+          process is live), start loading models in the background
+main loop every tick: refresh health, feed the systemd watchdog (only while
+          the event loop and the worker pool answer)
+shutdown  on SIGTERM/SIGINT: health NOT_SERVING, stop accepting, give
+          in-flight calls `grace_period_s`, then cancel; unload models
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Optional
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2, inference_pb2_grpc
+
+from .. import systemd
+from ..config import Config
+from ..pipeline.model import ModelState, ServedModel
+from ..registry import ModelRegistry
+from .pipeline import InferencePipeline
+from .servicer import InferenceServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Daemon:
+    """One running edgeinfer server. `await Daemon(config).run()` serves until stopped."""
+
+    def __init__(self, config: Config, tick_s: float = 1.0):
+        self.config = config
+        self.tick_s = tick_s
+        self.registry = ModelRegistry(config)
+        self.pipeline = InferencePipeline(config.server.workers)
+        self.health = health.aio.HealthServicer()
+        self.server: Optional[grpc.aio.Server] = None
+        self.port: Optional[int] = None
+        self._stop = asyncio.Event()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+
+    # -- startup ------------------------------------------------------------
+    async def start(self) -> int:
+        """Bind and start serving; returns the bound port. Models load in the background."""
+        self._loop = asyncio.get_running_loop()
+        limit = self.config.server.max_message_bytes
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ])
+        servicer = InferenceServicer(self.registry, self.pipeline, self.config.server.stream_window)
+        inference_pb2_grpc.add_InferenceServicer_to_server(servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [SERVICE_NAME, health.SERVICE_NAME]
+        if self.config.server.reflection:
+            names.append(reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(names, self.server)
+        listen = self.config.server.listen
+        self.port = self.server.add_insecure_port(listen)
+        if self.port == 0 and not listen.startswith("unix:"):
+            raise OSError(f"cannot listen on {listen} (address in use or not allowed)")
+        await self.server.start()
+        log.info("serving edgeinfer.v1 on %s (port %s)", listen, self.port)
+        for model in self.registry:
+            await self._publish(model)
+        self.registry.add_listener(self._on_state_change)
+        self.registry.start_loading()
+        systemd.notify("READY=1", f"STATUS=serving on {listen}; loading {len(self.registry.models)} model(s)")
+        return self.port
+
+    def _on_state_change(self, model: ServedModel) -> None:
+        # Called from loader threads: hop onto the event loop.
+        if self._loop is not None and not self._loop.is_closed():
+            asyncio.run_coroutine_threadsafe(self._publish(model), self._loop)
+
+    async def _publish(self, model: ServedModel) -> None:
+        await self.health.set(model.name, _SERVING if model.state is ModelState.READY else _NOT_SERVING)
+        # Overall readiness: every model finished loading and at least one serves.
+        # A failed model shows NOT_SERVING under its own name.
+        states = [m.state for m in self.registry]
+        overall = _SERVING if (ModelState.LOADING not in states and ModelState.READY in states) else _NOT_SERVING
+        await self.health.set("", overall)
+        await self.health.set(SERVICE_NAME, overall)
+
+    # -- main loop ------------------------------------------------------------
+    async def run(self) -> None:
+        if self.server is None:
+            await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.request_stop)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                pass
+        try:
+            while not self._stop.is_set():
+                try:
+                    await asyncio.wait_for(self._stop.wait(), timeout=self.tick_s)
+                except asyncio.TimeoutError:
+                    await self._tick()
+        finally:
+            await self.stop()
+
+    async def _tick(self) -> None:
+        # The watchdog is fed only when a worker thread answers: a wedged pool
+        # (e.g. a hung GPU call on every worker) lets systemd restart us.
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(loop.run_in_executor(self.pipeline.executor, lambda: True), timeout=5 * self.tick_s)
+        except asyncio.TimeoutError:
+            log.warning("worker pool did not answer within %.0fs; not feeding the watchdog", 5 * self.tick_s)
+            return
+        ready = sum(m.state is ModelState.READY for m in self.registry)
+        systemd.notify("WATCHDOG=1", f"STATUS={ready}/{len(self.registry.models)} models ready")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # -- shutdown -----------------------------------------------------------------
+    async def stop(self) -> None:
+        if self.server is None:
+            return
+        systemd.notify("STOPPING=1")
+        log.info("shutting down: draining for up to %.1fs", self.config.server.grace_period_s)
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.server.grace_period_s)
+        self.server = None
+        self.pipeline.close()
+        self.registry.close()
+        log.info("stopped")

@@ -1,0 +1,88 @@
+"""The edgeinfer.v1.Inference servicer: thin, it converts and delegates.
+
+Decoding, preprocessing, inference and postprocessing run on the worker pool
+(see `InferencePipeline`); the event loop only moves messages.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+import grpc
+
+from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2 as pb
+from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
+
+from ..registry import ModelRegistry
+from . import converters
+from .errors import status_of, translate_errors
+from .pipeline import InferencePipeline
+
+log = logging.getLogger(__name__)
+
+
+class InferenceServicer(pb_grpc.InferenceServicer):
+    def __init__(self, registry: ModelRegistry, pipeline: InferencePipeline, stream_window: int = 16):
+        self.registry = registry
+        self.pipeline = pipeline
+        self.stream_window = stream_window
+
+    async def _answer(self, request: pb.InferRequest, deadline_s=None) -> pb.InferResponse:
+        model = self.registry.get(request.model)
+        model.require_ready()
+        item = converters.request_input(request)
+        options = converters.request_options(request)
+        prediction = await self.pipeline.run(model, item, options, deadline_s)
+        return converters.response(model, request.request_id, prediction)
+
+    @translate_errors
+    async def Infer(self, request, context):
+        return await self._answer(request, context.time_remaining())
+
+    async def InferStream(self, request_iterator, context) -> AsyncIterator[pb.StreamResponse]:
+        """Ordered results; up to `stream_window` frames in flight; a failed frame answers an error."""
+        pending: asyncio.Queue = asyncio.Queue(maxsize=self.stream_window)
+
+        async def one(seq: int, request: pb.InferRequest) -> pb.StreamResponse:
+            try:
+                resp = await self._answer(request)
+                return pb.StreamResponse(request_id=request.request_id, sequence=seq, response=resp)
+            except Exception as exc:  # noqa: BLE001 - one bad frame never breaks the stream
+                code, message = status_of(exc)
+                return pb.StreamResponse(request_id=request.request_id, sequence=seq,
+                                         error=converters.error_status(code, message))
+
+        async def reader() -> None:
+            seq = 0
+            try:
+                async for request in request_iterator:
+                    # put() blocks while the window is full: back-pressure to the client.
+                    await pending.put(asyncio.ensure_future(one(seq, request)))
+                    seq += 1
+            finally:
+                await pending.put(None)
+
+        reader_task = asyncio.ensure_future(reader())
+        try:
+            while True:
+                task = await pending.get()
+                if task is None:
+                    break
+                yield await task
+            await reader_task  # surfaces a broken client stream
+        finally:
+            if not reader_task.done():
+                reader_task.cancel()
+            while not pending.empty():
+                task = pending.get_nowait()
+                if task is not None:
+                    task.cancel()
+
+    @translate_errors
+    async def ListModels(self, request, context):
+        return pb.ListModelsResponse(models=[converters.model_info(m) for m in self.registry])
+
+    @translate_errors
+    async def GetModel(self, request, context):
+        return converters.model_info(self.registry.get(request.name))
