@@ -127,3 +127,19 @@ def client(daemon):
 
     with Client(daemon.address, timeout=60) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def start_daemon():
+    """Factory: start_daemon(config) -> a running DaemonThread, stopped at the end of the session."""
+    started = []
+
+    def _start(config, wait_loaded: bool = True) -> DaemonThread:
+        d = DaemonThread(config).start(wait_loaded)
+        started.append(d)
+        return d
+
+    yield _start
+    for d in started:
+        if d.thread.is_alive():
+            d.stop()

@@ -242,7 +242,8 @@ def _type_name(tp) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (list,):
         (inner,) = typing.get_args(tp) or (Any,)
-        return f"a list of {_type_name(inner)}s"
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+        return f"a list of {plural.get(inner, 'tables' if dataclasses.is_dataclass(inner) else 'values')}"
     if origin is dict:
         return "a table"
     if origin in (Union, types.UnionType):

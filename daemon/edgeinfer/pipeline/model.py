@@ -160,14 +160,15 @@ class ServedModel:
 
     def _check_image_input(self, runner: Runner) -> Optional[TensorSpec]:
         """The image input must match the configured size/layout/dtype, or the model fails to load."""
-        if self.cfg.postprocess.task == "raw" and not self.cfg.input.tensor and len(runner.inputs) != 1:
-            return None  # tensor-only model (e.g. a text encoder)
         specs = {s.name: s for s in runner.inputs}
         name = self.cfg.input.tensor or runner.inputs[0].name
         if name not in specs:
             raise BackendLoadError(f"[models.{self.name}.input] tensor: the model has no input {name!r} "
                                    f"(inputs: {sorted(specs)})")
         spec = specs[name]
+        tensor_only = self.cfg.postprocess.task == "raw" and not self.cfg.input.tensor
+        if tensor_only and (len(runner.inputs) != 1 or len(spec.shape) != 4):
+            return None  # a raw model that takes tensors only (e.g. a text encoder)
         expected = self._image_shape()
         if len(spec.shape) != 4:
             raise BackendLoadError(f"input {name!r} has rank {len(spec.shape)}; an image input needs rank 4")
