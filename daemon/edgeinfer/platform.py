@@ -94,6 +94,20 @@ def cuda_device_count() -> int:
     return int(n) if int(err) == 0 else 0
 
 
+def gpu_present() -> bool:
+    """Is there an NVIDIA GPU? cuda-python when installed, else the driver's device nodes.
+
+    ONNX Runtime's CUDA build does not need cuda-python, so its absence must not
+    hide a GPU (dGPU: /proc/driver/nvidia/gpus/*, Jetson: /dev/nvhost-* / nvgpu).
+    """
+    if _cudart() is not None:
+        return cuda_device_count() > 0
+    gpus = Path("/proc/driver/nvidia/gpus")
+    if gpus.is_dir() and any(gpus.iterdir()):
+        return True
+    return any(Path(p).exists() for p in ("/dev/nvhost-gpu", "/dev/nvgpu/igpu0/ctrl", "/dev/nvhost-ctrl-gpu"))
+
+
 def _gpus(cudart) -> list[GpuInfo]:
     out = []
     for i in range(cuda_device_count()):

@@ -39,7 +39,7 @@ def default_providers() -> list[str]:
 def _cuda_device_present() -> bool:
     from ... import platform as plat
 
-    return plat.cuda_device_count() > 0
+    return plat.gpu_present()
 
 
 class RunnerFromOnnx:
