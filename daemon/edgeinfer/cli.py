@@ -1,4 +1,4 @@
-"""`edgeinfer` command line: serve | check-config | models | info.
+"""`edgeinfer` command line: serve | check-config | models | build | cache | bench | info.
 
 Exit status: 0 success, 1 runtime failure, 2 bad usage or bad config.
 """
@@ -116,6 +116,83 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_build(args) -> int:
+    """Prepare every model as the daemon would at start (transforms, engines), with progress."""
+    from pathlib import Path
+
+    from .loading import ModelLoader
+
+    config = _load(args.config)
+    models = [m for m in config.models if not args.model or m.name in args.model]
+    unknown = set(args.model or []) - {m.name for m in config.models}
+    if unknown:
+        print(f"edgeinfer: no model named {sorted(unknown)} in {args.config}", file=sys.stderr)
+        return 2
+    failed = 0
+    for m in models:
+        print(f"[{m.name}] building: backends {m.backend_order}, precision {m.precision}", flush=True)
+        outcome = ModelLoader(m, Path(config.cache.dir),
+                              progress=lambda msg, n=m.name: print(f"[{n}] {msg}", flush=True))()
+        for a in outcome.attempts:
+            print(f"[{m.name}]   {a.backend}/{a.precision}: {a.outcome}{' - ' + a.reason if a.reason else ''}")
+        for rep in outcome.accuracy:
+            figures = ", ".join(f"{k}={v:.4f}" for k, v in sorted(rep.metrics.items()))
+            print(f"[{m.name}]   accuracy {rep.precision}: {figures} ({'passed' if rep.passed else 'REFUSED'})")
+        runner = outcome.runner
+        if runner is None:
+            print(f"[{m.name}] FAILED: {outcome.failure_reason}", flush=True)
+            failed += 1
+            continue
+        info = runner.info
+        runner.deactivate()
+        if args.require_backend and info.backend != args.require_backend:
+            print(f"[{m.name}] FAILED: serves on {info.backend}, not {args.require_backend}", flush=True)
+            failed += 1
+            continue
+        print(f"[{m.name}] OK: {info.backend}/{info.precision} on {info.device}", flush=True)
+    return 1 if failed else 0
+
+
+def cmd_cache(args) -> int:
+    """Engine cache: list | verify | prune. The cache dir comes from --dir or the config."""
+    from .backends.tensorrt import cache as engine_cache
+
+    if args.dir:
+        cache_dir = args.dir
+    elif args.config:
+        cache_dir = load_config(args.config, check_files=False).cache.dir
+    else:
+        from .config import CacheConfig
+
+        cache_dir = CacheConfig().dir
+    if args.action == "list":
+        entries = [e.summary() for e in engine_cache.list_entries(cache_dir)]
+        if args.json:
+            print(json.dumps(entries, indent=2))
+        elif not entries:
+            print(f"no engines in {cache_dir}")
+        for e in entries if not args.json else []:
+            size = f"{e['size'] / 1e6:.1f} MB" if e["size"] else "?"
+            print(f"{e['key'][:12]}  {e['model'] or '?':<14} {e['precision'] or '?':<5} {e['tensorrt']:<24} "
+                  f"{e['gpu']:<32} {size:>9}  built {e['created'] or '?'}  last used {e['last_used'] or '?'}"
+                  + (f"  REFUSED BY RUNTIME: {e['runtime_error']}" if e["runtime_error"] else ""))
+        return 0
+    if args.action == "verify":
+        results = engine_cache.verify(cache_dir)
+        bad = 0
+        for entry, ok, reason in results:
+            bad += not ok
+            print(f"{entry.key[:12]}  {'ok' if ok else 'BROKEN'}  {reason}")
+        print(f"{len(results)} engine(s), {bad} broken in {cache_dir}")
+        return 1 if bad else 0
+    older = args.older_than_days * 86400 if args.older_than_days is not None else None
+    removed = engine_cache.prune(cache_dir, older_than=older, remove_broken=True, dry_run=args.dry_run)
+    for entry, why in removed:
+        print(f"{'would remove' if args.dry_run else 'removed'} {entry.key[:12]} ({entry.model or '?'}): {why}")
+    print(f"{len(removed)} engine(s) {'to remove' if args.dry_run else 'removed'} from {cache_dir}")
+    return 0
+
+
 def cmd_info(args) -> int:
     from . import platform
 
@@ -162,6 +239,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load", action="store_true", help="load the models in this process instead of asking the daemon")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("build", help="prebuild engines / precision variants into the cache, with progress")
+    p.add_argument("--config", required=True)
+    p.add_argument("--model", action="append", help="only this model (repeatable)")
+    p.add_argument("--require-backend", choices=["tensorrt", "onnxruntime"],
+                   help="fail unless the model ends up on this backend")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("cache", help="engine cache: list | verify | prune")
+    p.add_argument("action", choices=["list", "verify", "prune"])
+    p.add_argument("--config", help="take the cache dir from this config")
+    p.add_argument("--dir", help="cache dir (default: the config's, else ~/.cache/edgeinfer)")
+    p.add_argument("--json", action="store_true", help="list: JSON")
+    p.add_argument("--older-than-days", type=float, help="prune: entries not used for this many days")
+    p.add_argument("--dry-run", action="store_true", help="prune: only say what would go")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("info", help="what this machine offers: GPU, CUDA, TensorRT, ONNX Runtime, Jetson")
     p.add_argument("--json", action="store_true")
