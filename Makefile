@@ -45,5 +45,13 @@ test: $(STAMP) $(ASSETS)
 protos: $(STAMP)
 	$(PY) scripts/gen_protos.py
 
+# On the lent GPU machine (H100/H200), with onnxruntime-gpu and TensorRT-RTX in
+# /tmp/site (see docs/gpu.md): the TensorRT build path through our loader and
+# cache, then the whole daemon falling back to ONNX Runtime CUDA.
+GPU_ASSETS ?= assets
+gpu-check:
+	PYTHONPATH=/tmp/site:daemon:clients python3 scripts/gpu_check_trt.py --onnx $(GPU_ASSETS)/models/efficientnet-lite0.onnx
+	PYTHONPATH=/tmp/site:daemon:clients python3 scripts/gpu_check_daemon.py --assets $(GPU_ASSETS)
+
 clean:
 	rm -rf $(VENV) assets .cache build *.egg-info
