@@ -110,6 +110,11 @@ def test_int8_needs_calibration_images(write):
     assert "[models.m.calibration] images: INT8 needs representative images" in msg
 
 
+def test_fp16_needs_validation_images(write):
+    msg = _error(write(GOOD.replace('onnx = "model.onnx"', 'onnx = "model.onnx"\nprecision = ["fp16", "fp32"]')))
+    assert "[models.m.calibration] validation: FP16 is gated against FP32 and needs validation images" in msg
+
+
 def test_duplicate_model_name(write):
     msg = _error(write(GOOD + '\n[[models]]\nname = "m"\nonnx = "model.onnx"\n'))
     assert "[models.m] name: a model of this name is already configured" in msg

@@ -359,6 +359,10 @@ def _validate_model(ctx: _Ctx, m: ModelConfig, base: Path) -> None:
     if "int8" in m.precision and not m.calibration.images:
         raise ctx.fail(f"{table}.calibration", "images",
                        "INT8 needs representative images: set a folder of images or a video file")
+    if "fp16" in m.precision and not (m.calibration.images or m.calibration.validation):
+        # Caught here rather than at load time: the accuracy gate needs samples.
+        raise ctx.fail(f"{table}.calibration", "validation",
+                       "FP16 is gated against FP32 and needs validation images: set validation or images")
     channels = 1 if m.input.color == "gray" else 3
     for key in ("mean", "std"):
         if len(getattr(m.input, key)) not in (1, channels):

@@ -1,0 +1,102 @@
+"""The variant cache: transformed ONNX files under `<cache_dir>/onnx/`, reused across starts.
+
+A variant's key is the sha256 of everything its bytes depend on: the source
+ONNX bytes, the precision, the transform settings, the transform code's
+version and the onnx/onnxruntime versions doing the work, and for INT8 the
+calibration data hash. Same key = same file, so a restart reuses it without
+re-calibrating; any change makes a new file (old ones are left for an
+operator or a cache-size policy to remove).
+
+Files are written to a temporary name in the same folder and renamed into
+place, so a crash or a second process never leaves a half-written variant
+under a valid name. A cache folder that cannot be written is reported (it
+would otherwise mean a silent re-transform on every start) and a per-user
+temporary folder is used for this run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+log = logging.getLogger(__name__)
+
+# Bump when a change in this package changes the bytes of a variant.
+TRANSFORM_VERSION = 1
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _library_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def variant_key(source_sha256: str, precision: str, settings: object,
+                calibration_hash: Optional[str]) -> str:
+    """sha256 hex key of one variant (`settings` is a dataclass)."""
+    payload = {
+        "transform_version": TRANSFORM_VERSION,
+        "source_sha256": source_sha256,
+        "precision": precision,
+        "settings": dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else settings,
+        "calibration": calibration_hash,
+        "libraries": _library_versions(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def variant_dir(cache_dir: Path) -> Path:
+    """`<cache_dir>/onnx`, created; a private temporary folder when that is not writable."""
+    wanted = Path(cache_dir) / "onnx"
+    try:
+        wanted.mkdir(parents=True, exist_ok=True)
+        # mkdir succeeds on an existing read-only folder: probe a real write.
+        with tempfile.NamedTemporaryFile(dir=wanted, prefix=".probe-"):
+            pass
+        return wanted
+    except OSError as exc:
+        fallback = Path(tempfile.gettempdir()) / f"edgeinfer-{os.getuid()}" / "onnx"
+        fallback.mkdir(parents=True, exist_ok=True)
+        log.warning("variant cache %s is not writable (%s): using %s for this run; "
+                    "transformed models will be rebuilt after a reboot", wanted,
+                    exc.strerror or exc, fallback)
+        return fallback
+
+
+def variant_path(folder: Path, source: Path, precision: str, key: str) -> Path:
+    # The readable prefix is for operators; the key alone decides identity.
+    return folder / f"{Path(source).stem}.{precision}.{key[:20]}.onnx"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(temp_path)`, then rename the temporary file to `path`.
+
+    Raises:
+        whatever `write` raises (the temporary file is removed); OSError from the rename.
+    """
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        # mkstemp makes 0600 files; a cache filled by `edgeinfer build` run
+        # as another user must stay readable by the daemon.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
