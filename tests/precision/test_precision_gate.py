@@ -8,7 +8,7 @@ import pytest
 
 from edgeinfer.pipeline.postprocess import ClassScore, Detection, Result
 from edgeinfer.precision import AccuracyReport, evaluate_accuracy, fp32_reference, session_callable
-from edgeinfer.precision.metrics import (box_iou, classification_figures, detection_figures,
+from edgeinfer.precision.metrics import (classification_figures, detection_figures,
                                          match_detections, tensor_figures)
 
 
@@ -60,13 +60,13 @@ def test_candidate_that_raises_is_refused_with_the_error(faces_cfg):
     assert "fp16 model failed on" in report.reason and "engine exploded" in report.reason
 
 
-def test_reduced_precision_without_images_is_refused(config_factory):
-    # fp16 needs no calibration, so the config is valid without images; the gate cannot run.
-    cfg = config_factory("imagenet", precision=["fp16", "fp32"], images="", validation="")
+def test_reduced_precision_without_images_is_refused(config_factory, tmp_path):
+    # Config validation requires a folder for fp16; an empty one still leaves the gate nothing to run.
+    cfg = config_factory("imagenet", precision=["fp16", "fp32"], images="", validation=str(tmp_path))
     report = evaluate_accuracy(cfg, "fp16", lambda f: {}, lambda f: {})
     print(f"\nno images: {report.summary()}")
     assert not report.passed and report.samples == 0
-    assert "no validation images" in report.reason and "[calibration]" in report.reason
+    assert "cannot run the gate" in report.reason and "no images" in report.reason and str(tmp_path) in report.reason
 
 
 def test_fp32_passes_without_running(imagenet_cfg):
@@ -91,11 +91,10 @@ def _det(x1, y1, x2, y2, cls=0):
     return Detection(box=(x1, y1, x2, y2), score=0.9, class_index=cls)
 
 
-def test_box_iou_by_hand():
-    a = np.array([[0, 0, 10, 10]], float)
-    b = np.array([[5, 0, 15, 10], [20, 20, 30, 30]], float)
-    # overlap 5x10 = 50, union 100 + 100 - 50 = 150
-    assert box_iou(a, b) == pytest.approx(np.array([[50 / 150, 0.0]]))
+def test_matching_iou_by_hand():
+    # overlap 5x10 = 50, union 100 + 100 - 50 = 150; the far box matches nothing
+    matched = match_detections([_det(0, 0, 10, 10)], [_det(20, 20, 30, 30), _det(5, 0, 15, 10)])
+    assert matched == pytest.approx([50 / 150])
 
 
 def test_greedy_matching_is_one_to_one_and_class_aware():

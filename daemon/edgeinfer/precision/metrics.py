@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from ..pipeline.postprocess import Detection, Result
+from ..pipeline.postprocess.nms import iou_matrix
 
 
 def classification_figures(reference: Sequence[Result], candidate: Sequence[Result], k: int = 5) -> dict[str, float]:
@@ -36,21 +37,6 @@ def classification_figures(reference: Sequence[Result], candidate: Sequence[Resu
     return {"top1_agreement": top1 / n, f"top{k}_overlap": overlap / n, f"top1_in_reference_top{k}": near / n}
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of boxes a [N,4] and b [M,4] (x1, y1, x2, y2)."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
 def match_detections(ref: Sequence[Detection], cand: Sequence[Detection]) -> list[float]:
     """Greedy one-to-one matching by descending IoU, same class only; IoUs of matched pairs.
 
@@ -59,7 +45,7 @@ def match_detections(ref: Sequence[Detection], cand: Sequence[Detection]) -> lis
     """
     if not ref or not cand:
         return []
-    iou = box_iou(np.array([d.box for d in ref], np.float64), np.array([d.box for d in cand], np.float64))
+    iou = iou_matrix(np.array([d.box for d in ref]), np.array([d.box for d in cand])).astype(np.float64)
     same_class = np.array([[r.class_index == c.class_index for c in cand] for r in ref])
     iou = np.where(same_class, iou, 0.0)
     matched: list[float] = []
