@@ -203,10 +203,19 @@ class ServedModel:
         return feeds
 
     def _warm_up(self, runner: Runner) -> None:
+        # Warm every batch size the batcher will run (the first call of a new
+        # size can cost far more than the rest: algorithm search, allocations),
+        # so the model is ready only once each one is.
+        from ..batching import batch_buckets, effective_max_batch
+
         self.runner = runner  # example_feeds reads it
         try:
-            for _ in range(self.cfg.warmup_runs):
-                runner.infer(self.example_feeds(1))
+            sizes = [1] + batch_buckets(self.cfg.batching, runner, effective_max_batch(self.cfg.batching, runner))
+            for size in sorted(set(sizes)):
+                if size > 1:
+                    self.progress(f"warming up batch size {size}")
+                for _ in range(self.cfg.warmup_runs):
+                    runner.infer(self.example_feeds(size))
         finally:
             self.runner = None
 
@@ -238,6 +247,13 @@ class ServedModel:
                     options: Options) -> Result:
         return self.postprocessor(outputs, prepared.transform, options)
 
+    def finish(self, outputs: dict[str, np.ndarray], prepared: Prepared, options: Options) -> Result:
+        """Postprocess one request's outputs (its rows only, when it ran in a batch)."""
+        if prepared.batch != 1 and self.cfg.postprocess.task != "raw":
+            # A batch sent as tensors: postprocess item 0 only would be wrong, return tensors.
+            return Result(outputs=outputs)
+        return self.postprocess(outputs, prepared, options)
+
     def predict(self, item: ModelInput, options: Options) -> Prediction:
         """The whole pipeline for one request, unbatched (worker thread)."""
         start = time.perf_counter()
@@ -246,11 +262,7 @@ class ServedModel:
         t0 = time.perf_counter()
         outputs = runner.infer(prepared.feeds)
         t1 = time.perf_counter()
-        if prepared.batch != 1 and self.cfg.postprocess.task != "raw":
-            # A batch sent as tensors: postprocess item 0 only would be wrong, return tensors.
-            result = Result(outputs=outputs)
-        else:
-            result = self.postprocess(outputs, prepared, options)
+        result = self.finish(outputs, prepared, options)
         t2 = time.perf_counter()
         timing = Timing(preprocess_us=prepared.preprocess_us, inference_us=_us(t1 - t0),
                         postprocess_us=_us(t2 - t1), total_us=_us(t2 - start))

@@ -20,8 +20,9 @@ from grpc_reflection.v1alpha import reflection
 
 from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2, inference_pb2_grpc
 
-from .. import systemd
+from .. import __version__, systemd
 from ..config import Config
+from ..metrics import DaemonCollector, Metrics, MetricsEndpoint, MetricsEndpointError
 from ..pipeline.model import ModelState, ServedModel
 from ..registry import ModelRegistry
 from .pipeline import InferencePipeline
@@ -41,7 +42,13 @@ class Daemon:
         self.config = config
         self.tick_s = tick_s
         self.registry = ModelRegistry(config)
-        self.pipeline = InferencePipeline(config.server.workers)
+        # Always collected (tests read the registry); served over HTTP only when enabled.
+        self.metrics = Metrics()
+        self.metrics.declare_models(self.registry.models)
+        self.pipeline = InferencePipeline(config.server.workers, self.metrics)
+        self.metrics.register(DaemonCollector(lambda: list(self.registry), self.pipeline.queue_depths,
+                                              self.pipeline.in_flight, __version__, self.pipeline.max_batch))
+        self.metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics)
         self.health = health.aio.HealthServicer()
         self.server: Optional[grpc.aio.Server] = None
         self.port: Optional[int] = None
@@ -71,6 +78,13 @@ class Daemon:
             raise OSError(f"cannot listen on {listen} (address in use or not allowed)")
         await self.server.start()
         log.info("serving edgeinfer.v1 on %s (port %s)", listen, self.port)
+        if self.config.metrics.enabled:
+            # Metrics are not worth refusing inference for: a taken port is logged
+            # as an error, gRPC serves, and _tick retries the bind every 30 s.
+            try:
+                self.metrics_endpoint.start()
+            except (MetricsEndpointError, ValueError) as exc:
+                log.error("%s", exc)
         for model in self.registry:
             await self._publish(model)
         self.registry.add_listener(self._on_state_change)
@@ -120,6 +134,8 @@ class Daemon:
         except asyncio.TimeoutError:
             log.warning("worker pool did not answer within %.0fs; not feeding the watchdog", 5 * self.tick_s)
             return
+        if self.config.metrics.enabled:
+            self.metrics_endpoint.ensure_started()
         ready = sum(m.state is ModelState.READY for m in self.registry)
         systemd.notify("WATCHDOG=1", f"STATUS={ready}/{len(self.registry.models)} models ready")
 
@@ -135,6 +151,9 @@ class Daemon:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.server.grace_period_s)
         self.server = None
-        self.pipeline.close()
+        # Queued requests still run (their callers are gone if the grace expired).
+        self.pipeline.close(self.config.server.grace_period_s)
         self.registry.close()
+        self.metrics_endpoint.stop()
+        self.metrics.close()
         log.info("stopped")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import AsyncIterator
 
 import grpc
@@ -14,6 +15,8 @@ import grpc
 from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2 as pb
 from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
 
+from ..errors import EdgeInferError
+from ..metrics import UNKNOWN_MODEL
 from ..registry import ModelRegistry
 from . import converters
 from .errors import status_of, translate_errors
@@ -29,12 +32,27 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self.stream_window = stream_window
 
     async def _answer(self, request: pb.InferRequest, deadline_s=None) -> pb.InferResponse:
-        model = self.registry.get(request.model)
-        model.require_ready()
-        item = converters.request_input(request)
-        options = converters.request_options(request)
-        prediction = await self.pipeline.run(model, item, options, deadline_s)
-        return converters.response(model, request.request_id, prediction)
+        # Every request is counted once, by model and status (metrics); a name
+        # that is not served counts as "(unknown)" so clients cannot mint series.
+        label = UNKNOWN_MODEL
+        start = time.monotonic()
+        try:
+            model = self.registry.get(request.model)
+            label = model.name
+            model.require_ready()
+            item = converters.request_input(request)
+            options = converters.request_options(request)
+            prediction = await self.pipeline.run(model, item, options, deadline_s)
+            response = converters.response(model, request.request_id, prediction)
+        except asyncio.CancelledError:
+            expired = deadline_s is not None and time.monotonic() - start >= deadline_s
+            self.pipeline.record(label, "DEADLINE_EXCEEDED" if expired else "CANCELLED")
+            raise
+        except Exception as exc:
+            self.pipeline.record(label, exc.code.name if isinstance(exc, EdgeInferError) else "INTERNAL")
+            raise
+        self.pipeline.record(label, "OK")
+        return response
 
     @translate_errors
     async def Infer(self, request, context):
