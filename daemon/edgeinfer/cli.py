@@ -5,7 +5,6 @@ Exit status: 0 success, 1 runtime failure, 2 bad usage or bad config.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -42,8 +41,13 @@ def cmd_serve(args) -> int:
         daemon = Daemon(config, tick_s=min(tick, 1.0))
         await daemon.run()
 
+    from .eventloop import run
+
     try:
-        asyncio.run(main())
+        run(main(), config.server.event_loop)
+    except ValueError as exc:  # uvloop asked for but not installed
+        log.error("%s", exc)
+        return 2
     except OSError as exc:
         log.error("%s", exc)
         return 1
@@ -259,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="what this machine offers: GPU, CUDA, TensorRT, ONNX Runtime, Jetson")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
+    from .bench.cli import add_bench_parser; add_bench_parser(sub)  # noqa: E702 - `edgeinfer bench`
     return ap
 
 

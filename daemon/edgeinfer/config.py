@@ -68,6 +68,9 @@ class ServerConfig:
     # Seconds given to in-flight calls on shutdown before they are cancelled.
     grace_period_s: float = field(default=10.0, metadata=_non_negative)
     reflection: bool = True
+    # "auto" = uvloop when installed (measured on 2 cores: +13..48% unary
+    # req/s where the transport bounds, neutral on image models), else asyncio.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
 
 @dataclass

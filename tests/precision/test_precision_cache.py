@@ -69,7 +69,7 @@ def test_calibration_hash_follows_bytes_names_bound_and_preprocessing(config_fac
 
 
 def test_errors_are_precision_errors_with_reasons(config_factory, tmp_path):
-    cfg = config_factory("imagenet", precision=["fp16", "fp32"], images="", validation="")
+    cfg = config_factory("imagenet", precision=["fp32"], images="", validation="")
     with pytest.raises(PrecisionError, match="int8 needs representative images"):
         prepare_precision(cfg, "int8", tmp_path)
     with pytest.raises(BackendLoadError, match="unknown precision 'bf16'"):

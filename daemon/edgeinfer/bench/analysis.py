@@ -1,0 +1,110 @@
+"""Ratios between targets measured in the same run, and the pass/miss of the stated targets.
+
+Every ratio is a throughput ratio of two points of the same run (same model,
+same mode, same concurrency), so machine drift between runs cancels out.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable, Optional
+
+from .stats import ratio
+
+TRIVIAL = "trivial"
+
+
+def _find(points: Iterable[dict], **where) -> Optional[dict]:
+    best = None
+    for p in points:
+        if all(p.get(k) == v for k, v in where.items()):
+            # Several ceilings (batch 1, batch 8...): the best one is the ceiling.
+            if best is None or p["throughput"] > best["throughput"]:
+                best = p
+    return best
+
+
+def compute_ratios(run: dict, echo_points: list[dict]) -> list[dict]:
+    """daemon/ceiling, daemon/echo and stream/unary for every point of `run` that has a partner."""
+    out = []
+    daemon = [p for p in run["points"] if p["target"] == "daemon"]
+    ceilings = [p for p in run["points"] if p["target"] == "ceiling"]
+    for d in daemon:
+        base = dict(run=run["label"], model=d["model"], mode=d["mode"], concurrency=d["concurrency"])
+        if d["mode"] == "unary":
+            c = _find(ceilings, model=d["model"], concurrency=d["concurrency"])
+            if c is not None:
+                out.append(dict(base, name="daemon/ceiling", value=ratio(d["throughput"], c["throughput"]),
+                                numerator=d["throughput"], denominator=c["throughput"],
+                                latency_p50_ratio=ratio(d["p50_ms"], c["p50_ms"])))
+            s = _find(daemon, model=d["model"], mode="stream", concurrency=d["concurrency"])
+            if s is not None:
+                out.append(dict(base, name="stream/unary", mode="stream", value=ratio(s["throughput"], d["throughput"]),
+                                numerator=s["throughput"], denominator=d["throughput"]))
+        e = _find(echo_points, model=d["model"], mode=d["mode"], concurrency=d["concurrency"])
+        if e is not None:
+            out.append(dict(base, name="daemon/echo", value=ratio(d["throughput"], e["throughput"]),
+                            numerator=d["throughput"], denominator=e["throughput"],
+                            latency_p50_ratio=ratio(d["p50_ms"], e["p50_ms"])))
+    return out
+
+
+@dataclass
+class Target:
+    """A stated goal on one ratio: `name` of ratio >= threshold for model/mode/concurrency."""
+
+    title: str
+    ratio: str
+    model: str
+    mode: str
+    concurrency: int
+    threshold: float
+
+
+@dataclass
+class TargetResult:
+    title: str
+    ratio: str
+    threshold: float
+    value: Optional[float]
+    passed: Optional[bool]  # None: not measured in this run
+    run: str
+    detail: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def cpu_targets(run: dict, concurrency: int = 8) -> list[Target]:
+    """The issue's CPU goals, for the models this run served.
+
+    - every image model at concurrency 8: daemon >= 90% of the in-process ceiling
+    - the trivial model, unary at concurrency 1 and 8: within 15% of the bare echo
+    - the trivial model: InferStream >= 3x unary at concurrency 1
+    """
+    targets = []
+    for name in run["models"]:
+        if name == TRIVIAL:
+            continue
+        targets.append(Target(f"{name}: daemon >= 90% of in-process ceiling (unary, c={concurrency})",
+                              "daemon/ceiling", name, "unary", concurrency, 0.90))
+    if TRIVIAL in run["models"]:
+        for c in (1, 8):
+            targets.append(Target(f"{TRIVIAL}: unary within 15% of bare echo (c={c})",
+                                  "daemon/echo", TRIVIAL, "unary", c, 0.85))
+        targets.append(Target(f"{TRIVIAL}: InferStream >= 3x unary (c=1)", "stream/unary", TRIVIAL, "stream", 1, 3.0))
+    return targets
+
+
+def evaluate(targets: list[Target], ratios: list[dict], run_label: str) -> list[TargetResult]:
+    out = []
+    for t in targets:
+        r = next((x for x in ratios if x["run"] == run_label and x["name"] == t.ratio and x["model"] == t.model
+                  and x["mode"] == t.mode and x["concurrency"] == t.concurrency), None)
+        if r is None or r["value"] is None:
+            out.append(TargetResult(t.title, t.ratio, t.threshold, None, None, run_label,
+                                    "not measured in this run"))
+            continue
+        detail = f"{r['numerator']:.1f} / {r['denominator']:.1f} per s"
+        out.append(TargetResult(t.title, t.ratio, t.threshold, r["value"], r["value"] >= t.threshold,
+                                run_label, detail))
+    return out

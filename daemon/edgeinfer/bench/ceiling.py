@@ -1,0 +1,200 @@
+"""The in-process ceiling: the served model called directly on threads, no gRPC.
+
+The model is loaded exactly as the daemon loads it (`ServedModel.load()`:
+ModelLoader's backend/precision chain, warm-up), and each request does what
+the daemon's worker does (`ServedModel.predict`: decode, preprocess,
+inference, postprocess) on the same inputs the load generator sends, decoded
+by the daemon's own converter. What is left out is exactly the serving path:
+gRPC, protobuf, the event loop and the hop to the worker pool.
+
+With `batch` > 1 each thread prepares `batch` requests, stacks them into one
+runner call and postprocesses each: the ceiling a batching daemon is compared
+with. It runs in a child process so the benchmark's own threads and the
+earlier targets' leftovers do not disturb it.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..config import ModelConfig, ServerConfig
+from .stats import Summary, summarize
+
+
+@dataclass
+class CeilingSpec:
+    model: ModelConfig
+    server: ServerConfig
+    cache_dir: Optional[str]
+    requests: list[bytes]          # serialized InferRequests, as the load generator sends them
+    concurrency: list[int]
+    duration_s: float
+    warmup_s: float = 1.0
+    batch: int = 1
+    label: str = ""
+    # Threads per point: min(concurrency, threads_cap); None = as many threads as clients.
+    threads_cap: Optional[int] = None
+
+
+@dataclass
+class CeilingPoint:
+    concurrency: int   # the client concurrency this point stands for
+    batch: int
+    summary: Summary
+    latencies_s: np.ndarray
+    # Mean per-request stage times (us) measured inside predict().
+    stage_us: dict[str, float]
+    threads: int = 0
+
+
+def _one_batch(model, items, options):
+    """prepare each item, one runner call for all, postprocess each (batch > 1 only)."""
+    runner = model.require_ready()
+    prepared = [model.prepare(it) for it in items]
+    names = list(prepared[0].feeds)
+    feeds = {n: np.concatenate([p.feeds[n] for p in prepared], axis=0) for n in names}
+    outputs = runner.infer(feeds)
+    for i, p in enumerate(prepared):
+        model.postprocess({k: v[i:i + 1] for k, v in outputs.items()}, p, options)
+
+
+def _run_point(model, items, options, concurrency: int, batch: int, duration_s: float,
+               warmup_s: float, progress) -> CeilingPoint:
+    start = time.monotonic() + 0.05
+    window_start, window_end = start + warmup_s, start + warmup_s + duration_s
+    lats: list[list[float]] = [[] for _ in range(concurrency)]
+    stages: list[list[tuple[int, int, int]]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+    done = [0] * concurrency
+    first_error: list[str] = []
+
+    def worker(k: int) -> None:
+        i = k  # slot k starts at image k, as in the load generator
+        while time.monotonic() < start:
+            time.sleep(0.0005)
+        while time.monotonic() < window_end:
+            sent = time.monotonic()
+            try:
+                if batch == 1:
+                    pred = model.predict(items[i % len(items)], options)
+                    timing = pred.timing
+                else:
+                    _one_batch(model, [items[(i + j) % len(items)] for j in range(batch)], options)
+                    timing = None
+                ok = True
+            except Exception as exc:  # noqa: BLE001 - counted, first one reported
+                ok = False
+                if not first_error:
+                    first_error.append(f"{type(exc).__name__}: {exc}")
+            finished = time.monotonic()
+            i += batch
+            done[k] += batch
+            if window_start <= finished <= window_end:
+                if ok:
+                    lats[k].extend([finished - sent] * batch)
+                    if timing is not None:
+                        stages[k].append((timing.preprocess_us, timing.inference_us, timing.postprocess_us))
+                else:
+                    errors[k] += batch
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    last, last_t = 0, time.monotonic()
+    while any(t.is_alive() for t in threads):
+        time.sleep(1.0)
+        if progress is not None and time.monotonic() < window_end:
+            now, n = time.monotonic(), sum(done)
+            phase = "warm-up" if now < window_start else "measuring"
+            progress(f"{phase} {now - start:5.1f}/{window_end - start:.1f}s  {n} done  "
+                     f"{(n - last) / max(now - last_t, 1e-9):8.1f}/s")
+            last, last_t = n, now
+    for t in threads:
+        t.join()
+    lat = np.asarray([x for per in lats for x in per], dtype=np.float64)
+    st = [s for per in stages for s in per]
+    stage_us = {}
+    if st:
+        mean = np.asarray(st, dtype=np.float64).mean(axis=0)
+        stage_us = {"preprocess_us": float(mean[0]), "inference_us": float(mean[1]),
+                    "postprocess_us": float(mean[2])}
+    if first_error and not lat.size:
+        raise RuntimeError(f"every ceiling request failed: {first_error[0]}")
+    return CeilingPoint(concurrency, batch, summarize(lat, duration_s, sum(errors)), lat, stage_us)
+
+
+def _child(spec: CeilingSpec, conn) -> None:
+    import logging
+
+    from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2 as pb
+
+    from ..pipeline.model import ModelState, ServedModel
+    from ..server.converters import request_input, request_options
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        model = ServedModel(spec.model, spec.server, Path(spec.cache_dir) if spec.cache_dir else None)
+        model.load()
+        if model.state is not ModelState.READY:
+            raise RuntimeError(f"model {spec.model.name} did not load: {model.state_reason}")
+        msgs = [pb.InferRequest.FromString(r) for r in spec.requests]
+        items = [request_input(m) for m in msgs]
+        options = request_options(msgs[0])
+        info = model.runner.info
+        conn.send(("loaded", f"{info.backend}/{info.precision} on {info.device}"))
+        for c in spec.concurrency:
+            threads = min(c, spec.threads_cap) if spec.threads_cap else c
+            label = f"[bench] {spec.label} ceiling c={c} threads={threads}" + \
+                (f" batch={spec.batch}" if spec.batch > 1 else "")
+
+            def progress(line: str, _label=label) -> None:
+                print(f"{_label}: {line}", file=sys.stderr, flush=True)
+
+            point = _run_point(model, items, options, threads, spec.batch, spec.duration_s, spec.warmup_s, progress)
+            point.concurrency, point.threads = c, threads
+            conn.send(("point", point))
+        model.unload()
+        conn.send(("done", None))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def run_ceiling(spec: CeilingSpec, timeout_s: float = 900.0) -> tuple[str, list[CeilingPoint]]:
+    """Load the model in a child process and measure every concurrency in `spec`.
+
+    Returns:
+        (what runs it, e.g. "onnxruntime/fp32 on cpu", one CeilingPoint per concurrency)
+    Raises:
+        RuntimeError: the model did not load or the child failed.
+    """
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_child, args=(spec, child), name="edgeinfer-bench-ceiling", daemon=True)
+    proc.start()
+    points: list[CeilingPoint] = []
+    device = ""
+    try:
+        while True:
+            if not parent.poll(timeout_s):
+                raise RuntimeError(f"ceiling for {spec.model.name} did not answer within {timeout_s:.0f}s")
+            what, value = parent.recv()
+            if what == "loaded":
+                device = value
+            elif what == "point":
+                points.append(value)
+            elif what == "done":
+                break
+            else:
+                raise RuntimeError(f"ceiling for {spec.model.name} failed: {value}")
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.terminate()
+    return device, points

@@ -1,0 +1,402 @@
+#!/usr/bin/env python3
+"""GPU checks and benchmark of edgeinfer's GPU data path. Run it on the GPU machine.
+
+    python3 scripts/gpu_bench.py --assets DIR --out DIR [--duration 10] [--concurrency 32]
+
+DIR (assets) is laid out like assets/: models/efficientnet-lite0.onnx and media/ photos.
+Steps, each printed as it goes and summarized in one table at the end:
+
+ 1. the NVRTC preprocessing kernel against the CPU path (pipeline/preprocess.py)
+    on real photos, for three normalizations; plus its time against numpy's;
+ 2. the IO-binding runner against plain CUDA EP and CPU on EfficientNet-Lite0
+    (real photos, preprocessed by the daemon's Preprocessor), the device-fed path
+    (kernel output bound straight to the session), and call latency with/without binding;
+ 3. ResNet-50 (torchvision, random weights, exported here: dynamic batch, opset 17)
+    served by the edgeinfer daemon on ONNX Runtime CUDA EP with batching, driven
+    by `concurrency` client processes sending JPEGs for `duration` s, against the
+    in-process ceiling in the same run (`edgeinfer bench` machinery).
+
+Needs onnxruntime-gpu, cuda-python, torch + torchvision (the device image has
+all but onnxruntime-gpu, which travels as wheels: shared/device/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "daemon"), str(ROOT / "clients")]
+
+ROWS: list[tuple[str, str, str]] = []  # (check, result, detail) for the final table
+
+
+def row(check: str, result: str, detail: str = "") -> None:
+    ROWS.append((check, result, detail))
+    print(f"[gpu_bench] {check}: {result} {detail}", flush=True)
+
+
+def cuda_library_path() -> None:
+    """Put the pip-installed CUDA/cuDNN libraries on LD_LIBRARY_PATH for child processes.
+
+    onnxruntime-gpu finds them in this process after torch is imported; the
+    daemon and ceiling children are fresh interpreters that import only
+    onnxruntime, and the dynamic loader reads LD_LIBRARY_PATH at their start.
+    """
+    try:
+        import nvidia  # namespace package of the nvidia-* wheels
+    except ImportError:
+        return
+    dirs = sorted({d for base in nvidia.__path__ for d in glob.glob(os.path.join(base, "*", "lib"))})
+    old = os.environ.get("LD_LIBRARY_PATH", "")
+    os.environ["LD_LIBRARY_PATH"] = ":".join(dirs + ([old] if old else []))
+
+
+# -- 1. the preprocessing kernel -------------------------------------------------------------
+
+def check_kernel(media: Path) -> dict:
+    import cv2
+    import numpy as np
+
+    from edgeinfer.config import InputConfig
+    from edgeinfer.gpu.memory import DeviceArray, DeviceBuffer, Stream, check, cudart
+    from edgeinfer.gpu.preprocess_kernel import Normalization, PreprocessKernel, reference_normalize
+    from edgeinfer.pipeline.preprocess import Preprocessor
+
+    out = {}
+    kernel = PreprocessKernel(0)
+    row("kernel compiled", kernel.target)
+    cases = {
+        "efficientnet (rgb, mean 127, std 128)": ("rgb", [127.0] * 3, [128.0] * 3, 1.0, "center-crop", [224, 224]),
+        "imagenet (rgb, /255, mean/std)": ("rgb", [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 1 / 255,
+                                           "center-crop", [224, 224]),
+        "centerface (rgb raw, letterbox 640x480)": ("rgb", [0.0] * 3, [1.0] * 3, 1.0, "letterbox", [640, 480]),
+        "bgr, no swap": ("bgr", [10.0, 20.0, 30.0], [2.0, 3.0, 4.0], 1.0, "stretch", [320, 240]),
+    }
+    photos = sorted(p for p in media.iterdir() if p.suffix.lower() in (".png", ".jpg"))
+    with Stream(0) as stream:
+        for name, (color, mean, std, scale, resize, size) in cases.items():
+            cfg = InputConfig(color=color, resize=resize, size=size, mean=mean, std=std, scale=scale)
+            pre = Preprocessor(cfg)
+            norm = Normalization.from_input_config(cfg)
+            worst, exact = 0.0, 0
+            for p in photos:
+                bgr = cv2.imread(str(p))
+                cpu_tensor, _ = pre(bgr)
+                # The kernel takes the resized uint8 image (OpenCV resizes on the CPU either way).
+                resized, _ = pre._resize(bgr, bgr.shape[1], bgr.shape[0])
+                gpu_tensor = kernel.normalize(resized, norm, swap_rb=color == "rgb", stream=stream)[0]
+                diff = float(np.max(np.abs(gpu_tensor - cpu_tensor)))
+                worst = max(worst, diff)
+                exact += int(np.array_equal(gpu_tensor, cpu_tensor))
+            ok = worst <= 1e-5
+            row(f"kernel vs CPU: {name}", "PASS" if ok else "FAIL",
+                f"max|diff| {worst:.3g} over {len(photos)} photos, {exact} bit-identical")
+            out[name] = {"max_abs_diff": worst, "photos": len(photos), "bit_identical": exact, "pass": ok}
+        # Time: a batch of 32 224x224 images, kernel (CUDA events) vs the numpy normalization.
+        rng = np.random.default_rng()
+        imgs = rng.integers(0, 256, (32, 224, 224, 3), dtype=np.uint8)
+        norm = Normalization.from_config(1.0, [127.0] * 3, [128.0] * 3)
+        src = DeviceArray.from_host(imgs, stream)
+        dst_buf = DeviceBuffer(32 * 3 * 224 * 224 * 4)
+        dst = DeviceArray(dst_buf, np.float32, (32, 3, 224, 224))
+        rt = cudart()
+        start, stop = check(rt.cudaEventCreate(), "cudaEventCreate"), check(rt.cudaEventCreate(), "cudaEventCreate")
+        for _ in range(5):
+            kernel.launch(src, dst, norm, True, stream)
+        reps = 200
+        check(rt.cudaEventRecord(start, stream.handle), "cudaEventRecord")
+        for _ in range(reps):
+            kernel.launch(src, dst, norm, True, stream)
+        check(rt.cudaEventRecord(stop, stream.handle), "cudaEventRecord")
+        check(rt.cudaEventSynchronize(stop), "cudaEventSynchronize")
+        gpu_ms = check(rt.cudaEventElapsedTime(start, stop), "cudaEventElapsedTime") / reps
+        got = dst.to_host(stream)
+        ok = float(np.max(np.abs(got - reference_normalize(imgs, norm, True)))) <= 1e-5
+        t0 = time.perf_counter()
+        for _ in range(5):
+            reference_normalize(imgs, norm, True)
+        cpu_ms = (time.perf_counter() - t0) / 5 * 1e3
+        bytes_moved = imgs.nbytes + got.nbytes
+        row("kernel time, 32x224x224x3", "PASS" if ok else "FAIL",
+            f"GPU {gpu_ms * 1e3:.1f} us ({bytes_moved / (gpu_ms * 1e-3) / 1e9:.0f} GB/s) vs numpy {cpu_ms:.1f} ms")
+        out["timing_32x224"] = {"gpu_ms": gpu_ms, "numpy_ms": cpu_ms, "gbps": bytes_moved / (gpu_ms * 1e-3) / 1e9,
+                                "random_input_pass": ok}
+        dst_buf.close()
+        src.buffer.close()
+    kernel.close()
+    return out
+
+
+# -- 2. IO binding ------------------------------------------------------------------------------
+
+def check_iobinding(effnet: Path, media: Path) -> dict:
+    import cv2
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgeinfer.backends.onnxruntime.runner import OnnxRuntimeRunner
+    from edgeinfer.config import InputConfig
+    from edgeinfer.gpu.memory import DeviceArray, DeviceBuffer, Stream
+    from edgeinfer.gpu.preprocess_kernel import Normalization, PreprocessKernel
+    from edgeinfer.pipeline.preprocess import Preprocessor
+
+    def session(provider):
+        o = ort.SessionOptions()
+        o.log_severity_level = 3
+        return ort.InferenceSession(str(effnet), o, providers=[provider, "CPUExecutionProvider"])
+
+    cfg = InputConfig(color="rgb", resize="center-crop", size=[224, 224], mean=[127.0] * 3, std=[128.0] * 3)
+    pre = Preprocessor(cfg)
+    photos = sorted(p for p in media.iterdir() if p.suffix.lower() in (".png", ".jpg"))
+    bgrs = [cv2.imread(str(p)) for p in photos]
+    x = np.stack([pre(b)[0] for b in bgrs])
+    bound = OnnxRuntimeRunner(session("CUDAExecutionProvider"), io_binding=True)
+    plain = OnnxRuntimeRunner(session("CUDAExecutionProvider"), io_binding=False)
+    cpu = OnnxRuntimeRunner(session("CPUExecutionProvider"))
+    row("IO binding", bound.info.details.get("io_binding", "?"), f"provider {bound.info.details['provider']}")
+    a = bound.infer({"input": x})["logits"]
+    b = plain.infer({"input": x})["logits"]
+    c = cpu.infer({"input": x})["logits"]
+    top1 = [int(v) for v in a.argmax(1)]
+    same = bool(np.array_equal(a.argmax(1), b.argmax(1)) and np.array_equal(a.argmax(1), c.argmax(1)))
+    d_plain, d_cpu = float(np.max(np.abs(a - b))), float(np.max(np.abs(a - c)))
+    row("IO binding vs plain CUDA EP vs CPU (EfficientNet-Lite0)", "PASS" if same and d_plain <= 1e-3 else "FAIL",
+        f"top-1 {top1} equal={same}; max|diff| vs plain {d_plain:.3g}, vs CPU {d_cpu:.3g}")
+    out = {"top1": top1, "top1_equal": same, "max_diff_vs_plain_cuda": d_plain, "max_diff_vs_cpu": d_cpu}
+    # Device-fed path: resized uint8 on the device -> kernel -> bound straight into the session.
+    kernel = PreprocessKernel(0)
+    norm = Normalization.from_input_config(cfg)
+    with Stream(0) as stream:
+        resized = np.stack([pre._resize(cv2.cvtColor(bg, cv2.COLOR_BGR2RGB), bg.shape[1], bg.shape[0])[0]
+                            for bg in bgrs])
+        src = DeviceArray.from_host(resized, stream)
+        buf = DeviceBuffer(x.nbytes)
+        dst = DeviceArray(buf, np.float32, x.shape)
+        kernel.launch(src, dst, norm, swap_rb=False, stream=stream)  # already RGB
+        stream.synchronize()
+        e = bound.io_binding.run_device({"input": dst})["logits"]
+        buf.close()
+        src.buffer.close()
+    kernel.close()
+    d_dev = float(np.max(np.abs(e - a)))
+    row("device-fed (kernel -> bound input) vs host-fed", "PASS" if d_dev <= 1e-4 else "FAIL", f"max|diff| {d_dev:.3g}")
+    out["max_diff_device_fed"] = d_dev
+    # Call latency with and without binding, batch 1 and 32.
+    rng = np.random.default_rng()
+    for batch in (1, 32):
+        feed = {"input": rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)}
+        times = {}
+        for name, r in (("io_binding", bound), ("plain", plain)):
+            for _ in range(5):
+                r.infer(feed)
+            n = 100 if batch == 1 else 30
+            t0 = time.perf_counter()
+            for _ in range(n):
+                r.infer(feed)
+            times[name] = (time.perf_counter() - t0) / n * 1e3
+        row(f"EfficientNet call latency, batch {batch}", "info",
+            f"IO binding {times['io_binding']:.2f} ms, plain CUDA EP {times['plain']:.2f} ms "
+            f"({batch / times['io_binding'] * 1e3:.0f} vs {batch / times['plain'] * 1e3:.0f} img/s)")
+        out[f"latency_ms_batch{batch}"] = times
+    for r in (bound, plain, cpu):
+        r.deactivate()
+    return out
+
+
+# -- 3. ResNet-50 served vs in-process ----------------------------------------------------------------
+
+def export_resnet50(path: Path) -> Path:
+    import torch
+    import torchvision
+
+    model = torchvision.models.resnet50(weights=None).eval()
+    x = torch.randn(2, 3, 224, 224)
+    try:  # the TorchScript exporter: dynamic_axes, exact opset 17
+        torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"], opset_version=17,
+                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, dynamo=False)
+    except Exception as exc:  # noqa: BLE001 - newer torch: the dynamo exporter
+        print(f"[gpu_bench] TorchScript export failed ({exc}); trying the dynamo exporter", flush=True)
+        torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"], opset_version=17,
+                          dynamic_shapes={"x": {0: torch.export.Dim("N", min=1, max=1024)}}, dynamo=True)
+    return path
+
+
+def diagnose_runner(work: Path) -> dict:
+    """Where a batching daemon's inference time goes: new batch shapes, CPU/GIL contention, IO binding.
+
+    One ResNet-50 runner with IO binding and one without; each timed (a) at a
+    fixed batch of 16, (b) on batch sizes it has not seen yet, then (c) the same
+    sizes again, and (d) at batch 16 while 16 threads preprocess photos (what a
+    daemon's workers do beside the batch slots).
+    """
+    import threading
+
+    import cv2
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgeinfer.backends.onnxruntime.runner import OnnxRuntimeRunner
+
+    path = work / "resnet50.onnx"
+    if not path.exists():
+        export_resnet50(path)
+    rng = np.random.default_rng()
+    sizes = [3, 5, 7, 11, 13, 17, 19, 23, 29, 31]
+    out = {}
+
+    def timed(runner, batches) -> float:
+        t0 = time.perf_counter()
+        for b in batches:
+            runner.infer({"input": rng.standard_normal((b, 3, 224, 224)).astype(np.float32)})
+        return (time.perf_counter() - t0) / len(batches) * 1e3
+
+    for io in (True, False):
+        o = ort.SessionOptions()
+        o.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), o, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        r = OnnxRuntimeRunner(sess, io_binding=io)
+        name = "io_binding" if io else "plain"
+        timed(r, [16] * 3)
+        res = {"fixed16_ms": timed(r, [16] * 20), "new_shapes_ms": timed(r, sizes), "seen_shapes_ms": timed(r, sizes)}
+        stop = threading.Event()
+        img = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+
+        def busy() -> None:
+            while not stop.is_set():
+                small = cv2.resize(img, (224, 224), interpolation=cv2.INTER_AREA)
+                (small.astype(np.float32) * 0.5).sum()  # numpy + Python between OpenCV calls, like preprocessing
+
+        threads = [threading.Thread(target=busy, daemon=True) for _ in range(16)]
+        for t in threads:
+            t.start()
+        res["fixed16_contended_ms"] = timed(r, [16] * 20)
+        stop.set()
+        for t in threads:
+            t.join()
+        r.deactivate()
+        out[name] = res
+        row(f"ResNet-50 runner ({name})", "info",
+            ", ".join(f"{k} {v:.1f}" for k, v in res.items()))
+    return out
+
+
+def gpu_targets(run: dict) -> list:
+    from edgeinfer.bench.analysis import Target
+
+    c = max(p["concurrency"] for p in run["points"] if p["target"] == "daemon")
+    return [Target(f"{name}: daemon >= 85% of in-process ceiling (unary, c={c}, GPU)", "daemon/ceiling", name,
+                   "unary", c, 0.85) for name in run["models"]]
+
+
+def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concurrency: int, max_batch: int,
+                 ceiling_batches: list[int], warmup: float = 2.0, variants: str = "") -> dict:
+    """variants: comma list of daemon worker counts (e.g. "16,4"), one daemon run each."""
+    from edgeinfer.bench.cli import summary_text
+    from edgeinfer.bench.report import write_report
+    from edgeinfer.bench.session import BenchSettings, RunSpec, run_benchmark
+    from edgeinfer.config import (BatchingConfig, Config, InputConfig, ModelConfig, OnnxRuntimeConfig,
+                                  PostprocessConfig, ServerConfig)
+
+    t0 = time.perf_counter()
+    onnx_path = export_resnet50(work / "resnet50.onnx")
+    row("ResNet-50 exported", "ok", f"{onnx_path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t0:.1f}s")
+    cpus = os.cpu_count() or 8
+    model = ModelConfig(
+        name="resnet50", onnx=str(onnx_path), backends=["onnxruntime"], warmup_runs=3,
+        input=InputConfig(color="rgb", resize="center-crop", size=[224, 224], scale=1 / 255,
+                          mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        postprocess=PostprocessConfig(task="classification", top_k=5),
+        onnxruntime=OnnxRuntimeConfig(providers=["CUDAExecutionProvider", "CPUExecutionProvider"], instances=2),
+        batching=BatchingConfig(max_batch=max_batch, max_queue_delay_us=2000),
+    )
+    specs = []
+    for v in (variants.split(",") if variants else [str(cpus)]):
+        workers = int(v)
+        config = Config(server=ServerConfig(workers=workers, stream_window=16), models=[model], source="gpu_bench.py")
+        config.metrics.enabled = False
+        config.cache.dir = str(work / "cache")
+        specs.append(RunSpec(f"ort-cuda-b{max_batch}-w{workers}", config=config))
+    settings = BenchSettings(
+        runs=specs, images=media, concurrency=[concurrency],
+        modes=["unary"], duration_s=duration, warmup_s=warmup, payload="jpeg", trivial=False, echo=False,
+        ceiling_batches=ceiling_batches, client_processes=concurrency, work_dir=work,
+        title="edgeinfer GPU benchmark: ResNet-50 on ONNX Runtime CUDA EP", command="scripts/gpu_bench.py",
+        targets=gpu_targets)
+    results = run_benchmark(settings)
+    paths = write_report(results, out_dir, "gpu-resnet50")
+    print(summary_text(results), flush=True)
+    for run in results["runs"]:
+        d = next(p for p in run["points"] if p["target"] == "daemon")
+        row(f"ResNet-50 daemon {run['label']} (gRPC, JPEG, batching max {max_batch})", "info",
+            f"{d['throughput']:.0f} img/s, P50 {d['p50_ms']:.1f} ms, P99 {d['p99_ms']:.1f} ms, errors {d['errors']}, "
+            f"served on {run['models']['resnet50'].get('served_on')}")
+        for p in (p for p in run["points"] if p["target"] == "ceiling"):
+            row(f"ResNet-50 ceiling {run['label']} (in-process, batch {p['batch']})", "info",
+                f"{p['throughput']:.0f} img/s, P50 {p['p50_ms']:.1f} ms")
+    for t in results["targets"]:
+        row(t["title"], "PASS" if t["passed"] else ("MISS" if t["passed"] is False else "n/a"),
+            f"ratio {t['value']:.3f}" if t["value"] is not None else "")
+    return {"results_json": str(paths["json"]), "targets": results["targets"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--assets", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-bench-out")))
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--max-batch", type=int, default=32)
+    ap.add_argument("--ceiling-batch", default="1,8,32")
+    ap.add_argument("--warmup", type=float, default=2.0,
+                    help="unmeasured seconds per point (a batching daemon meets each new batch size once)")
+    ap.add_argument("--variants", default="", help="daemon runs with these worker counts, e.g. 16,4")
+    ap.add_argument("--skip", default="", help="comma list of kernel,iobinding,diagnose,resnet")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path("/tmp/edgeinfer-gpu-bench")
+    work.mkdir(parents=True, exist_ok=True)
+    import torch  # noqa: F401 - loads the CUDA/cuDNN libraries onnxruntime-gpu needs, in this process
+
+    cuda_library_path()
+    import onnxruntime as ort
+
+    from edgeinfer import platform as plat
+
+    info = plat.detect()
+    row("device", ", ".join(f"{g.name} (cc {g.compute_capability})" for g in info.gpus) or "NO GPU",
+        f"driver {info.nvidia_driver}, CUDA runtime {info.cuda_runtime}, onnxruntime {ort.__version__} "
+        f"{ort.get_available_providers()}")
+    skip = set(filter(None, args.skip.split(",")))
+    summary = {"device": [g.name for g in info.gpus]}
+    steps = [("kernel", lambda: check_kernel(args.assets / "media")),
+             ("iobinding", lambda: check_iobinding(args.assets / "models" / "efficientnet-lite0.onnx",
+                                                   args.assets / "media")),
+             ("diagnose", lambda: diagnose_runner(work)),
+             ("resnet", lambda: bench_resnet(work, args.assets / "media", args.out, args.duration, args.concurrency,
+                                             args.max_batch, [int(b) for b in args.ceiling_batch.split(",")],
+                                             args.warmup, args.variants))]
+    failed = False
+    for name, step in steps:
+        if name in skip:
+            continue
+        try:
+            summary[name] = step()
+        except Exception as exc:  # noqa: BLE001 - report and go on to the next step
+            traceback.print_exc()
+            row(name, "ERROR", f"{type(exc).__name__}: {exc}")
+            failed = True
+    (args.out / "gpu-checks.json").write_text(json.dumps(summary, indent=1, default=str))
+    print("\n| check | result | detail |\n| --- | --- | --- |")
+    for check_name, result, detail in ROWS:
+        print(f"| {check_name} | {result} | {detail} |")
+    return 1 if failed or any(r[1] in ("FAIL", "ERROR") for r in ROWS) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""The bare echo server answers with the size named in the method, unary and streaming."""
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from edgeinfer.bench.echo import EchoServer, stream_method, unary_method
+from edgeinfer.bench.loadgen import LoadSpec, run_load
+
+
+@pytest.fixture(scope="module")
+def echo():
+    with EchoServer() as server:
+        yield server
+
+
+def test_unary_and_stream_answer_with_the_requested_size(echo):
+    with grpc.insecure_channel(echo.address) as ch:
+        assert ch.unary_unary(unary_method(123))(b"hello", timeout=10) == bytes(123)
+        replies = list(ch.stream_stream(stream_method(7))(iter([b"a", b"b", b"c"]), timeout=10))
+        assert replies == [bytes(7)] * 3
+        with pytest.raises(grpc.RpcError) as info:
+            ch.unary_unary("/edgeinfer.bench.Echo/Nope")(b"x", timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_load_generator_measures_the_echo_server(echo):
+    spec = LoadSpec(echo.address, unary_method(64), "unary", [b"x" * 300], concurrency=2,
+                    duration_s=0.6, warmup_s=0.2, label="echo test")
+    res = run_load(spec, progress=None)
+    assert res.summary.errors == 0 and res.summary.count > 20
+    assert res.response_bytes == 64 and res.request_bytes == 300
+    assert 0 < res.summary.p50_ms < 200
+    spec = LoadSpec(echo.address, stream_method(32), "stream", [b"y" * 10], concurrency=1,
+                    duration_s=0.6, warmup_s=0.2, stream_window=4, label="echo stream test")
+    res = run_load(spec, progress=None)
+    assert res.summary.errors == 0 and res.summary.count > 20 and res.response_bytes == 32
+
+
+def test_load_generator_reports_an_unreachable_target():
+    spec = LoadSpec("127.0.0.1:1", unary_method(8), "unary", [b"x"], concurrency=1, duration_s=0.2,
+                    warmup_s=0.0, label="nowhere", connect_timeout_s=1)
+    with pytest.raises(RuntimeError, match="nowhere: client process failed"):
+        run_load(spec, progress=None)
