@@ -43,7 +43,7 @@ import numpy as np
 
 from .backends.base import Runner
 from .config import BatchingConfig
-from .errors import DeadlineExpired, InferenceError, InvalidInput, ModelNotReady
+from .errors import DeadlineExpired, InferenceError, ModelNotReady
 from .pipeline.model import Prediction, Prepared, ServedModel, Timing
 from .pipeline.postprocess import Options
 
@@ -106,23 +106,6 @@ def pad_rows(feeds: Mapping[str, np.ndarray], rows: int, buckets: Sequence[int])
         return dict(feeds)
     return {name: np.concatenate([arr, np.repeat(arr[-1:], target - rows, axis=0)], axis=0)
             for name, arr in feeds.items()}
-
-
-def check_feeds(runner: Runner, feeds: Mapping[str, np.ndarray]) -> None:
-    """The checks Runner.infer makes, per request, so one bad request never fails a whole batch.
-
-    Raises:
-        InvalidInput: missing or unknown tensor, wrong dtype or shape.
-    """
-    specs = {s.name: s for s in runner.inputs}
-    missing = sorted(set(specs) - set(feeds))
-    if missing:
-        raise InvalidInput(f"missing input tensor(s) {missing}; the model takes {sorted(specs)}")
-    extra = sorted(set(feeds) - set(specs))
-    if extra:
-        raise InvalidInput(f"unknown input tensor(s) {extra}; the model takes {sorted(specs)}")
-    for name, arr in feeds.items():
-        specs[name].check(arr)
 
 
 def signature_of(feeds: Mapping[str, np.ndarray]) -> Optional[tuple]:

@@ -46,6 +46,27 @@ def _fmt(shape: Sequence[int]) -> str:
     return "[" + ", ".join("?" if d == -1 else str(d) for d in shape) + "]"
 
 
+def check_feeds(inputs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -> Optional[int]:
+    """Check feeds against the model's inputs; returns the batch size (None when no input has one).
+
+    Raises:
+        InvalidInput: a tensor is missing or unknown, or has the wrong dtype or shape.
+    """
+    specs = {s.name: s for s in inputs}
+    missing = sorted(set(specs) - set(feeds))
+    if missing:
+        raise InvalidInput(f"missing input tensor(s) {missing}; the model takes {sorted(specs)}")
+    extra = sorted(set(feeds) - set(specs))
+    if extra:
+        raise InvalidInput(f"unknown input tensor(s) {extra}; the model takes {sorted(specs)}")
+    batch = None
+    for name, arr in feeds.items():
+        specs[name].check(arr)
+        if specs[name].dynamic_batch:
+            batch = arr.shape[0] if batch is None else batch
+    return batch
+
+
 @dataclass
 class RunnerInfo:
     """What a loaded runner tells the rest of the daemon (and GetModel)."""
@@ -106,18 +127,7 @@ class Runner(abc.ABC):
             InvalidInput: a feed is missing, unexpected, or has the wrong dtype/shape.
             InferenceError: the runtime failed.
         """
-        specs = {s.name: s for s in self.inputs}
-        missing = sorted(set(specs) - set(feeds))
-        if missing:
-            raise InvalidInput(f"missing input tensor(s) {missing}; the model takes {sorted(specs)}")
-        extra = sorted(set(feeds) - set(specs))
-        if extra:
-            raise InvalidInput(f"unknown input tensor(s) {extra}; the model takes {sorted(specs)}")
-        batch = None
-        for name, arr in feeds.items():
-            specs[name].check(arr)
-            if specs[name].dynamic_batch:
-                batch = arr.shape[0] if batch is None else batch
+        batch = check_feeds(self.inputs, feeds)
         limit = self.info.max_batch
         if batch is not None and limit is not None and batch > limit:
             raise InvalidInput(f"batch of {batch} exceeds the engine's maximum batch {limit}")

@@ -30,7 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 from ..backends.base import Runner
-from ..batching import Batcher, Pending, QueueGate, check_feeds, effective_max_batch
+from ..backends.base import check_feeds
+from ..batching import Batcher, Pending, QueueGate, effective_max_batch
 from ..errors import DeadlineExpired, QueueFull
 from ..pipeline.model import ModelInput, Prediction, ServedModel
 from ..pipeline.postprocess import Options
@@ -197,7 +198,7 @@ class InferencePipeline:
                 return
             try:
                 prepared = model.prepare(item)
-                check_feeds(lane.runner, prepared.feeds)
+                check_feeds(lane.runner.inputs, prepared.feeds)
             except Exception as exc:  # noqa: BLE001 - answered to this request only
                 lane.gate.release()
                 deliver(None, exc)

@@ -10,7 +10,6 @@ import logging
 import time
 from typing import AsyncIterator
 
-import grpc
 
 from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2 as pb
 from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
