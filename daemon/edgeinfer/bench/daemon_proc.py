@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import multiprocessing as mp
 import os
 import signal
 from typing import Optional
 
 from ..config import Config
+from .child import ChildServer
 
 
 async def _serve(conn, config: Config) -> None:
@@ -58,7 +58,7 @@ def _main(conn, config: Config, loop_kind: str, log_level: str) -> None:
             pass
 
 
-class DaemonProcess:
+class DaemonProcess(ChildServer):
     """Context manager: an edgeinfer daemon for `config` in a child process.
 
     Args:
@@ -70,55 +70,24 @@ class DaemonProcess:
 
     def __init__(self, config: Config, loop: str = "asyncio", metrics: bool = False,
                  log_level: str = "warning"):
+        super().__init__()
         self.config = copy.deepcopy(config)
         self.config.server.listen = "127.0.0.1:0"
         if not metrics:
             self.config.metrics.enabled = False
         self.loop = loop
         self.log_level = log_level
-        self.port: Optional[int] = None
         self.pid: Optional[int] = None
         self.model_states: dict[str, tuple[str, str, str]] = {}
-        self._proc = None
-        self._conn = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 600.0) -> "DaemonProcess":
         """Start and wait until every model finished loading (ready or failed)."""
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_main, args=(child, self.config, self.loop, self.log_level),
-                                 name="edgeinfer-bench-daemon", daemon=True)
-        self._proc.start()
-        self._conn = parent
-        if not parent.poll(timeout):
-            self.stop()
-            raise RuntimeError(f"daemon did not finish loading within {timeout:.0f}s")
-        msg = parent.recv()
+        msg = self._spawn(_main, (self.config, self.loop, self.log_level), "edgeinfer-bench-daemon", timeout,
+                          "daemon did not finish loading")
         if msg[0] != "ready":
-            self.stop()
-            raise RuntimeError(f"daemon failed to start: {msg[1]}")
+            raise self._failed("daemon", msg[1])
         _, self.port, self.model_states, self.pid = msg
         return self
 
-    def stop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.send("stop")
-            except OSError:
-                pass
-        if self._proc is not None:
-            self._proc.join(self.config.server.grace_period_s + 10)
-            if self._proc.is_alive():
-                self._proc.terminate()
-                self._proc.join(5)
-        self._proc = self._conn = None
-
-    def __enter__(self) -> "DaemonProcess":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def _stop_timeout(self) -> float:
+        return self.config.server.grace_period_s + 10

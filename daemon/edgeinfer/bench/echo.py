@@ -10,9 +10,10 @@ daemon's work.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import re
 from typing import Optional
+
+from .child import ChildServer
 
 SERVICE = "edgeinfer.bench.Echo"
 _METHOD = re.compile(rf"^/{re.escape(SERVICE)}/(Unary|Stream)(\d+)$")
@@ -93,7 +94,7 @@ def _main(conn, listen: str, loop_kind: str) -> None:
             pass
 
 
-class EchoServer:
+class EchoServer(ChildServer):
     """Context manager: a bare echo server in a child process on a free loopback port.
 
     Example:
@@ -102,52 +103,18 @@ class EchoServer:
     """
 
     def __init__(self, loop: str = "asyncio", listen: str = "127.0.0.1:0"):
+        super().__init__()
         self.loop = loop
         self.listen = listen
-        self.port: Optional[int] = None
-        self._proc = None
-        self._conn = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> Optional[int]:
         return self._proc.pid if self._proc is not None else None
 
     def start(self, timeout: float = 30.0) -> "EchoServer":
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_main, args=(child, self.listen, self.loop),
-                                 name="edgeinfer-bench-echo", daemon=True)
-        self._proc.start()
-        self._conn = parent
-        if not parent.poll(timeout):
-            self.stop()
-            raise RuntimeError(f"echo server did not start within {timeout:.0f}s")
-        what, value = parent.recv()
+        what, value = self._spawn(_main, (self.listen, self.loop), "edgeinfer-bench-echo", timeout,
+                                  "echo server did not start")
         if what != "port" or not value:
-            self.stop()
-            raise RuntimeError(f"echo server failed to start: {value}")
+            raise self._failed("echo server", value)
         self.port = int(value)
         return self
-
-    def stop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.send("stop")
-            except OSError:
-                pass
-        if self._proc is not None:
-            self._proc.join(5)
-            if self._proc.is_alive():
-                self._proc.terminate()
-                self._proc.join(5)
-        self._proc = self._conn = None
-
-    def __enter__(self) -> "EchoServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

@@ -1,0 +1,66 @@
+"""A server the benchmark runs in a spawned child process, driven over a pipe.
+
+The child sends one hello message once it is up (or an error), and ends when
+it reads "stop". Used by the daemon under test and the bare echo server, so
+both are started and stopped the same way.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+from typing import Any, Callable, Optional
+
+
+class ChildServer:
+    """Base of DaemonProcess and EchoServer: spawn, wait for the hello, stop."""
+
+    def __init__(self) -> None:
+        self.port: Optional[int] = None
+        self._proc = None
+        self._conn = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _spawn(self, target: Callable, args: tuple, name: str, timeout: float, waiting_for: str) -> Any:
+        """Start `target(conn, *args)` and return its hello message.
+
+        Raises:
+            RuntimeError: no hello within `timeout` (the child is stopped first).
+        """
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self._proc = ctx.Process(target=target, args=(child, *args), name=name, daemon=True)
+        self._proc.start()
+        self._conn = parent
+        if not parent.poll(timeout):
+            self.stop()
+            raise RuntimeError(f"{waiting_for} within {timeout:.0f}s")
+        return parent.recv()
+
+    def _failed(self, what: str, detail: Any) -> RuntimeError:
+        self.stop()
+        return RuntimeError(f"{what} failed to start: {detail}")
+
+    def _stop_timeout(self) -> float:
+        return 5.0
+
+    def stop(self) -> None:
+        """Ask the child to stop; terminate it if it does not within the timeout."""
+        if self._conn is not None:
+            try:
+                self._conn.send("stop")
+            except OSError:
+                pass
+        if self._proc is not None:
+            self._proc.join(self._stop_timeout())
+            if self._proc.is_alive():
+                self._proc.terminate()
+                self._proc.join(5)
+        self._proc = self._conn = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
