@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from typing import AsyncIterator
-
+from typing import AsyncIterator, Callable, Optional
 
 from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2 as pb
 from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
@@ -30,11 +28,12 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self.pipeline = pipeline
         self.stream_window = stream_window
 
-    async def _answer(self, request: pb.InferRequest, deadline_s=None) -> pb.InferResponse:
+    async def _answer(self, request: pb.InferRequest,
+                      time_remaining: Callable[[], Optional[float]] = lambda: None) -> pb.InferResponse:
         # Every request is counted once, by model and status (metrics); a name
         # that is not served counts as "(unknown)" so clients cannot mint series.
         label = UNKNOWN_MODEL
-        start = time.monotonic()
+        deadline_s = time_remaining()
         try:
             model = self.registry.get(request.model)
             label = model.name
@@ -44,7 +43,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             prediction = await self.pipeline.run(model, item, options, deadline_s)
             response = converters.response(model, request.request_id, prediction)
         except asyncio.CancelledError:
-            expired = deadline_s is not None and time.monotonic() - start >= deadline_s
+            # Ask the call itself: comparing our own elapsed time with the budget
+            # read earlier can come up microseconds short of the deadline gRPC enforced.
+            remaining = time_remaining()
+            expired = remaining is not None and remaining <= 1e-3
             self.pipeline.record(label, "DEADLINE_EXCEEDED" if expired else "CANCELLED")
             raise
         except Exception as exc:
@@ -55,7 +57,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     @translate_errors
     async def Infer(self, request, context):
-        return await self._answer(request, context.time_remaining())
+        return await self._answer(request, context.time_remaining)
 
     async def InferStream(self, request_iterator, context) -> AsyncIterator[pb.StreamResponse]:
         """Ordered results; up to `stream_window` frames in flight; a failed frame answers an error."""
