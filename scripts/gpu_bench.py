@@ -22,6 +22,7 @@ all but onnxruntime-gpu, which travels as wheels: shared/device/README.md).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -227,17 +228,19 @@ def export_resnet50(path: Path) -> Path:
     return path
 
 
-def diagnose_runner(work: Path) -> dict:
-    """Where a batching daemon's inference time goes: new batch shapes, CPU/GIL contention, IO binding.
+def diagnose_runner(work: Path, algos: list[str]) -> dict:
+    """What a batching daemon's calls cost on ONNX Runtime CUDA EP, per cuDNN algorithm-search mode.
 
-    One ResNet-50 runner with IO binding and one without; each timed (a) at a
-    fixed batch of 16, (b) on batch sizes it has not seen yet, then (c) the same
-    sizes again, and (d) at batch 16 while 16 threads preprocess photos (what a
-    daemon's workers do beside the batch slots).
+    For each `cudnn_conv_algo_search` mode, one ResNet-50 runner (plain
+    session.run, as the daemon serves) is timed on call patterns a dynamic
+    batcher produces, every batch drawn before timing starts:
+      fixed16: batch 16 every call;  alt8_16: 8, 16, 8, 16...;
+      buckets: 1, 2, 4, 8, 16, 32 cycled;  odd: 3, 5, 7 ... 31 (seen before);
+      two_threads_same: 2 threads at batch 16;  two_threads_mixed: 2 threads, 8 and 16.
+    ms per call (threads: ms per call of each thread); plus img/s for the threaded ones.
     """
     import threading
 
-    import cv2
     import numpy as np
     import onnxruntime as ort
 
@@ -246,57 +249,79 @@ def diagnose_runner(work: Path) -> dict:
     path = work / "resnet50.onnx"
     if not path.exists():
         export_resnet50(path)
-    rng = np.random.default_rng()
-    sizes = [3, 5, 7, 11, 13, 17, 19, 23, 29, 31]
+    rng = np.random.default_rng(0)
+    odd = [3, 5, 7, 11, 13, 17, 19, 23, 29, 31]
+    sizes = sorted(set(odd) | {1, 2, 4, 8, 16, 32})
+    feeds = {b: {"input": rng.standard_normal((b, 3, 224, 224)).astype(np.float32)} for b in sizes}
     out = {}
 
     def timed(runner, batches) -> float:
         t0 = time.perf_counter()
         for b in batches:
-            runner.infer({"input": rng.standard_normal((b, 3, 224, 224)).astype(np.float32)})
+            runner.infer(feeds[b])
         return (time.perf_counter() - t0) / len(batches) * 1e3
 
-    for io in (True, False):
+    def threaded(runner, per_thread: list[int], calls: int = 20) -> tuple[float, float]:
+        times = [0.0] * len(per_thread)
+
+        def go(k: int) -> None:
+            times[k] = timed(runner, [per_thread[k]] * calls)
+
+        t0 = time.perf_counter()
+        ts = [threading.Thread(target=go, args=(k,)) for k in range(len(per_thread))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        wall = time.perf_counter() - t0
+        return max(times), sum(per_thread) * calls / wall
+
+    for algo in algos:
         o = ort.SessionOptions()
         o.log_severity_level = 3
-        sess = ort.InferenceSession(str(path), o, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-        r = OnnxRuntimeRunner(sess, io_binding=io)
-        name = "io_binding" if io else "plain"
+        provider = ("CUDAExecutionProvider", {"cudnn_conv_algo_search": algo.upper()})
+        t0 = time.perf_counter()
+        sess = ort.InferenceSession(str(path), o, providers=[provider, "CPUExecutionProvider"])
+        r = OnnxRuntimeRunner(sess, io_binding=False)
+        res = {"first_sizes_ms": timed(r, sizes)}  # every size once: first-use cost
+        timed(r, sizes)
+        res.update({
+            "fixed16_ms": timed(r, [16] * 20),
+            "alt8_16_ms": timed(r, [8, 16] * 10),
+            "buckets_ms": timed(r, [1, 2, 4, 8, 16, 32] * 4),
+            "odd_ms": timed(r, odd * 2),
+        })
+        res["two_threads_same_ms"], res["two_threads_same_img_s"] = threaded(r, [16, 16])
+        res["two_threads_mixed_ms"], res["two_threads_mixed_img_s"] = threaded(r, [8, 16])
+        for b in (1, 8, 32):
+            res[f"fixed{b}_ms"] = timed(r, [b] * 20)
+        # The daemon's fix: sizes 8 and 16 on sessions of their own (session_per_batch_size).
+        r.pin_batch_sizes({16: ort.InferenceSession(str(path), o, providers=[provider, "CPUExecutionProvider"])})
         timed(r, [16] * 3)
-        res = {"fixed16_ms": timed(r, [16] * 20), "new_shapes_ms": timed(r, sizes), "seen_shapes_ms": timed(r, sizes)}
-        stop = threading.Event()
-        img = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
-
-        def busy() -> None:
-            while not stop.is_set():
-                small = cv2.resize(img, (224, 224), interpolation=cv2.INTER_AREA)
-                (small.astype(np.float32) * 0.5).sum()  # numpy + Python between OpenCV calls, like preprocessing
-
-        threads = [threading.Thread(target=busy, daemon=True) for _ in range(16)]
-        for t in threads:
-            t.start()
-        res["fixed16_contended_ms"] = timed(r, [16] * 20)
-        stop.set()
-        for t in threads:
-            t.join()
+        res["alt8_16_pinned_ms"] = timed(r, [8, 16] * 10)
+        res["two_threads_mixed_pinned_ms"], res["two_threads_mixed_pinned_img_s"] = threaded(r, [8, 16])
         r.deactivate()
-        out[name] = res
-        row(f"ResNet-50 runner ({name})", "info",
-            ", ".join(f"{k} {v:.1f}" for k, v in res.items()))
+        out[algo] = res
+        row(f"ResNet-50 ORT CUDA calls, cudnn_conv_algo_search={algo.upper()}", "info",
+            ", ".join(f"{k} {v:.1f}" for k, v in res.items()) + f" (session + all sizes {time.perf_counter() - t0:.0f}s)")
     return out
 
 
 def gpu_targets(run: dict) -> list:
     from edgeinfer.bench.analysis import Target
 
-    c = max(p["concurrency"] for p in run["points"] if p["target"] == "daemon")
+    levels = {p["concurrency"] for p in run["points"] if p["target"] == "daemon"}
+    c = 32 if 32 in levels else max(levels)  # the issue's target is stated at 32 clients
     return [Target(f"{name}: daemon >= 85% of in-process ceiling (unary, c={c}, GPU)", "daemon/ceiling", name,
                    "unary", c, 0.85) for name in run["models"]]
 
 
-def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concurrency: int, max_batch: int,
+def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concurrency: list[int], max_batch: int,
                  ceiling_batches: list[int], warmup: float = 2.0, variants: str = "") -> dict:
-    """variants: comma list of daemon worker counts (e.g. "16,4"), one daemon run each."""
+    """variants: comma list of WORKERS[:ALGO[:BUCKETS]] (e.g. "16:exhaustive,16:heuristic:32"), one daemon
+    run (and its ceiling) each. ALGO: [onnxruntime] cudnn_conv_algo_search; BUCKETS: [batching] buckets,
+    sizes joined by "+" (e.g. 8+32).
+    """
     from edgeinfer.bench.cli import summary_text
     from edgeinfer.bench.report import write_report
     from edgeinfer.bench.session import BenchSettings, RunSpec, run_benchmark
@@ -317,27 +342,34 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
     )
     specs = []
     for v in (variants.split(",") if variants else [str(cpus)]):
-        workers = int(v)
-        config = Config(server=ServerConfig(workers=workers, stream_window=16), models=[model], source="gpu_bench.py")
+        workers_text, algo, buckets = (v.split(":") + ["", ""])[:3]
+        workers = int(workers_text)
+        m = dataclasses.replace(
+            model,
+            onnxruntime=dataclasses.replace(model.onnxruntime, cudnn_conv_algo_search=algo or "auto"),
+            batching=dataclasses.replace(model.batching, buckets=[int(b) for b in buckets.split("+") if b]))
+        config = Config(server=ServerConfig(workers=workers, stream_window=16), models=[m], source="gpu_bench.py")
         config.metrics.enabled = False
         config.cache.dir = str(work / "cache")
-        specs.append(RunSpec(f"ort-cuda-b{max_batch}-w{workers}", config=config))
+        specs.append(RunSpec(f"ort-cuda-b{max_batch}-w{workers}-{algo or 'auto'}"
+                             + (f"-buckets{buckets}" if buckets else ""), config=config))
     settings = BenchSettings(
-        runs=specs, images=media, concurrency=[concurrency],
+        runs=specs, images=media, concurrency=concurrency,
         modes=["unary"], duration_s=duration, warmup_s=warmup, payload="jpeg", trivial=False, echo=False,
-        ceiling_batches=ceiling_batches, client_processes=concurrency, work_dir=work,
+        ceiling_batches=ceiling_batches, client_processes=min(32, max(concurrency)), work_dir=work,
         title="edgeinfer GPU benchmark: ResNet-50 on ONNX Runtime CUDA EP", command="scripts/gpu_bench.py",
         targets=gpu_targets)
     results = run_benchmark(settings)
     paths = write_report(results, out_dir, "gpu-resnet50")
     print(summary_text(results), flush=True)
     for run in results["runs"]:
-        d = next(p for p in run["points"] if p["target"] == "daemon")
-        row(f"ResNet-50 daemon {run['label']} (gRPC, JPEG, batching max {max_batch})", "info",
-            f"{d['throughput']:.0f} img/s, P50 {d['p50_ms']:.1f} ms, P99 {d['p99_ms']:.1f} ms, errors {d['errors']}, "
-            f"served on {run['models']['resnet50'].get('served_on')}")
+        for d in (p for p in run["points"] if p["target"] == "daemon"):
+            row(f"ResNet-50 daemon {run['label']} c={d['concurrency']} (gRPC, JPEG, batching max {max_batch})",
+                "info", f"{d['throughput']:.0f} img/s, P50 {d['p50_ms']:.1f} ms, P99 {d['p99_ms']:.1f} ms, "
+                f"errors {d['errors']}, served on {run['models']['resnet50'].get('served_on')}; daemon means "
+                + ", ".join(f"{k} {v:.0f}" for k, v in (d.get("server_timing_us") or {}).items()))
         for p in (p for p in run["points"] if p["target"] == "ceiling"):
-            row(f"ResNet-50 ceiling {run['label']} (in-process, batch {p['batch']})", "info",
+            row(f"ResNet-50 ceiling {run['label']} c={p['concurrency']} ({p['mode']})", "info",
                 f"{p['throughput']:.0f} img/s, P50 {p['p50_ms']:.1f} ms")
     for t in results["targets"]:
         row(t["title"], "PASS" if t["passed"] else ("MISS" if t["passed"] is False else "n/a"),
@@ -350,12 +382,15 @@ def main() -> int:
     ap.add_argument("--assets", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu-bench-out")))
     ap.add_argument("--duration", type=float, default=10.0)
-    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--concurrency", default="32", help="client concurrency levels, e.g. 32,128")
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--ceiling-batch", default="1,8,32")
     ap.add_argument("--warmup", type=float, default=2.0,
                     help="unmeasured seconds per point (a batching daemon meets each new batch size once)")
-    ap.add_argument("--variants", default="", help="daemon runs with these worker counts, e.g. 16,4")
+    ap.add_argument("--variants", default="",
+                    help="daemon runs, WORKERS[:ALGO] each, e.g. 16:exhaustive,16:heuristic")
+    ap.add_argument("--algos", default="exhaustive,heuristic,default",
+                    help="cudnn_conv_algo_search modes the diagnose step compares")
     ap.add_argument("--skip", default="", help="comma list of kernel,iobinding,diagnose,resnet")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -377,8 +412,9 @@ def main() -> int:
     steps = [("kernel", lambda: check_kernel(args.assets / "media")),
              ("iobinding", lambda: check_iobinding(args.assets / "models" / "efficientnet-lite0.onnx",
                                                    args.assets / "media")),
-             ("diagnose", lambda: diagnose_runner(work)),
-             ("resnet", lambda: bench_resnet(work, args.assets / "media", args.out, args.duration, args.concurrency,
+             ("diagnose", lambda: diagnose_runner(work, args.algos.split(","))),
+             ("resnet", lambda: bench_resnet(work, args.assets / "media", args.out, args.duration,
+                                             [int(c) for c in args.concurrency.split(",")],
                                              args.max_batch, [int(b) for b in args.ceiling_batch.split(",")],
                                              args.warmup, args.variants))]
     failed = False

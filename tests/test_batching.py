@@ -148,10 +148,12 @@ def test_concurrent_requests_form_batches_with_unbatched_answers(batched, media)
         t = r.timing_us
         assert t["inference"] > 0 and t["preprocess"] > 0
         assert t["total"] >= t["inference"] + t["postprocess"]
+        assert 1 <= r.batch_size <= 8
     count = metric(batched, "imagenet_b8", "edgeinfer_batch_size_count")
     total = metric(batched, "imagenet_b8", "edgeinfer_batch_size_sum")
     assert total == 16, "every request ran in exactly one batch"
     assert count < 16, f"16 concurrent requests ran in {count:.0f} batches: no batch had more than one"
+    assert max(r.batch_size for r in results) > 1  # the response says which batch it ran in
     assert metric(batched, "imagenet_b8", "edgeinfer_batch_size_bucket", le="8.0") == count  # never over max_batch
     assert metric(batched, "imagenet", "edgeinfer_batch_size_count") == 0  # the unbatched lane never batches
     assert batched.daemon.pipeline.max_batch(batched.daemon.registry.get("imagenet_b8")) == 8
@@ -505,3 +507,50 @@ def test_buckets_pad_to_few_sizes_and_drop_the_padding():
     for v, y in got.items():
         rows = 2 if v == 9 else 1
         np.testing.assert_array_equal(y, np.full((rows, 2), 2 * v, np.float32))
+
+
+def test_buckets_from_config_replace_the_powers_of_two():
+    from edgeinfer.batching import batch_buckets
+    from edgeinfer.config import BatchingConfig
+
+    runner = _FakeRunner(threading.Event())
+    assert batch_buckets(BatchingConfig(max_batch=32, pad_to_buckets="on", buckets=[8]), runner, 32) == [8, 32]
+    assert batch_buckets(BatchingConfig(max_batch=32, pad_to_buckets="on", buckets=[32]), runner, 32) == [32]
+    # The engine's max batch (here 16) caps the configured sizes, and stays a bucket itself.
+    assert batch_buckets(BatchingConfig(max_batch=32, pad_to_buckets="on", buckets=[4, 32]), runner, 16) == [4, 16]
+
+
+def test_session_per_batch_size_each_session_sees_one_shape(start_daemon, classifier_onnx, media, tmp_path):
+    """session_per_batch_size: batch sizes 2 and 4 run on sessions of their own, each only ever
+    at its size; answers equal the unbatched model's on real photos."""
+    labels = classifier_onnx.parent / "imagenet-labels.txt"
+    d = start_daemon(_config([
+        _imagenet("plain", classifier_onnx, labels),
+        _imagenet("pinned", classifier_onnx, labels, max_batch=4, delay_us=150_000, instances=1,
+                  batching={"pad_to_buckets": "on"}, onnxruntime={"session_per_batch_size": "on"}),
+    ], tmp_path))
+    runner = d.daemon.registry.get("pinned").runner
+    assert runner.info.details["sessions_per_batch_size"] == "2,4"
+    sessions = {"main": runner.session, **{b: s for b, s in runner._pinned.items()}}
+    assert len({id(s) for s in sessions.values()}) == 3
+    seen: dict = {k: [] for k in sessions}
+    for key, sess in sessions.items():
+        inner = sess.run
+
+        def spy(names, feeds, *a, _key=key, _inner=inner, **kw):
+            seen[_key].append(int(next(iter(feeds.values())).shape[0]))
+            return _inner(names, feeds, *a, **kw)
+        sess.run = spy
+    photos = [(media / f).read_bytes() for f in ("coffee.png", "chelsea.png", "astronaut.png")]
+    with Client(d.address, timeout=60) as c:
+        reference = [c.infer("plain", p, top_k=3) for p in photos]
+        with ThreadPoolExecutor(7) as pool:
+            futs = [pool.submit(c.infer, "pinned", photos[i % 3], top_k=3) for i in range(7)]
+            results = [f.result() for f in futs]
+    for i, r in enumerate(results):
+        ref = reference[i % 3]
+        assert [x.index for x in r.classes] == [x.index for x in ref.classes]
+        np.testing.assert_allclose([x.score for x in r.classes], [x.score for x in ref.classes], atol=1e-4)
+    assert set(seen["main"]) <= {1}, seen
+    assert set(seen[2]) <= {2} and set(seen[4]) <= {4}, seen
+    assert seen[2] or seen[4], f"7 concurrent requests never formed a batch: {seen}"

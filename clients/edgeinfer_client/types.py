@@ -36,6 +36,7 @@ class InferResult:
     image_size: tuple[int, int] = (0, 0)
     backend: str = ""
     precision: str = ""
+    batch_size: int = 1  # rows of the server's runner call this request ran in
 
     def to_dict(self) -> dict:
         """The JSON shape `edgeinfer-client infer --json` prints."""
@@ -45,6 +46,7 @@ class InferResult:
             "detections": [{"box": [round(v, 2) for v in d.box], "score": d.score, "label": d.label}
                            for d in self.detections],
             "timing_us": dict(self.timing_us),
+            "batch_size": self.batch_size,
         }
 
 
@@ -124,6 +126,7 @@ def result_from_proto(r: pb.InferResponse) -> InferResult:
         timing_us={"queue": t.queue_us, "preprocess": t.preprocess_us, "inference": t.inference_us,
                    "postprocess": t.postprocess_us, "total": t.total_us},
         image_size=(r.image_width, r.image_height), backend=r.backend, precision=r.precision,
+        batch_size=r.timing.batch_size or 1,
     )
 
 

@@ -80,7 +80,8 @@ def effective_max_batch(cfg: BatchingConfig, runner: Runner, model_name: Optiona
 def batch_buckets(cfg: BatchingConfig, runner: Runner, max_batch: int) -> list[int]:
     """The batch sizes the runner will see, ascending; [] = any size (no padding).
 
-    Buckets are the preferred sizes, the powers of two and max_batch itself, all <= max_batch.
+    Buckets are the configured `buckets`, or else the preferred sizes, the powers of two and
+    max_batch itself; all <= max_batch, and max_batch is always one (every batch needs a bucket).
     """
     mode = cfg.pad_to_buckets
     if mode == "auto":
@@ -88,6 +89,8 @@ def batch_buckets(cfg: BatchingConfig, runner: Runner, max_batch: int) -> list[i
         mode = "on" if info.backend == "onnxruntime" and info.device.startswith("cuda") else "off"
     if mode == "off" or max_batch <= 1:
         return []
+    if cfg.buckets:
+        return sorted({max_batch, *(s for s in cfg.buckets if 1 <= s <= max_batch)})
     sizes = {max_batch, *(s for s in cfg.preferred_batch_sizes if s <= max_batch)}
     p = 1
     while p < max_batch:
@@ -349,7 +352,8 @@ class Batcher:
                 # The whole batch's run (stacking and splitting included): what this request waited on.
                 inference_us=_us(done - start),
                 postprocess_us=_us(t1 - t0),
-                total_us=_us(t1 - p.submitted))
+                total_us=_us(t1 - p.submitted),
+                batch_size=rows)
             p.deliver(Prediction(result, timing, p.prepared.image_size, info.backend, info.precision), None)
 
     def _split(self, outputs: Mapping[str, np.ndarray], batch: Sequence[Pending], rows: int) -> list[dict]:

@@ -103,12 +103,14 @@ def test_batched_ceiling_counts_every_row(tmp_path):
     model = trivial_model_config(build_trivial_onnx(tmp_path / "t.onnx"))
     payload = tensor_payload(model.name, {"x": (1, 64)})
     spec = CeilingSpec(model=model, server=ServerConfig(), cache_dir=str(tmp_path), requests=payload.requests,
-                       concurrency=[2], duration_s=0.5, warmup_s=0.1, batch=3, label="t")
+                       concurrency=[2, 7], duration_s=0.5, warmup_s=0.1, batch=3, label="t")
     device, points = run_ceiling(spec)
-    assert device.startswith("onnxruntime/fp32") and len(points) == 1
-    p = points[0]
-    assert p.batch == 3 and p.summary.errors == 0
-    assert p.summary.count > 0 and p.summary.count % 3 == 0  # each batch counts its 3 rows
+    assert device.startswith("onnxruntime/fp32") and len(points) == 2
+    for p in points:
+        assert p.batch == 3 and p.summary.errors == 0
+        assert p.summary.count > 0 and p.summary.count % 3 == 0  # each batch counts its 3 rows
+    # As many images in flight as the clients keep: 2 // 3 -> 1 thread (at least one), 7 // 3 -> 2.
+    assert [(p.concurrency, p.threads) for p in points] == [(2, 1), (7, 2)]
 
 
 def test_ceiling_thread_cap_stands_for_the_client_concurrency(tmp_path):

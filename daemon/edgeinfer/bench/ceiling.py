@@ -7,10 +7,16 @@ inference, postprocess) on the same inputs the load generator sends, decoded
 by the daemon's own converter. What is left out is exactly the serving path:
 gRPC, protobuf, the event loop and the hop to the worker pool.
 
-With `batch` > 1 each thread prepares `batch` requests, stacks them into one
-runner call and postprocesses each: the ceiling a batching daemon is compared
-with. It runs in a child process so the benchmark's own threads and the
-earlier targets' leftovers do not disturb it.
+With `batch` > 1 each thread decodes and preprocesses `batch` requests in
+parallel on a shared pool of [server] workers threads (as the daemon's workers
+do), stacks them into one runner call and postprocesses each: the ceiling a
+batching daemon is compared with. Such a point for concurrency c runs c // batch
+threads, so it keeps c images in flight, as c clients do: in a closed loop
+throughput is images in flight / latency, and a ceiling holding more images in
+flight than the clients do measures a heavier load, not a faster path.
+
+It runs in a child process so the benchmark's own threads and the earlier
+targets' leftovers do not disturb it.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import multiprocessing as mp
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -54,10 +61,10 @@ class CeilingPoint:
     threads: int = 0
 
 
-def _one_batch(model, items, options):
-    """prepare each item, one runner call for all, postprocess each (batch > 1 only)."""
+def _one_batch(model, items, options, pool):
+    """prepare the items on `pool`, one runner call for all, postprocess each (batch > 1 only)."""
     runner = model.require_ready()
-    prepared = [model.prepare(it) for it in items]
+    prepared = list(pool.map(model.prepare, items))
     names = list(prepared[0].feeds)
     feeds = {n: np.concatenate([p.feeds[n] for p in prepared], axis=0) for n in names}
     outputs = runner.infer(feeds)
@@ -66,7 +73,7 @@ def _one_batch(model, items, options):
 
 
 def _run_point(model, items, options, concurrency: int, batch: int, duration_s: float,
-               warmup_s: float, progress) -> CeilingPoint:
+               warmup_s: float, progress, pool=None) -> CeilingPoint:
     start = time.monotonic() + 0.05
     window_start, window_end = start + warmup_s, start + warmup_s + duration_s
     lats: list[list[float]] = [[] for _ in range(concurrency)]
@@ -86,7 +93,7 @@ def _run_point(model, items, options, concurrency: int, batch: int, duration_s: 
                     pred = model.predict(items[i % len(items)], options)
                     timing = pred.timing
                 else:
-                    _one_batch(model, [items[(i + j) % len(items)] for j in range(batch)], options)
+                    _one_batch(model, [items[(i + j) % len(items)] for j in range(batch)], options, pool)
                     timing = None
                 ok = True
             except Exception as exc:  # noqa: BLE001 - counted, first one reported
@@ -149,17 +156,24 @@ def _child(spec: CeilingSpec, conn) -> None:
         options = request_options(msgs[0])
         info = model.runner.info
         conn.send(("loaded", f"{info.backend}/{info.precision} on {info.device}"))
+        pool = ThreadPoolExecutor(max_workers=spec.server.workers) if spec.batch > 1 else None
         for c in spec.concurrency:
-            threads = min(c, spec.threads_cap) if spec.threads_cap else c
+            if spec.batch > 1:  # c images in flight, as c clients keep
+                threads = max(1, c // spec.batch)
+            else:
+                threads = min(c, spec.threads_cap) if spec.threads_cap else c
             label = f"[bench] {spec.label} ceiling c={c} threads={threads}" + \
                 (f" batch={spec.batch}" if spec.batch > 1 else "")
 
             def progress(line: str, _label=label) -> None:
                 print(f"{_label}: {line}", file=sys.stderr, flush=True)
 
-            point = _run_point(model, items, options, threads, spec.batch, spec.duration_s, spec.warmup_s, progress)
+            point = _run_point(model, items, options, threads, spec.batch, spec.duration_s, spec.warmup_s, progress,
+                               pool)
             point.concurrency, point.threads = c, threads
             conn.send(("point", point))
+        if pool is not None:
+            pool.shutdown()
         model.unload()
         conn.send(("done", None))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent

@@ -85,7 +85,8 @@ class LoadResult:
     processes: int
     request_bytes: int
     response_bytes: int
-    # Mean server-side timing (us) from sampled responses: queue, preprocess, inference, postprocess, total.
+    # Mean server-side timing (us) from sampled responses: queue, preprocess, inference, postprocess, total;
+    # and batch_size, the mean rows of the runner call a sampled request ran in.
     server_timing_us: dict[str, float] = field(default_factory=dict)
     first_errors: list[str] = field(default_factory=list)
 
@@ -146,7 +147,8 @@ class _Recorder:
             t = msg.response.timing
         else:
             t = pb.InferResponse.FromString(raw).timing
-        self.timings.append((t.queue_us, t.preprocess_us, t.inference_us, t.postprocess_us, t.total_us))
+        self.timings.append((t.queue_us, t.preprocess_us, t.inference_us, t.postprocess_us, t.total_us,
+                             t.batch_size or 1))
 
 
 def _stream_error(raw: bytes) -> Optional[str]:
@@ -320,7 +322,8 @@ def run_load(spec: LoadSpec, progress: Optional[Callable[[str], None]] = _defaul
     server_timing = {}
     if timings:
         arr = np.asarray(timings, dtype=np.float64).mean(axis=0)
-        server_timing = dict(zip(("queue_us", "preprocess_us", "inference_us", "postprocess_us", "total_us"),
+        server_timing = dict(zip(("queue_us", "preprocess_us", "inference_us", "postprocess_us", "total_us",
+                                  "batch_size"),
                                  (float(v) for v in arr)))
         server_timing["samples"] = len(timings)
     return LoadResult(

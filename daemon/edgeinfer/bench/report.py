@@ -63,17 +63,17 @@ def _breakdown(points: list[dict]) -> list[str]:
         rows.append(f"| {p['mode']} | {p['concurrency']} | {_ms(p['mean_ms'])} | {_ms(t['queue_us'] / 1e3)} | "
                     f"{_ms(t['preprocess_us'] / 1e3)} | {_ms(t['inference_us'] / 1e3)} | "
                     f"{_ms(t['postprocess_us'] / 1e3)} | {_ms(t['total_us'] / 1e3)} | {_ms(outside)} | "
-                    f"{t.get('samples', '-')} |")
+                    f"{_f(t.get('batch_size'), 1)} | {t.get('samples', '-')} |")
     ceil = [p for p in points if p["target"] == "ceiling" and p.get("stage_us")]
     for p in sorted(ceil, key=lambda p: p["concurrency"]):
         s = p["stage_us"]
         rows.append(f"| ceiling | {p['concurrency']} | {_ms(p['mean_ms'])} | - | {_ms(s['preprocess_us'] / 1e3)} | "
-                    f"{_ms(s['inference_us'] / 1e3)} | {_ms(s['postprocess_us'] / 1e3)} | - | - | - |")
+                    f"{_ms(s['inference_us'] / 1e3)} | {_ms(s['postprocess_us'] / 1e3)} | - | - | {p.get('batch', 1)} | - |")
     if not rows:
         return []
     return ["| mode | conc. | client mean ms | queue | preprocess | inference | postprocess | daemon total | "
-            "outside the pipeline (gRPC, event loop, protobuf) | samples |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"] + rows
+            "outside the pipeline (gRPC, event loop, protobuf) | mean batch | samples |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"] + rows
 
 
 def markdown(results: dict, plot_names: Optional[dict[str, str]] = None) -> str:

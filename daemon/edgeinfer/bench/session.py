@@ -176,7 +176,8 @@ def _ceiling_points(label: str, config: Config, payloads: dict[str, Payload], se
         variants.append((above, workers))
     for name, payload in payloads.items():
         for batch in settings.ceiling_batches:
-            for levels, cap in variants:
+            # A batch > 1 ceiling sets its own threads (concurrency // batch): no capped variant.
+            for levels, cap in (variants if batch == 1 else variants[:1]):
                 spec = CeilingSpec(model=config.model(name), server=config.server, cache_dir=config.cache.dir,
                                    requests=payload.requests, concurrency=levels, duration_s=settings.duration_s,
                                    warmup_s=settings.warmup_s, batch=batch, label=f"{label} {name}",
@@ -188,7 +189,9 @@ def _ceiling_points(label: str, config: Config, payloads: dict[str, Payload], se
                     progress(f"[bench] {label} ceiling {name} c={p.concurrency} threads={p.threads} batch={batch}: "
                              f"{p.summary.throughput:.1f}/s P50 {p.summary.p50_ms or 0:.2f} ms")
                     # The share covers the whole ceiling run (model load and every concurrency).
-                    d = _point(label, "ceiling", name, f"in-process, {p.threads} threads", p.concurrency, p.summary,
+                    how = f"in-process, {p.threads} threads" + (
+                        f" x batch {batch}, preprocessing on {workers} workers" if batch > 1 else "")
+                    d = _point(label, "ceiling", name, how, p.concurrency, p.summary,
                                other_cpu_pct=share.other_pct, request_bytes=payload.mean_bytes,
                                stage_us=p.stage_us, threads=p.threads)
                     d["batch"] = batch

@@ -74,6 +74,7 @@ class Timing:
     inference_us: int = 0
     postprocess_us: int = 0
     total_us: int = 0
+    batch_size: int = 1  # rows of the runner call this request was part of
 
 
 @dataclass

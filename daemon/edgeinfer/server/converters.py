@@ -100,7 +100,8 @@ def response(model: ServedModel, request_id: str, pred: Prediction) -> pb.InferR
         image_width=pred.image_size[0], image_height=pred.image_size[1],
         backend=pred.backend, precision=pred.precision,
         timing=pb.Timing(queue_us=t.queue_us, preprocess_us=t.preprocess_us, inference_us=t.inference_us,
-                         postprocess_us=t.postprocess_us, total_us=t.total_us),
+                         postprocess_us=t.postprocess_us, total_us=t.total_us,
+                         batch_size=t.batch_size),
     )
     for c in r.classes:
         msg.classes.add(index=c.index, label=c.label, score=c.score)

@@ -42,6 +42,13 @@ def _cuda_device_present() -> bool:
     return plat.gpu_present()
 
 
+def _with_options(provider: str, cfg) -> "str | tuple[str, dict]":
+    """A provider name, or (name, options) where the config sets any for it."""
+    if provider == "CUDAExecutionProvider" and cfg.cudnn_conv_algo_search != "auto":
+        return provider, {"cudnn_conv_algo_search": cfg.cudnn_conv_algo_search.upper()}
+    return provider
+
+
 class RunnerFromOnnx:
     """Lazy loader: `RunnerFromOnnx(request)()` returns an active OnnxRuntimeRunner."""
 
@@ -51,6 +58,7 @@ class RunnerFromOnnx:
     def __call__(self) -> OnnxRuntimeRunner:
         cfg = self.request.model.onnxruntime
         providers = list(cfg.providers) or default_providers()
+        provider_args = [_with_options(p, cfg) for p in providers]
         unknown = [p for p in providers if p not in ort.get_available_providers()]
         if unknown:
             raise BackendUnavailable(f"onnxruntime {ort.__version__} has no {unknown} "
@@ -62,10 +70,7 @@ class RunnerFromOnnx:
         # Quiet ORT's warnings about initializers listed as graph inputs (old IR models).
         opts.log_severity_level = 3
         self.request.progress(f"creating onnxruntime session ({', '.join(providers)})")
-        try:
-            session = ort.InferenceSession(str(self.request.onnx_path), sess_options=opts, providers=providers)
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-            raise BackendLoadError(f"onnxruntime could not load {self.request.onnx_path.name}: {exc}") from exc
+        session = self._session(opts, provider_args)
         # ORT silently drops a provider it cannot initialise (e.g. CUDA without
         # cuDNN); report what is really in use.
         used = session.get_providers()
@@ -74,5 +79,31 @@ class RunnerFromOnnx:
                         self.request.model.name, providers[0], used[0])
         runner = OnnxRuntimeRunner(session, precision=self.request.precision,
                                    max_concurrency=cfg.instances)
+        sizes = self._pinned_sizes(runner)
+        if sizes:
+            self.request.progress(f"creating {len(sizes)} more sessions, one per batch size "
+                                  f"{', '.join(map(str, sizes))}")
+            runner.pin_batch_sizes({b: self._session(opts, provider_args) for b in sizes})
         runner.activate()
         return runner
+
+    def _session(self, opts, provider_args):
+        try:
+            return ort.InferenceSession(str(self.request.onnx_path), sess_options=opts, providers=provider_args)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            raise BackendLoadError(f"onnxruntime could not load {self.request.onnx_path.name}: {exc}") from exc
+
+    def _pinned_sizes(self, runner: OnnxRuntimeRunner) -> list[int]:
+        """Batch sizes that get a session of their own; the smallest bucket stays on the main one."""
+        from ...batching import batch_buckets, effective_max_batch
+
+        model = self.request.model
+        mode = model.onnxruntime.session_per_batch_size
+        if mode == "off" or (mode == "auto" and not runner.info.device.startswith("cuda")):
+            return []
+        buckets = batch_buckets(model.batching, runner, effective_max_batch(model.batching, runner))
+        if not buckets and mode == "on":
+            log.warning("model %s: [onnxruntime] session_per_batch_size is on, but the batcher runs any size "
+                        "(needs [batching] max_batch > 1 and pad_to_buckets): one session serves all",
+                        model.name)
+        return buckets[1:]

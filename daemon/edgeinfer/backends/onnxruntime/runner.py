@@ -120,8 +120,11 @@ class CudaIoBinding:
         self._free.put(slot)
 
     # -- inference -----------------------------------------------------------------
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Host arrays in, host arrays out, through pinned memory and our device buffers."""
+    def run(self, feeds: Mapping[str, np.ndarray], session=None) -> dict[str, np.ndarray]:
+        """Host arrays in, host arrays out, through pinned memory and our device buffers.
+
+        `session`: another session of the same model (one pinned to this batch size); default ours.
+        """
         from ...gpu.memory import use_device
 
         use_device(self.device)
@@ -136,7 +139,7 @@ class CudaIoBinding:
                 device_feeds[name] = (dev.ptr, arr.dtype, arr.shape)
             # The inputs must be on the device before ORT's own stream reads them.
             slot.stream.synchronize()
-            return self._run_bound(slot, device_feeds)
+            return self._run_bound(slot, device_feeds, session)
         finally:
             self._release(slot)
 
@@ -154,8 +157,10 @@ class CudaIoBinding:
         finally:
             self._release(slot)
 
-    def _run_bound(self, slot: _Slot, device_feeds: dict[str, tuple[int, np.dtype, tuple]]) -> dict[str, np.ndarray]:
-        binding = self.session.io_binding()
+    def _run_bound(self, slot: _Slot, device_feeds: dict[str, tuple[int, np.dtype, tuple]],
+                   session=None) -> dict[str, np.ndarray]:
+        session = session if session is not None else self.session
+        binding = session.io_binding()
         batch = None
         for name, (ptr, dtype, shape) in device_feeds.items():
             binding.bind_input(name, "cuda", self.device, np.dtype(dtype).type, list(shape), ptr)
@@ -171,7 +176,7 @@ class CudaIoBinding:
             dev, pin = slot.buffers("out:" + spec.name, nbytes)
             binding.bind_output(spec.name, "cuda", self.device, spec.dtype.type, list(shape), dev.ptr)
             ours.append((spec.name, dev, pin, spec.dtype, shape))
-        self.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         results: dict[str, tuple] = {}
         for name, dev, pin, dtype, shape in ours:
             nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -243,6 +248,27 @@ class OnnxRuntimeRunner(Runner):
                 log.warning("onnxruntime CUDA session without IO binding: %s", exc)
         self._info = RunnerInfo(backend="onnxruntime", precision=precision, device=device,
                                 max_batch=fixed, max_concurrency=max_concurrency, details=details)
+        # batch size -> a session of the same model that only ever runs that size (pin_batch_sizes).
+        self._pinned: dict[int, object] = {}
+        self._batch_input = next((s.name for s in self._inputs if s.dynamic_batch), None)
+
+    def pin_batch_sizes(self, sessions: Mapping[int, object]) -> None:
+        """Run these batch sizes on their own sessions; every other size stays on the main one.
+
+        Each session then sees one input shape only, which the CUDA EP needs
+        to keep its convolution plans (see OnnxRuntimeConfig.session_per_batch_size).
+        """
+        self._pinned = dict(sessions)
+        if self._pinned:
+            self._info.details["sessions_per_batch_size"] = ",".join(map(str, sorted(self._pinned)))
+
+    def session_for(self, feeds: Mapping[str, np.ndarray]):
+        """The session that runs a call with these feeds (by the batch size of the batched input)."""
+        if self._pinned and self._batch_input is not None:
+            arr = feeds.get(self._batch_input)
+            if arr is not None and arr.ndim > 0:
+                return self._pinned.get(int(arr.shape[0]), self.session)
+        return self.session
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -262,10 +288,11 @@ class OnnxRuntimeRunner(Runner):
         return self._io
 
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self.session_for(feeds)
         try:
             if self._io is not None:
-                return self._io.run(feeds)
-            results = self.session.run(self._output_names, dict(feeds))
+                return self._io.run(feeds, session)
+            results = session.run(self._output_names, dict(feeds))
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise InferenceError(f"onnxruntime failed: {exc}") from exc
         return dict(zip(self._output_names, results))
@@ -275,3 +302,4 @@ class OnnxRuntimeRunner(Runner):
             self._io.close()
             self._io = None
         self.session = None
+        self._pinned = {}

@@ -159,18 +159,20 @@ class Detection(_message.Message):
     def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., score: _Optional[float] = ..., class_index: _Optional[int] = ..., label: _Optional[str] = ..., landmarks: _Optional[_Iterable[_Union[Point, _Mapping]]] = ...) -> None: ...
 
 class Timing(_message.Message):
-    __slots__ = ("queue_us", "preprocess_us", "inference_us", "postprocess_us", "total_us")
+    __slots__ = ("queue_us", "preprocess_us", "inference_us", "postprocess_us", "total_us", "batch_size")
     QUEUE_US_FIELD_NUMBER: _ClassVar[int]
     PREPROCESS_US_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_US_FIELD_NUMBER: _ClassVar[int]
     POSTPROCESS_US_FIELD_NUMBER: _ClassVar[int]
     TOTAL_US_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     queue_us: int
     preprocess_us: int
     inference_us: int
     postprocess_us: int
     total_us: int
-    def __init__(self, queue_us: _Optional[int] = ..., preprocess_us: _Optional[int] = ..., inference_us: _Optional[int] = ..., postprocess_us: _Optional[int] = ..., total_us: _Optional[int] = ...) -> None: ...
+    batch_size: int
+    def __init__(self, queue_us: _Optional[int] = ..., preprocess_us: _Optional[int] = ..., inference_us: _Optional[int] = ..., postprocess_us: _Optional[int] = ..., total_us: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class InferResponse(_message.Message):
     __slots__ = ("model", "model_version", "request_id", "classes", "detections", "outputs", "timing", "image_width", "image_height", "backend", "precision")
