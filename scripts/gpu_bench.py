@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "daemon"), str(ROOT / "clients")]
 
+# The ResNet benchmark's providers (a CPU dry run of this script swaps in CPU alone).
+RESNET_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 ROWS: list[tuple[str, str, str]] = []  # (check, result, detail) for the final table
 
 
@@ -337,7 +339,7 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
         input=InputConfig(color="rgb", resize="center-crop", size=[224, 224], scale=1 / 255,
                           mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
         postprocess=PostprocessConfig(task="classification", top_k=5),
-        onnxruntime=OnnxRuntimeConfig(providers=["CUDAExecutionProvider", "CPUExecutionProvider"], instances=2),
+        onnxruntime=OnnxRuntimeConfig(providers=list(RESNET_PROVIDERS), instances=2),
         batching=BatchingConfig(max_batch=max_batch, max_queue_delay_us=2000),
     )
     specs = []

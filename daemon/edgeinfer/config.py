@@ -71,6 +71,12 @@ class ServerConfig:
     # "auto" = uvloop when installed (measured on 2 cores: +13..48% unary
     # req/s where the transport bounds, neutral on image models), else asyncio.
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    # Tensor requests to an unbatched model whose batch-1 inference took less
+    # than this at warm-up run on the event loop thread itself: the hop to a
+    # worker and back costs more than such a model (measured on 2 cores: about
+    # 1.5x req/s on a trivial model). Image requests always go to the workers
+    # (decoding takes milliseconds). 0 = never.
+    inline_max_us: int = field(default=250, metadata=_non_negative)
 
 
 @dataclass

@@ -45,7 +45,8 @@ class Daemon:
         # Always collected (tests read the registry); served over HTTP only when enabled.
         self.metrics = Metrics()
         self.metrics.declare_models(self.registry.models)
-        self.pipeline = InferencePipeline(config.server.workers, self.metrics)
+        self.pipeline = InferencePipeline(config.server.workers, self.metrics,
+                                          inline_max_us=config.server.inline_max_us)
         self.metrics.register(DaemonCollector(lambda: list(self.registry), self.pipeline.queue_depths,
                                               self.pipeline.in_flight, __version__, self.pipeline.max_batch))
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics)

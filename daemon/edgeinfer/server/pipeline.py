@@ -5,6 +5,10 @@ Each model gets a lane, made on its first request once it is ready:
 * max batch 1 (the default, and any model without a dynamic batch axis): one
   hop to a worker thread that decodes, preprocesses, infers and postprocesses
   in one go. Fewest thread switches, which matters for tiny models.
+* the same, inline: tensor requests to a model whose batch-1 inference took
+  less than [server] inline_max_us at warm-up run on the event loop thread,
+  with no hop at all. The hop (submit, wake a worker, wake the loop again)
+  costs more than such a model; the loop is held for about that long.
 * max batch > 1: a worker thread decodes and preprocesses (in parallel with the
   inference of earlier requests), then hands the tensors to the model's
   `Batcher`, whose slot threads stack compatible requests, infer, split and
@@ -33,20 +37,22 @@ from ..backends.base import Runner
 from ..backends.base import check_feeds
 from ..batching import Batcher, Pending, QueueGate, effective_max_batch
 from ..errors import DeadlineExpired, QueueFull
-from ..pipeline.model import ModelInput, Prediction, ServedModel
+from ..pipeline.model import ModelInput, Prediction, ServedModel, Tensors
 from ..pipeline.postprocess import Options
 
 log = logging.getLogger(__name__)
 
 
 class _Lane:
-    """One model's admission gate and, when batching, its batcher."""
+    """One model's admission gate and, when batching, its batcher; `inline`: tensors run on the loop."""
 
-    def __init__(self, runner: Runner, gate: QueueGate, max_batch: int, batcher: Optional[Batcher]):
+    def __init__(self, runner: Runner, gate: QueueGate, max_batch: int, batcher: Optional[Batcher],
+                 inline: bool = False):
         self.runner = runner
         self.gate = gate
         self.max_batch = max_batch
         self.batcher = batcher
+        self.inline = inline
 
 
 def _settle(fut: asyncio.Future, pred: Optional[Prediction], exc: Optional[BaseException]) -> None:
@@ -61,9 +67,10 @@ def _settle(fut: asyncio.Future, pred: Optional[Prediction], exc: Optional[BaseE
 class InferencePipeline:
     """Runs requests for every model; `metrics` (edgeinfer.metrics.Metrics) is optional."""
 
-    def __init__(self, workers: int, metrics=None):
+    def __init__(self, workers: int, metrics=None, inline_max_us: int = 0):
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
         self.metrics = metrics
+        self.inline_max_us = inline_max_us
         self._lanes: dict[str, _Lane] = {}
         self._in_flight: dict[str, int] = {}
         self._closed = False
@@ -117,7 +124,11 @@ class InferencePipeline:
                               on_batch=on_batch or (lambda _n: None), on_deadline=on_deadline or (lambda: None))
             log.info("model %s: batching up to %d, %d us fill delay, %d slot(s), queue bound %d",
                      model.name, max_batch, cfg.max_queue_delay_us, batcher.slots, cfg.max_queue)
-        lane = _Lane(runner, gate, max_batch, batcher)
+        fast = model.warm_infer_us is not None and model.warm_infer_us < self.inline_max_us
+        lane = _Lane(runner, gate, max_batch, batcher, inline=batcher is None and fast)
+        if lane.inline:
+            log.info("model %s: tensor requests run inline on the event loop (warm-up inference %.0f us "
+                     "< [server] inline_max_us %d)", model.name, model.warm_infer_us, self.inline_max_us)
         self._lanes[model.name] = lane
         return lane
 
@@ -142,7 +153,11 @@ class InferencePipeline:
                             f"([models.{name}.batching] max_queue); try again later")
         self._in_flight[name] = self._in_flight.get(name, 0) + 1
         try:
-            if lane.batcher is None:
+            # Batch 1 only: the warm-up measured batch 1, a bigger batch can take far longer.
+            if lane.inline and isinstance(item, Tensors) and item.rows <= 1:
+                lane.gate.release()  # runs now: it never waits in the queue
+                pred = model.predict(item, options)
+            elif lane.batcher is None:
                 pred = await self._direct(model, lane, item, options, submitted, expires)
             else:
                 pred = await self._batched(model, lane, item, options, submitted, expires)
