@@ -57,8 +57,8 @@ def test_infer_json_is_exactly_one_object(served, media):
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 1
     obj = json.loads(lines[0])
-    assert set(obj) == {"model", "classes", "detections", "timing_us"}
-    assert obj["model"] == "imagenet" and obj["detections"] == []
+    assert set(obj) == {"model", "classes", "detections", "timing_us", "batch_size"}
+    assert obj["model"] == "imagenet" and obj["detections"] == [] and obj["batch_size"] == 1
     assert obj["classes"][0] == {"index": 967, "label": "espresso", "score": obj["classes"][0]["score"]}
     assert all(isinstance(v, int) for v in obj["timing_us"].values())
 

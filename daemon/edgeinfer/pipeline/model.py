@@ -266,6 +266,31 @@ class ServedModel:
             return Result(outputs=outputs)
         return self.postprocess(outputs, prepared, options)
 
+    def finish_batch(self, outputs: dict[str, np.ndarray],
+                     items: list[tuple[Prepared, Options]]) -> list[Union[Result, Exception]]:
+        """Postprocess a batch: `outputs` hold every item's rows, in order. One answer per item.
+
+        Single-row image items go through the postprocessor's all-rows path
+        at once; a failure there (or any multi-row item) falls back to one
+        item at a time, so a failing item only fails itself.
+        """
+        if len(items) > 1 and all(p.batch == 1 for p, _ in items):
+            try:
+                return list(self.postprocessor.rows(outputs, [p.transform for p, _ in items],
+                                                    [o for _, o in items]))
+            except Exception:  # noqa: BLE001 - find the item that fails, below
+                pass
+        answers: list[Union[Result, Exception]] = []
+        offset = 0
+        for prepared, options in items:
+            part = {name: arr[offset:offset + prepared.batch] for name, arr in outputs.items()}
+            offset += prepared.batch
+            try:
+                answers.append(self.finish(part, prepared, options))
+            except Exception as exc:  # noqa: BLE001 - this item's own error
+                answers.append(exc)
+        return answers
+
     def predict(self, item: ModelInput, options: Options) -> Prediction:
         """The whole pipeline for one request, unbatched (worker thread)."""
         start = time.perf_counter()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -67,6 +67,25 @@ class Postprocessor(abc.ABC):
         if options.include_raw_outputs and not result.outputs:
             result.outputs = dict(outputs)
         return result
+
+    def rows(self, outputs: dict[str, np.ndarray], transforms: Sequence[Transform],
+             options: Sequence[Options]) -> list[Result]:
+        """Postprocess a batch of single-row items: row i with transforms[i] and options[i].
+
+        Equal to calling this postprocessor on each row alone. A batching slot
+        postprocesses every row of its batch while holding the GIL, so families
+        that can work on all rows at once override decode_rows.
+        """
+        results = self.decode_rows(outputs, transforms, options)
+        for i, (result, opts) in enumerate(zip(results, options)):
+            if opts.include_raw_outputs and not result.outputs:
+                result.outputs = {k: v[i:i + 1] for k, v in outputs.items()}
+        return results
+
+    def decode_rows(self, outputs: dict[str, np.ndarray], transforms: Sequence[Transform],
+                    options: Sequence[Options]) -> list[Result]:
+        return [self.decode({k: v[i:i + 1] for k, v in outputs.items()}, t, o)
+                for i, (t, o) in enumerate(zip(transforms, options))]
 
     @abc.abstractmethod
     def decode(self, outputs: dict[str, np.ndarray], transform: Transform, options: Options) -> Result: ...
