@@ -320,9 +320,9 @@ def gpu_targets(run: dict) -> list:
 
 def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concurrency: list[int], max_batch: int,
                  ceiling_batches: list[int], warmup: float = 2.0, variants: str = "") -> dict:
-    """variants: comma list of WORKERS[:ALGO[:BUCKETS]] (e.g. "16:exhaustive,16:heuristic:32"), one daemon
-    run (and its ceiling) each. ALGO: [onnxruntime] cudnn_conv_algo_search; BUCKETS: [batching] buckets,
-    sizes joined by "+" (e.g. 8+32).
+    """variants: comma list of WORKERS[xPROCESSES][:ALGO[:BUCKETS]] (e.g. "16,8x2,16:heuristic:32"), one
+    daemon run (and its ceiling) each. PROCESSES: [server] processes; ALGO: [onnxruntime]
+    cudnn_conv_algo_search; BUCKETS: [batching] buckets, sizes joined by "+" (e.g. 8+32).
     """
     from edgeinfer.bench.cli import summary_text
     from edgeinfer.bench.report import write_report
@@ -345,15 +345,18 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
     specs = []
     for v in (variants.split(",") if variants else [str(cpus)]):
         workers_text, algo, buckets = (v.split(":") + ["", ""])[:3]
-        workers = int(workers_text)
+        workers_text, _, procs_text = workers_text.partition("x")
+        workers, processes = int(workers_text), int(procs_text or 1)
         m = dataclasses.replace(
             model,
             onnxruntime=dataclasses.replace(model.onnxruntime, cudnn_conv_algo_search=algo or "auto"),
             batching=dataclasses.replace(model.batching, buckets=[int(b) for b in buckets.split("+") if b]))
-        config = Config(server=ServerConfig(workers=workers, stream_window=16), models=[m], source="gpu_bench.py")
+        config = Config(server=ServerConfig(workers=workers, stream_window=16, processes=processes), models=[m],
+                        source="gpu_bench.py")
         config.metrics.enabled = False
         config.cache.dir = str(work / "cache")
-        specs.append(RunSpec(f"ort-cuda-b{max_batch}-w{workers}-{algo or 'auto'}"
+        specs.append(RunSpec(f"ort-cuda-b{max_batch}-w{workers}" + (f"-p{processes}" if processes > 1 else "")
+                             + f"-{algo or 'auto'}"
                              + (f"-buckets{buckets}" if buckets else ""), config=config))
     settings = BenchSettings(
         runs=specs, images=media, concurrency=concurrency,

@@ -36,6 +36,16 @@ def cmd_serve(args) -> int:
     if args.listen:
         config.server.listen = args.listen
     tick = systemd.watchdog_interval_s() or 1.0
+    if config.server.processes > 1:
+        from .server.supervisor import Supervisor
+
+        supervisor = Supervisor(config, tick_s=min(tick, 1.0))
+        try:
+            supervisor.start()
+        except OSError as exc:
+            log.error("%s", exc)
+            return 1
+        return supervisor.run()
 
     async def main() -> None:
         daemon = Daemon(config, tick_s=min(tick, 1.0))

@@ -96,6 +96,11 @@ class Metrics:
             GCCollector(registry=r)
         self._gpu = GpuCollector()
         r.register(self._gpu)
+        # labels() validates and locks on every call (~5 us): the request path
+        # keeps the children it has used. Keys are bounded: configured model
+        # names (plus the "(unknown)" label) x status codes or stages.
+        self._request_children: dict[tuple[str, str], object] = {}
+        self._stage_children: dict[str, list] = {}
 
     def declare_models(self, names: Iterable[str]) -> None:
         """Export zeros for each model's counters from the start (rate() needs the first sample)."""
@@ -106,12 +111,18 @@ class Metrics:
 
     # -- request path -------------------------------------------------------------
     def observe_request(self, model: str, code: str) -> None:
-        self.requests.labels(model, code).inc()
+        child = self._request_children.get((model, code))
+        if child is None:
+            child = self._request_children[(model, code)] = self.requests.labels(model, code)
+        child.inc()
 
     def observe_timing(self, model: str, timing) -> None:
         """`timing`: pipeline.model.Timing (microseconds)."""
-        for stage in STAGES:
-            self.latency.labels(model, stage).observe(getattr(timing, f"{stage}_us") / 1e6)
+        children = self._stage_children.get(model)
+        if children is None:
+            children = self._stage_children[model] = [(f"{s}_us", self.latency.labels(model, s)) for s in STAGES]
+        for field, child in children:
+            child.observe(getattr(timing, field) / 1e6)
 
     def observe_batch(self, model: str, size: int) -> None:
         self.batch_size.labels(model).observe(size)

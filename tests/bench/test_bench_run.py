@@ -124,3 +124,28 @@ def test_ceiling_thread_cap_stands_for_the_client_concurrency(tmp_path):
                        concurrency=[3], duration_s=0.3, warmup_s=0.1, threads_cap=1, label="t")
     _, (point,) = run_ceiling(spec)
     assert point.concurrency == 3 and point.threads == 1 and point.summary.count > 0
+
+
+def test_bench_starts_a_multi_process_daemon_and_counts_all_its_cores(tmp_path):
+    """[server] processes = 2 under the bench: the supervisor's pid stands for the server (its tree)."""
+    from edgeinfer.bench.daemon_proc import DaemonProcess
+    from edgeinfer.bench.environment import WindowCpu
+    from edgeinfer.config import Config, ServerConfig
+    from edgeinfer_client import Client
+    import numpy as np
+    import time
+
+    model = trivial_model_config(build_trivial_onnx(tmp_path / "t.onnx"))
+    config = Config(server=ServerConfig(workers=1, processes=2), models=[model], source="test")
+    config.cache.dir = str(tmp_path / "cache")
+    with DaemonProcess(config) as d:
+        assert d.model_states["trivial"][0] == "ready"
+        meter = WindowCpu(d.pid)
+        meter.start(0.0, 1.5)
+        x = np.ones((1, 64), np.float32)
+        end = time.monotonic() + 1.6
+        while time.monotonic() < end:
+            with Client(d.address, timeout=10) as c:  # new connections: both processes get some
+                np.testing.assert_array_equal(c.infer("trivial", tensors={"x": x}).outputs["y"], x + 1)
+        usage = meter.wait()
+    assert usage["server_cores"] > 0.05, usage  # the children's CPU counts, not only the idle supervisor's

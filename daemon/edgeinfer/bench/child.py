@@ -22,15 +22,19 @@ class ChildServer:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _spawn(self, target: Callable, args: tuple, name: str, timeout: float, waiting_for: str) -> Any:
+    def _spawn(self, target: Callable, args: tuple, name: str, timeout: float, waiting_for: str,
+               daemon: bool = True) -> Any:
         """Start `target(conn, *args)` and return its hello message.
+
+        daemon=False for a child that starts processes of its own (Python forbids
+        that to daemonic ones); it still ends when our end of the pipe closes.
 
         Raises:
             RuntimeError: no hello within `timeout` (the child is stopped first).
         """
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=target, args=(child, *args), name=name, daemon=True)
+        self._proc = ctx.Process(target=target, args=(child, *args), name=name, daemon=daemon)
         self._proc.start()
         self._conn = parent
         if not parent.poll(timeout):

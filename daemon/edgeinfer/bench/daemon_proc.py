@@ -42,6 +42,35 @@ async def _serve(conn, config: Config) -> None:
     await daemon.run()
 
 
+def _supervise(conn, config: Config) -> None:
+    """[server] processes > 1: the supervisor (server/supervisor.py) in this process, as `serve` runs it."""
+    import threading
+
+    from ..server.supervisor import Supervisor
+
+    loaded = threading.Event()
+    states: dict = {}
+
+    def on_loaded(s: dict) -> None:
+        states.update(s)
+        loaded.set()
+
+    supervisor = Supervisor(config, on_loaded=on_loaded)
+    listen = supervisor.start()
+
+    def hello_then_wait() -> None:
+        loaded.wait()
+        conn.send(("ready", int(listen.rpartition(":")[2]), states, os.getpid()))
+        try:
+            conn.recv()
+        except EOFError:
+            pass
+        supervisor.request_stop()
+
+    threading.Thread(target=hello_then_wait, daemon=True).start()
+    supervisor.run()
+
+
 def _main(conn, config: Config, loop_kind: str, log_level: str) -> None:
     from ..eventloop import run
 
@@ -50,6 +79,10 @@ def _main(conn, config: Config, loop_kind: str, log_level: str) -> None:
     # The parent's Ctrl-C reaches the whole process group; the parent stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
+        if config.server.processes > 1:
+            config.server.event_loop = loop_kind
+            _supervise(conn, config)
+            return
         run(_serve(conn, config), loop_kind)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         try:
@@ -83,7 +116,7 @@ class DaemonProcess(ChildServer):
     def start(self, timeout: float = 600.0) -> "DaemonProcess":
         """Start and wait until every model finished loading (ready or failed)."""
         msg = self._spawn(_main, (self.config, self.loop, self.log_level), "edgeinfer-bench-daemon", timeout,
-                          "daemon did not finish loading")
+                          "daemon did not finish loading", daemon=self.config.server.processes == 1)
         if msg[0] != "ready":
             raise self._failed("daemon", msg[1])
         _, self.port, self.model_states, self.pid = msg

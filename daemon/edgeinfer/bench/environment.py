@@ -160,16 +160,6 @@ class CpuShare:
         self.other_pct = round(100.0 * max(0.0, others) / capacity, 1) if capacity > 0 else None
 
 
-def _proc_jiffies(pid: int) -> int:
-    """utime + stime of one process, all its threads (0 when gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    rest = stat[stat.rfind(")") + 2:].split()
-    return int(rest[11]) + int(rest[12])
-
-
 class WindowCpu:
     """Where the machine's CPU went during a measured window: the server, the clients, everyone else.
 
@@ -190,8 +180,9 @@ class WindowCpu:
         busy = _busy_jiffies()
         if busy is None:
             return
+        # The server's whole tree: a supervisor's daemon processes count as the server.
         self._snaps.append((time.monotonic(), busy, _tree_jiffies(os.getpid()),
-                            _proc_jiffies(self.server_pid) if self.server_pid else 0))
+                            _tree_jiffies(self.server_pid) if self.server_pid else 0))
 
     def start(self, delay: float, seconds: float) -> None:
         import threading

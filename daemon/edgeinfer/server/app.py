@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Optional
+from typing import Callable, Optional
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -38,9 +38,15 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class Daemon:
     """One running edgeinfer server. `await Daemon(config).run()` serves until stopped."""
 
-    def __init__(self, config: Config, tick_s: float = 1.0):
+    def __init__(self, config: Config, tick_s: float = 1.0, reuse_port: bool = False,
+                 on_tick: Optional[Callable[[], None]] = None):
+        """reuse_port: share the port with sibling processes (server/supervisor.py); off, a
+        second daemon on a taken port fails to bind instead of silently sharing it.
+        on_tick: called after each healthy tick (the worker pool answered), from the loop."""
         self.config = config
         self.tick_s = tick_s
+        self.reuse_port = reuse_port
+        self.on_tick = on_tick
         self.registry = ModelRegistry(config)
         # Always collected (tests read the registry); served over HTTP only when enabled.
         self.metrics = Metrics()
@@ -64,7 +70,7 @@ class Daemon:
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if self.reuse_port else 0),
         ])
         servicer = InferenceServicer(self.registry, self.pipeline, self.config.server.stream_window)
         inference_pb2_grpc.add_InferenceServicer_to_server(servicer, self.server)
@@ -139,6 +145,8 @@ class Daemon:
             self.metrics_endpoint.ensure_started()
         ready = sum(m.state is ModelState.READY for m in self.registry)
         systemd.notify("WATCHDOG=1", f"STATUS={ready}/{len(self.registry.models)} models ready")
+        if self.on_tick is not None:
+            self.on_tick()
 
     def request_stop(self) -> None:
         self._stop.set()

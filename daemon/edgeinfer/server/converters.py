@@ -1,6 +1,8 @@
 """protobuf <-> numpy and domain objects, in one place."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from edgeinfer_client._convert import DTYPES, PB_DTYPE, to_tensor
@@ -44,7 +46,7 @@ def tensor_to_numpy(t: pb.Tensor) -> np.ndarray:
         raise InvalidInput(f"{label}: rank {len(shape)} is over the limit of {MAX_RANK}")
     if any(d < 0 for d in shape):
         raise InvalidInput(f"{label}: shape {shape} has a negative dimension")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)  # Python ints: no overflow, and no numpy call on a 4-element list
     if count * dtype.itemsize != len(t.data):
         raise InvalidInput(f"{label}: shape {shape} of {dtype.name} needs {count * dtype.itemsize} bytes, "
                            f"got {len(t.data)}")

@@ -1,0 +1,145 @@
+"""[server] processes > 1: real daemon processes sharing one port under a supervisor."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from edgeinfer_client import Client
+
+
+def _free_pair() -> int:
+    """A port p with p and p + 1 both free (metrics of process 0 and 1)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            p = s.getsockname()[1]
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p + 1))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError("no two consecutive free ports")
+
+
+def _config(tmp_path, trivial_onnx, metrics_port=0, processes=2):
+    from edgeinfer.config import parse_config
+
+    return parse_config({
+        "server": {"listen": "127.0.0.1:0", "workers": 2, "processes": processes, "grace_period_s": 1.0},
+        "metrics": {"enabled": bool(metrics_port), "listen": f"127.0.0.1:{metrics_port or 9400}"},
+        "cache": {"dir": str(tmp_path)},
+        "models": [{"name": "trivial", "onnx": str(trivial_onnx), "backends": ["onnxruntime"],
+                    "postprocess": {"task": "raw"}, "onnxruntime": {"intra_op_threads": 1}}],
+    }, source="test_supervisor")
+
+
+@pytest.fixture(scope="module")
+def trivial_onnx(tmp_path_factory):
+    from edgeinfer.bench.trivial import build_trivial_onnx
+
+    return build_trivial_onnx(tmp_path_factory.mktemp("trivial") / "trivial.onnx")
+
+
+class Running:
+    """A Supervisor started here, run() on a thread (signals stay with pytest)."""
+
+    def __init__(self, config):
+        from edgeinfer.server.supervisor import Supervisor
+
+        self.loaded = threading.Event()
+        self.sup = Supervisor(config, tick_s=0.2, on_loaded=lambda _s: self.loaded.set())
+        self.listen = self.sup.start(timeout=120)
+        self.rc = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.loaded.wait(120), "the processes did not finish loading"
+
+    def _run(self):
+        self.rc = self.sup.run()
+
+    def stop(self):
+        self.sup.request_stop()
+        self.thread.join(30)
+
+
+def _requests_served(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('edgeinfer_requests_total{') and 'model="trivial"' in line and 'code="OK"' in line)
+
+
+def test_two_processes_share_the_port_and_both_serve(tmp_path, trivial_onnx):
+    base = _free_pair()
+    r = Running(_config(tmp_path, trivial_onnx, metrics_port=base))
+    try:
+        pids = r.sup.pids
+        assert len(pids) == 2 and all(p != os.getpid() for p in pids)
+        x = np.arange(64, dtype=np.float32)[None]
+        for _ in range(24):  # a new channel (connection) each: the kernel spreads connections
+            with Client(r.listen, timeout=30) as c:
+                np.testing.assert_array_equal(c.infer("trivial", tensors={"x": x}).outputs["y"], x + 1)
+        served = [_requests_served(base), _requests_served(base + 1)]  # each process: its own endpoint
+        assert sum(served) == 24
+        assert min(served) > 0, f"one process took every connection: {served}"
+    finally:
+        r.stop()
+    assert r.rc == 0
+    assert not any(_alive(p) for p in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is gone for our purposes
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_dead_process_stops_the_service_non_zero(tmp_path, trivial_onnx):
+    r = Running(_config(tmp_path, trivial_onnx))
+    victim, other = r.sup.pids
+    os.kill(victim, signal.SIGKILL)
+    r.thread.join(30)
+    assert r.rc == 1  # systemd's Restart=on-failure brings the whole service back
+    end = time.monotonic() + 15
+    while _alive(other) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not _alive(other)
+
+
+def test_a_taken_port_is_refused_before_any_process_starts(tmp_path, trivial_onnx):
+    from edgeinfer.server.supervisor import Supervisor
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        config = _config(tmp_path, trivial_onnx)
+        config.server.listen = f"127.0.0.1:{s.getsockname()[1]}"
+        sup = Supervisor(config)
+        with pytest.raises(OSError, match="cannot listen on 127.0.0.1"):
+            sup.start()
+        assert sup.pids == []
+
+
+def test_child_configs_share_the_port_and_split_the_metrics_ports(tmp_path, trivial_onnx):
+    from edgeinfer.config import ConfigError
+    from edgeinfer.server.supervisor import child_config
+
+    config = _config(tmp_path, trivial_onnx, metrics_port=9500, processes=3)
+    children = [child_config(config, i, "127.0.0.1:6000") for i in range(3)]
+    assert [c.server.listen for c in children] == ["127.0.0.1:6000"] * 3
+    assert [c.metrics.listen for c in children] == ["127.0.0.1:9500", "127.0.0.1:9501", "127.0.0.1:9502"]
+    assert all(c.server.processes == 1 for c in children) and config.server.processes == 3
+    with pytest.raises(ConfigError, match="processes"):
+        from edgeinfer.config import parse_config
+
+        parse_config({"server": {"listen": "unix:/tmp/x.sock", "processes": 2}}, source="t")
