@@ -103,10 +103,13 @@ def markdown(results: dict, plot_names: Optional[dict[str, str]] = None) -> str:
             "(InferStream: each slot is one stream keeping `stream window` frames in flight). "
             "A request counts when it completes inside the measured window.",
             "- daemon: the edgeinfer daemon in its own process, driven over gRPC by separate client processes; "
-            "ceiling: the same model loaded by ServedModel/ModelLoader, `predict()` called on that many threads, "
-            "no gRPC; echo: a bare grpc.aio server with the same message sizes and no work.",
+            "ceiling: the same model loaded by ServedModel/ModelLoader, no gRPC, in one process: batch 1 = "
+            "`predict()` on that many threads; batch b = concurrency // b threads, each preprocessing b "
+            "requests on a pool of [server] workers threads, one runner call, postprocessing each (as many "
+            "images in flight as the clients keep); the best ceiling counts; "
+            "echo: a bare grpc.aio server with the same message sizes and no work.",
             "- CPU over the measured window, from /proc: `server cores` = the daemon or echo process (all "
-            "threads), `client cores` = the load generator processes, `others' CPU %` = share of all cores "
+            "threads, and all processes of a multi-process daemon), `client cores` = the load generator processes, `others' CPU %` = share of all cores "
             "used by processes outside the benchmark (for the ceiling: over its whole run, model load "
             "included). Well above 0, the point was contended: compare only points under similar contention.",
             ""]
