@@ -110,3 +110,37 @@ def test_sigterm_stops_cleanly(served):
     assert proc.wait(30) == 0
     text = log.read_text()
     assert "shutting down" in text and "stopped" in text
+
+
+def test_serve_with_two_processes_answers_and_stops_cleanly_on_sigterm(centerface_onnx, classifier_onnx, tmp_path):
+    """`[server] processes = 2` through `edgeinfer serve`: one supervisor, two daemons, one port; SIGTERM
+    from the operator (systemd stop) ends all three with status 0."""
+    text = (ROOT / "configs" / "dev.toml").read_text().replace("../assets", str(ROOT / "assets"))
+    text = text.replace("[server]\n", "[server]\nprocesses = 2\n", 1).replace("[metrics]\n", "[metrics]\nenabled = false\n", 1)
+    config = tmp_path / "two.toml"
+    config.write_text(text)
+    address = f"127.0.0.1:{_free_port()}"
+    log = tmp_path / "serve.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([str(BIN / "edgeinfer"), "serve", "--config", str(config), "--listen", address],
+                                stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ, CACHE_DIRECTORY=str(tmp_path)))
+    try:
+        deadline = time.monotonic() + 90
+        while _client(address, "health").stdout.strip() != "SERVING":
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.3)
+        children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        assert len(children) >= 2, children  # the two daemons (multiprocessing may add its resource tracker)
+        res = _client(address, "infer", "--model", "imagenet", str(ROOT / "assets" / "media" / "coffee.png"), "--json")
+        assert res.returncode == 0 and json.loads(res.stdout)["classes"][0]["label"] == "espresso", res.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+        for pid in children:
+            end = time.monotonic() + 10
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < end:
+                time.sleep(0.1)
+            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3], \
+                f"process {pid} outlived the supervisor"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
