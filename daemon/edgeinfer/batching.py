@@ -354,14 +354,7 @@ class Batcher:
         done = time.perf_counter()
         self.on_batch(rows)
         info = runner.info
-        if len(batch) == 1:
-            p = batch[0]
-            try:
-                answers = [self.model.finish(outputs, p.prepared, p.options)]
-            except Exception as exc:  # noqa: BLE001 - answered to the request
-                answers = [exc]
-        else:
-            answers = self.model.finish_batch(outputs, [(p.prepared, p.options) for p in batch])
+        answers = self.model.finish_batch(outputs, [(p.prepared, p.options) for p in batch])
         finished = time.perf_counter()
         for p, answer in zip(batch, answers):
             if isinstance(answer, Exception):  # this request's postprocess failed: its own error

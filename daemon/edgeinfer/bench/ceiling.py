@@ -9,8 +9,9 @@ gRPC, protobuf, the event loop and the hop to the worker pool.
 
 With `batch` > 1 each thread decodes and preprocesses `batch` requests in
 parallel on a shared pool of [server] workers threads (as the daemon's workers
-do), stacks them into one runner call and postprocesses each: the ceiling a
-batching daemon is compared with. Such a point for concurrency c runs c // batch
+do), stacks them into one runner call and postprocesses the batch as the
+batcher does (ServedModel.finish_batch): the ceiling a batching daemon is
+compared with. Such a point for concurrency c runs c // batch
 threads, so it keeps c images in flight, as c clients do: in a closed loop
 throughput is images in flight / latency, and a ceiling holding more images in
 flight than the clients do measures a heavier load, not a faster path.
@@ -31,6 +32,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..batching import stack_rows
 from ..config import ModelConfig, ServerConfig
 from .stats import Summary, summarize
 
@@ -62,14 +64,13 @@ class CeilingPoint:
 
 
 def _one_batch(model, items, options, pool):
-    """prepare the items on `pool`, one runner call for all, postprocess each (batch > 1 only)."""
+    """prepare the items on `pool`, one runner call for all, postprocess them as the batcher does."""
     runner = model.require_ready()
     prepared = list(pool.map(model.prepare, items))
-    names = list(prepared[0].feeds)
-    feeds = {n: np.concatenate([p.feeds[n] for p in prepared], axis=0) for n in names}
-    outputs = runner.infer(feeds)
-    for i, p in enumerate(prepared):
-        model.postprocess({k: v[i:i + 1] for k, v in outputs.items()}, p, options)
+    outputs = runner.infer(stack_rows([p.feeds for p in prepared], sum(p.batch for p in prepared)))
+    for answer in model.finish_batch(outputs, [(p, options) for p in prepared]):
+        if isinstance(answer, Exception):
+            raise answer
 
 
 def _run_point(model, items, options, concurrency: int, batch: int, duration_s: float,

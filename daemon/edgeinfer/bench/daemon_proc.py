@@ -46,6 +46,7 @@ def _supervise(conn, config: Config) -> None:
     """[server] processes > 1: the supervisor (server/supervisor.py) in this process, as `serve` runs it."""
     import threading
 
+    from ..metrics import parse_listen
     from ..server.supervisor import Supervisor
 
     loaded = threading.Event()
@@ -60,7 +61,7 @@ def _supervise(conn, config: Config) -> None:
 
     def hello_then_wait() -> None:
         loaded.wait()
-        conn.send(("ready", int(listen.rpartition(":")[2]), states, os.getpid()))
+        conn.send(("ready", parse_listen(listen)[1], states, os.getpid()))
         try:
             conn.recv()
         except EOFError:

@@ -242,9 +242,7 @@ class ServedModel:
         """Decode and preprocess one request (worker thread)."""
         start = time.perf_counter()
         if isinstance(item, Tensors):
-            feeds = item.arrays
-            batch = _batch_of(feeds)
-            return Prepared(feeds, IDENTITY, (0, 0), _us(time.perf_counter() - start), batch)
+            return Prepared(item.arrays, IDENTITY, (0, 0), _us(time.perf_counter() - start), item.rows)
         if self.image_input is None:
             raise InvalidInput(f"model {self.name!r} takes tensors, not images: send named tensors")
         if isinstance(item, EncodedImage):

@@ -36,6 +36,7 @@ from typing import Callable, Optional
 
 from .. import systemd
 from ..config import Config
+from ..metrics import join_listen, parse_listen
 
 log = logging.getLogger(__name__)
 
@@ -43,28 +44,18 @@ log = logging.getLogger(__name__)
 STALE_TICKS = 5
 
 
-def split_host_port(listen: str) -> tuple[str, int]:
-    """"host:port" / "[v6]:port" -> (host, port). Raises ValueError."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"listen address {listen!r} is not host:port")
-    return host.strip("[]"), int(port)
-
-
 def claim_port(listen: str) -> str:
     """Check that the address is free (bind without SO_REUSEPORT); port 0 -> a free port.
 
     Returns the listen address with its real port. Raises OSError when taken.
     """
-    host, port = split_host_port(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
+    host, port = parse_listen(listen, "[server] listen")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
-            s.bind((host if host not in ("", "*") else "", port))
+            s.bind((host, port))
         except OSError as exc:
             raise OSError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
-        port = s.getsockname()[1]
-    return f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        return join_listen(host, s.getsockname()[1])
 
 
 def child_config(config: Config, index: int, listen: str) -> Config:
@@ -73,9 +64,9 @@ def child_config(config: Config, index: int, listen: str) -> Config:
     c.server.listen = listen
     c.server.processes = 1
     if c.metrics.enabled and index:
-        host, port = split_host_port(c.metrics.listen)
+        host, port = parse_listen(c.metrics.listen)
         if port:
-            c.metrics.listen = f"{host}:{port + index}"
+            c.metrics.listen = join_listen(host, port + index)
     return c
 
 
