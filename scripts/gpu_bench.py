@@ -319,7 +319,8 @@ def gpu_targets(run: dict) -> list:
 
 
 def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concurrency: list[int], max_batch: int,
-                 ceiling_batches: list[int], warmup: float = 2.0, variants: str = "") -> dict:
+                 ceiling_batches: list[int], warmup: float = 2.0, variants: str = "", rounds: int = 1,
+                 loop: str = "asyncio") -> dict:
     """variants: comma list of WORKERS[xPROCESSES][:ALGO[:BUCKETS]] (e.g. "16,8x2,16:heuristic:32"), one
     daemon run (and its ceiling) each. PROCESSES: [server] processes; ALGO: [onnxruntime]
     cudnn_conv_algo_search; BUCKETS: [batching] buckets, sizes joined by "+" (e.g. 8+32).
@@ -362,6 +363,7 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
         runs=specs, images=media, concurrency=concurrency,
         modes=["unary"], duration_s=duration, warmup_s=warmup, payload="jpeg", trivial=False, echo=False,
         ceiling_batches=ceiling_batches, client_processes=min(32, max(concurrency)), work_dir=work,
+        rounds=rounds, loop=loop,
         title="edgeinfer GPU benchmark: ResNet-50 on ONNX Runtime CUDA EP", command="scripts/gpu_bench.py",
         targets=gpu_targets)
     results = run_benchmark(settings)
@@ -377,8 +379,13 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
             row(f"ResNet-50 ceiling {run['label']} c={p['concurrency']} ({p['mode']})", "info",
                 f"{p['throughput']:.0f} img/s, P50 {p['p50_ms']:.1f} ms")
     for t in results["targets"]:
-        row(t["title"], "PASS" if t["passed"] else ("MISS" if t["passed"] is False else "n/a"),
+        row(f"{t['run']}: {t['title']}", "PASS" if t["passed"] else ("MISS" if t["passed"] is False else "n/a"),
             f"ratio {t['value']:.3f}" if t["value"] is not None else "")
+    for t in results.get("median_targets", []):
+        row(f"{t['run']}: {t['title']}, median of {t['rounds']} rounds",
+            "PASS" if t["passed"] else ("MISS" if t["passed"] is False else "n/a"),
+            f"median {t['median']:.3f}; rounds " + ", ".join(f"{v:.3f}" for v in t["values"])
+            if t["median"] is not None else "")
     return {"results_json": str(paths["json"]), "targets": results["targets"]}
 
 
@@ -397,6 +404,8 @@ def main() -> int:
     ap.add_argument("--algos", default="exhaustive,heuristic,default",
                     help="cudnn_conv_algo_search modes the diagnose step compares")
     ap.add_argument("--skip", default="", help="comma list of kernel,iobinding,diagnose,resnet")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat every variant, round by round; median verdict")
+    ap.add_argument("--loop", default="asyncio", help="event loop of daemon and clients: asyncio, uvloop, auto")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path("/tmp/edgeinfer-gpu-bench")
@@ -421,7 +430,7 @@ def main() -> int:
              ("resnet", lambda: bench_resnet(work, args.assets / "media", args.out, args.duration,
                                              [int(c) for c in args.concurrency.split(",")],
                                              args.max_batch, [int(b) for b in args.ceiling_batch.split(",")],
-                                             args.warmup, args.variants))]
+                                             args.warmup, args.variants, args.rounds, args.loop))]
     failed = False
     for name, step in steps:
         if name in skip:

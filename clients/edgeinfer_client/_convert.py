@@ -1,6 +1,7 @@
 """numpy <-> protobuf tensors, and request building. Shared with the daemon."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
@@ -33,20 +34,32 @@ PIXEL_FORMATS = {
 ImageLike = Union[bytes, str, Path, np.ndarray]
 
 
+LITTLE_ENDIAN = sys.byteorder == "little"
+
+
 def to_tensor(name: str, array: np.ndarray) -> pb.Tensor:
     """numpy -> Tensor (little-endian bytes)."""
-    array = np.ascontiguousarray(array)
-    code = PB_DTYPE.get(array.dtype.newbyteorder("="))
+    dtype = array.dtype
+    code = PB_DTYPE.get(dtype) if (LITTLE_ENDIAN and dtype.byteorder != ">") else None
+    if code is not None:
+        # Native little-endian (the common case): tobytes() is already C order and the wire's byte order.
+        return pb.Tensor(name=name, dtype=code, shape=array.shape, data=array.tobytes())
+    code = PB_DTYPE.get(dtype.newbyteorder("="))
     if code is None:
-        raise TypeError(f"tensor {name!r}: dtype {array.dtype} has no protobuf equivalent")
-    data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-    return pb.Tensor(name=name, dtype=code, shape=list(array.shape), data=data)
+        raise TypeError(f"tensor {name!r}: dtype {dtype} has no protobuf equivalent")
+    data = array.astype(dtype.newbyteorder("<"), copy=False).tobytes()
+    return pb.Tensor(name=name, dtype=code, shape=array.shape, data=data)
+
+
+# Wire dtype -> native dtype: the same object on little-endian hosts, so no conversion is made there.
+NATIVE: dict[int, np.dtype] = {k: v.newbyteorder("=") for k, v in DTYPES.items()}
 
 
 def from_tensor(t: pb.Tensor) -> np.ndarray:
     """Tensor -> numpy (native byte order). Trusts a well-formed message."""
     dtype = DTYPES[t.dtype]
-    return np.frombuffer(t.data, dtype=dtype).reshape(list(t.shape)).astype(dtype.newbyteorder("="), copy=False)
+    arr = np.frombuffer(t.data, dtype=dtype).reshape(tuple(t.shape))
+    return arr if LITTLE_ENDIAN else arr.astype(NATIVE[t.dtype])
 
 
 def build_request(model: str, image: Optional[ImageLike] = None, *, tensors: Optional[Mapping[str, np.ndarray]] = None,

@@ -22,10 +22,12 @@ from http.server import ThreadingHTTPServer
 from typing import Callable, Iterable, Optional
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import MetricsHandler
+
+from .tally import RequestTally
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +77,9 @@ class Metrics:
         getattr(prometheus_client, "disable_created_metrics", lambda: None)()  # >= 0.17
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("edgeinfer_requests", "Finished inference requests (unary calls and stream "
-                                "frames) by model and gRPC status code.", ["model", "code"], registry=r)
-        self.latency = Histogram("edgeinfer_request_latency_seconds",
-                                 "Per-request time by stage: queue (waiting for a worker and for its batch "
-                                 "to run), preprocess, inference (the batch it ran in), postprocess, total.",
-                                 ["model", "stage"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("edgeinfer_batch_size", "Requests (tensor rows) per executed batch.",
-                                    ["model"], buckets=BATCH_BUCKETS, registry=r)
-        self.deadline_expired = Counter("edgeinfer_deadline_expired",
-                                        "Requests dropped before compute because their deadline passed.",
-                                        ["model"], registry=r)
-        self.queue_full = Counter("edgeinfer_queue_full",
-                                  "Requests refused with RESOURCE_EXHAUSTED because the model's queue was full.",
-                                  ["model"], registry=r)
+        # Counters and histograms of the request path: folded at scrape time (see edgeinfer.tally).
+        self.tally = RequestTally(LATENCY_BUCKETS, STAGES, BATCH_BUCKETS)
+        r.register(self.tally)
         if process:
             # RSS, CPU seconds, open fds (Linux /proc); Python version; GC counts.
             ProcessCollector(registry=r)
@@ -96,42 +87,28 @@ class Metrics:
             GCCollector(registry=r)
         self._gpu = GpuCollector()
         r.register(self._gpu)
-        # labels() validates and locks on every call (~5 us): the request path
-        # keeps the children it has used. Keys are bounded: configured model
-        # names (plus the "(unknown)" label) x status codes or stages.
-        self._request_children: dict[tuple[str, str], object] = {}
-        self._stage_children: dict[str, list] = {}
 
     def declare_models(self, names: Iterable[str]) -> None:
         """Export zeros for each model's counters from the start (rate() needs the first sample)."""
-        for name in names:
-            self.deadline_expired.labels(name)
-            self.queue_full.labels(name)
-            self.requests.labels(name, "OK")
+        self.tally.declare(names)
 
     # -- request path -------------------------------------------------------------
     def observe_request(self, model: str, code: str) -> None:
-        child = self._request_children.get((model, code))
-        if child is None:
-            child = self._request_children[(model, code)] = self.requests.labels(model, code)
-        child.inc()
+        self.tally.request(model, code)
 
     def observe_timing(self, model: str, timing) -> None:
         """`timing`: pipeline.model.Timing (microseconds)."""
-        children = self._stage_children.get(model)
-        if children is None:
-            children = self._stage_children[model] = [(f"{s}_us", self.latency.labels(model, s)) for s in STAGES]
-        for field, child in children:
-            child.observe(getattr(timing, field) / 1e6)
+        t = timing
+        self.tally.timing(model, (t.queue_us, t.preprocess_us, t.inference_us, t.postprocess_us, t.total_us))
 
     def observe_batch(self, model: str, size: int) -> None:
-        self.batch_size.labels(model).observe(size)
+        self.tally.batch(model, size)
 
     def observe_deadline_expired(self, model: str) -> None:
-        self.deadline_expired.labels(model).inc()
+        self.tally.deadline_expired(model)
 
     def observe_queue_full(self, model: str) -> None:
-        self.queue_full.labels(model).inc()
+        self.tally.queue_full(model)
 
     def register(self, collector) -> None:
         self.registry.register(collector)

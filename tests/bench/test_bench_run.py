@@ -149,3 +149,32 @@ def test_bench_starts_a_multi_process_daemon_and_counts_all_its_cores(tmp_path):
                 np.testing.assert_array_equal(c.infer("trivial", tensors={"x": x}).outputs["y"], x + 1)
         usage = meter.wait()
     assert usage["server_cores"] > 0.05, usage  # the children's CPU counts, not only the idle supervisor's
+
+
+def test_rounds_alternate_runs_and_judge_the_median(dev_config, media, start_daemon, tmp_path):
+    import statistics
+
+    cfg = copy.deepcopy(dev_config)
+    cfg.cache.dir = str(tmp_path / "cache")
+    cfg.models = [trivial_model_config(build_trivial_onnx(tmp_path / "trivial.onnx"))]
+    daemon = start_daemon(cfg)
+    lines: list[str] = []
+    settings = BenchSettings(runs=[RunSpec("a", config=cfg, address=daemon.address),
+                                   RunSpec("b", config=cfg, address=daemon.address)],
+                             images=media, concurrency=[1], modes=["unary"], duration_s=0.4, warmup_s=0.1,
+                             echo_concurrency=[1], ceiling=False, rounds=3, work_dir=tmp_path)
+    results = run_benchmark(settings, progress=lines.append)
+    # Round by round: a#1, b#1, a#2, b#2, a#3, b#3.
+    assert [r["label"] for r in results["runs"]] == ["a#1", "b#1", "a#2", "b#2", "a#3", "b#3"]
+    assert [line for line in lines if line.startswith("[bench] round")][:2] == [
+        "[bench] round 1/3: a", "[bench] round 1/3: b"]
+    medians = {(t["run"], t["title"]): t for t in results["median_targets"]}
+    echo_c1 = medians[("a", "trivial: unary within 15% of bare echo (c=1)")]
+    per_round = [t["value"] for t in results["targets"]
+                 if t["run"].startswith("a#") and t["title"] == echo_c1["title"]]
+    assert len(per_round) == 3 and echo_c1["values"] == per_round
+    assert echo_c1["median"] == pytest.approx(statistics.median(per_round))
+    assert echo_c1["passed"] == (echo_c1["median"] >= 0.85)
+    assert echo_c1["passed_rounds"] == sum(v >= 0.85 for v in per_round)
+    text = report.write_report(results, tmp_path / "out", "rounds", plots=False)["markdown"].read_text()
+    assert "## Targets: median of 3 rounds" in text

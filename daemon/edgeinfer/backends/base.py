@@ -52,6 +52,15 @@ def check_feeds(inputs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -
     Raises:
         InvalidInput: a tensor is missing or unknown, or has the wrong dtype or shape.
     """
+    if len(feeds) == len(inputs) and all(s.name in feeds for s in inputs):
+        # The common case (exactly the model's inputs), without building sets per request.
+        batch = None
+        for spec in inputs:
+            arr = feeds[spec.name]
+            spec.check(arr)
+            if batch is None and spec.dynamic_batch:
+                batch = arr.shape[0]
+        return batch
     specs = {s.name: s for s in inputs}
     missing = sorted(set(specs) - set(feeds))
     if missing:

@@ -5,6 +5,7 @@ same mode, same concurrency), so machine drift between runs cancels out.
 """
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass
 from typing import Iterable, Optional
 
@@ -107,4 +108,27 @@ def evaluate(targets: list[Target], ratios: list[dict], run_label: str) -> list[
         detail = f"{r['numerator']:.1f} / {r['denominator']:.1f} per s"
         out.append(TargetResult(t.title, t.ratio, t.threshold, r["value"], r["value"] >= t.threshold,
                                 run_label, detail))
+    return out
+
+
+def base_label(run_label: str) -> str:
+    """The run's label without its round suffix ("dev#2" -> "dev")."""
+    return run_label.rsplit("#", 1)[0] if "#" in run_label else run_label
+
+
+def median_targets(targets: list[dict], rounds: int) -> list[dict]:
+    """One verdict per run and target over its rounds: the median ratio against the goal.
+
+    `targets`: TargetResult dicts of every round (run labels "<label>#<round>").
+    """
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for t in targets:
+        groups.setdefault((base_label(t["run"]), t["title"]), []).append(t)
+    out = []
+    for (run, title), ts in groups.items():
+        values = [t["value"] for t in ts if t["value"] is not None]
+        median = float(statistics.median(values)) if values else None
+        out.append(dict(run=run, title=title, threshold=ts[0]["threshold"], values=values, rounds=rounds,
+                        median=median, passed=None if median is None else median >= ts[0]["threshold"],
+                        passed_rounds=sum(v >= ts[0]["threshold"] for v in values)))
     return out

@@ -67,6 +67,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-ceiling", action="store_true", help="skip the in-process ceiling")
     p.add_argument("--no-echo", action="store_true", help="skip the bare echo floor")
     p.add_argument("--echo-concurrency", type=_int_list, default=[1, 8])
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every run this many times, alternating runs; targets use the median round")
     p.add_argument("--ceiling-batch", type=_int_list, default=[1],
                    help="batch sizes for the ceiling (best one counts), e.g. 1,8 for a batching daemon")
     p.add_argument("--stream-window", type=int, default=0,
@@ -115,7 +117,7 @@ def cmd_bench(args) -> int:
         duration_s=args.duration, warmup_s=args.warmup, payload=args.payload,
         models=[m for m in args.models.split(",") if m], trivial=not args.no_trivial,
         ceiling=not args.no_ceiling, ceiling_batches=args.ceiling_batch, echo=not args.no_echo,
-        echo_concurrency=args.echo_concurrency, stream_window=args.stream_window,
+        echo_concurrency=args.echo_concurrency, rounds=args.rounds, stream_window=args.stream_window,
         client_processes=args.client_procs, loop=args.loop[0], daemon_metrics=args.daemon_metrics,
         profile=args.profile,
         title=args.title,
@@ -138,6 +140,13 @@ def summary_text(results: dict) -> str:
     for r in results["ratios"]:
         v = "-" if r["value"] is None else f"{r['value']:.3f}"
         lines.append(f"  {r['run']:<10} {r['model']:<10} {r['name']:<15} {r['mode']:<7} c={r['concurrency']:<3} {v}")
+    if results.get("median_targets"):
+        lines.append(f"targets, median of {results['settings']['rounds']} rounds:")
+        for t in results["median_targets"]:
+            verdict = "not measured" if t["passed"] is None else ("PASS" if t["passed"] else "MISS")
+            value = "-" if t["median"] is None else f"{t['median']:.2f}"
+            each = ", ".join(f"{v:.2f}" for v in t["values"])
+            lines.append(f"  {verdict:<5} {t['run']}: {t['title']}: {value} [{each}] (goal {t['threshold']:.2f})")
     if results["targets"]:
         lines.append("targets:")
         for t in results["targets"]:

@@ -119,8 +119,21 @@ def markdown(results: dict, plot_names: Optional[dict[str, str]] = None) -> str:
         out += [f"**Contended machine**: other processes used {min(busy):.0f}-{max(busy):.0f}% of all cores "
                 f"during the points (median {sorted(busy)[len(busy) // 2]:.0f}%). Absolute numbers are low; "
                 "ratios hold only between points under similar contention.", ""]
+    if results.get("median_targets"):
+        n = results["settings"].get("rounds")
+        out += [f"## Targets: median of {n} rounds", "",
+                "Each round measured every run again (daemon, ceiling, echo), round after round; "
+                "the verdict is the median round's ratio.", "",
+                "| run | target | median | each round | goal | rounds passed | result |",
+                "| --- | --- | ---: | --- | ---: | ---: | --- |"]
+        for t in results["median_targets"]:
+            verdict = "not measured" if t["passed"] is None else ("**pass**" if t["passed"] else "**miss**")
+            each = ", ".join(f"{v:.2f}" for v in t["values"])
+            out.append(f"| {t['run']} | {t['title']} | {_f(t['median'], 2)} | {each} | {t['threshold']:.2f} | "
+                       f"{t['passed_rounds']}/{len(t['values'])} | {verdict} |")
+        out.append("")
     if results.get("targets"):
-        out += ["## Targets", "", "| run | target | measured | goal | result | detail |",
+        out += ["## Targets" + (" by round" if results.get("median_targets") else ""), "", "| run | target | measured | goal | result | detail |",
                 "| --- | --- | ---: | ---: | --- | --- |"]
         for t in results["targets"]:
             verdict = "not measured" if t["passed"] is None else ("**pass**" if t["passed"] else "**miss**")

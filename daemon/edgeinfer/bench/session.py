@@ -66,6 +66,9 @@ class BenchSettings:
     # than that can be slower in-process. The best ceiling counts.
     ceiling_at_workers: bool = True
     echo: bool = True
+    # Repeat every run this many times, round by round (run A, run B, run A, run B...), and judge
+    # the targets on the median ratio: on a shared or noisy machine one point can be 20% off.
+    rounds: int = 1
     echo_concurrency: list[int] = field(default_factory=lambda: [1, 8])
     stream_window: int = 0        # 0: the daemon's [server] stream_window
     client_processes: int = 0     # 0: min(concurrency, CPUs)
@@ -266,62 +269,77 @@ def run_benchmark(settings: BenchSettings, progress: Progress = _stderr) -> dict
         "runs": [], "echo": [], "ratios": [], "targets": [], "notes": [],
     }
     notes = results["notes"]
-    for rs in settings.runs:
-        loop = resolve(rs.loop or settings.loop)
-        config = _with_trivial(rs.config, work_dir) if (rs.config is not None and settings.trivial) else rs.config
-        served = _served_models(rs.address) if rs.address else []
-        names = _model_names(config, settings, served)
-        window = settings.stream_window or (config.server.stream_window if config else 16)
-        payloads: dict[str, Payload] = {}
-        model_info: dict[str, dict] = {}
-        for name in names:
-            mcfg = config.model(name) if config is not None and name in [m.name for m in config.models] else None
-            if mcfg is None and name == TRIVIAL:
-                mcfg = trivial_model_config(Path("trivial.onnx"))
-            if mcfg is None:
-                notes.append(f"{rs.label}: model {name!r} has no config here; benchmarked as an image model")
-                payloads[name] = image_payload(name, image_paths, settings.payload)
-                model_info[name] = {"payload": payloads[name].description}
-                continue
-            p = _payload_for(mcfg, settings, image_paths)
-            if p is None:
-                notes.append(f"{rs.label}: model {name!r} takes tensors of unknown meaning; skipped")
-                continue
-            payloads[name] = p
-            model_info[name] = {"payload": p.description, "request_bytes": p.mean_bytes,
-                                "config": dataclasses.asdict(mcfg)}
-        if settings.profile and rs.address:
-            notes.append(f"{rs.label}: --profile samples only a daemon the bench started")
-        run = {"label": rs.label, "loop": loop, "config_source": config.source if config else "-",
-               "server": dataclasses.asdict(config.server) if config else {}, "models": model_info, "points": []}
-        if rs.address:
-            run["daemon"] = f"already running at {rs.address}"
-            run["points"] += _daemon_points(rs.label, rs.address, payloads, settings, window, loop, progress, notes)
-        else:
-            progress(f"[bench] {rs.label}: starting the daemon ({', '.join(payloads)}), event loop {loop}")
-            with DaemonProcess(config, loop=loop, metrics=settings.daemon_metrics) as daemon:
-                for name, (state, reason, device) in daemon.model_states.items():
-                    if name in model_info:
-                        model_info[name]["served_on"] = device or reason
-                    if state != "ready" and name in payloads:
-                        notes.append(f"{rs.label}: model {name} is {state}: {reason}; skipped")
-                        payloads.pop(name)
-                run["daemon"] = f"started by the bench (pid {daemon.pid}, loop {loop})"
-                run["points"] += _daemon_points(rs.label, daemon.address, payloads, settings, window, loop, progress,
-                                                notes, daemon_pid=daemon.pid)
-        if settings.ceiling and config is not None:
-            pts, served_on = _ceiling_points(rs.label, config, payloads, settings, progress)
-            run["points"] += pts
-            for name, dev in served_on.items():
-                model_info[name].setdefault("served_on", dev)
-                model_info[name]["ceiling_on"] = dev
-        elif settings.ceiling:
-            notes.append(f"{rs.label}: no --config, so no in-process ceiling")
-        if settings.echo:
-            results["echo"] += _echo_points(rs.label, payloads, run["points"], settings, window, loop, progress)
-        results["runs"].append(run)
-        ratios = analysis.compute_ratios(run, [p for p in results["echo"] if p["run"] == rs.label])
-        results["ratios"] += ratios
-        targets = settings.targets(run)
-        results["targets"] += [t.as_dict() for t in analysis.evaluate(targets, ratios, rs.label)]
+    rounds = max(1, settings.rounds)
+    results["settings"]["rounds"] = rounds
+    for k in range(rounds):
+        for rs in settings.runs:
+            label = rs.label if rounds == 1 else f"{rs.label}#{k + 1}"
+            if rounds > 1:
+                progress(f"[bench] round {k + 1}/{rounds}: {rs.label}")
+            _one_run(dataclasses.replace(rs, label=label), settings, work_dir, image_paths, results, progress)
+    if rounds > 1:
+        results["median_targets"] = analysis.median_targets(results["targets"], rounds)
     return results
+
+
+def _one_run(rs: RunSpec, settings: BenchSettings, work_dir: Path, image_paths, results: dict,
+             progress: Progress) -> None:
+    """Measure one run (daemon, ceiling, echo) and add its points, ratios and targets to `results`."""
+    notes = results["notes"]
+    loop = resolve(rs.loop or settings.loop)
+    config = _with_trivial(rs.config, work_dir) if (rs.config is not None and settings.trivial) else rs.config
+    served = _served_models(rs.address) if rs.address else []
+    names = _model_names(config, settings, served)
+    window = settings.stream_window or (config.server.stream_window if config else 16)
+    payloads: dict[str, Payload] = {}
+    model_info: dict[str, dict] = {}
+    for name in names:
+        mcfg = config.model(name) if config is not None and name in [m.name for m in config.models] else None
+        if mcfg is None and name == TRIVIAL:
+            mcfg = trivial_model_config(Path("trivial.onnx"))
+        if mcfg is None:
+            notes.append(f"{rs.label}: model {name!r} has no config here; benchmarked as an image model")
+            payloads[name] = image_payload(name, image_paths, settings.payload)
+            model_info[name] = {"payload": payloads[name].description}
+            continue
+        p = _payload_for(mcfg, settings, image_paths)
+        if p is None:
+            notes.append(f"{rs.label}: model {name!r} takes tensors of unknown meaning; skipped")
+            continue
+        payloads[name] = p
+        model_info[name] = {"payload": p.description, "request_bytes": p.mean_bytes,
+                            "config": dataclasses.asdict(mcfg)}
+    if settings.profile and rs.address:
+        notes.append(f"{rs.label}: --profile samples only a daemon the bench started")
+    run = {"label": rs.label, "loop": loop, "config_source": config.source if config else "-",
+           "server": dataclasses.asdict(config.server) if config else {}, "models": model_info, "points": []}
+    if rs.address:
+        run["daemon"] = f"already running at {rs.address}"
+        run["points"] += _daemon_points(rs.label, rs.address, payloads, settings, window, loop, progress, notes)
+    else:
+        progress(f"[bench] {rs.label}: starting the daemon ({', '.join(payloads)}), event loop {loop}")
+        with DaemonProcess(config, loop=loop, metrics=settings.daemon_metrics) as daemon:
+            for name, (state, reason, device) in daemon.model_states.items():
+                if name in model_info:
+                    model_info[name]["served_on"] = device or reason
+                if state != "ready" and name in payloads:
+                    notes.append(f"{rs.label}: model {name} is {state}: {reason}; skipped")
+                    payloads.pop(name)
+            run["daemon"] = f"started by the bench (pid {daemon.pid}, loop {loop})"
+            run["points"] += _daemon_points(rs.label, daemon.address, payloads, settings, window, loop, progress,
+                                            notes, daemon_pid=daemon.pid)
+    if settings.ceiling and config is not None:
+        pts, served_on = _ceiling_points(rs.label, config, payloads, settings, progress)
+        run["points"] += pts
+        for name, dev in served_on.items():
+            model_info[name].setdefault("served_on", dev)
+            model_info[name]["ceiling_on"] = dev
+    elif settings.ceiling:
+        notes.append(f"{rs.label}: no --config, so no in-process ceiling")
+    if settings.echo:
+        results["echo"] += _echo_points(rs.label, payloads, run["points"], settings, window, loop, progress)
+    results["runs"].append(run)
+    ratios = analysis.compute_ratios(run, [p for p in results["echo"] if p["run"] == rs.label])
+    results["ratios"] += ratios
+    targets = settings.targets(run)
+    results["targets"] += [t.as_dict() for t in analysis.evaluate(targets, ratios, rs.label)]

@@ -7,6 +7,7 @@ separate: nothing below branches on the backend.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import threading
 import time
@@ -52,7 +53,7 @@ class RawPixels:
 class Tensors:
     arrays: dict[str, np.ndarray]
 
-    @property
+    @functools.cached_property
     def rows(self) -> int:
         return _batch_of(self.arrays)
 

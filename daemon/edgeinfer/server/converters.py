@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from edgeinfer_client._convert import DTYPES, PB_DTYPE, to_tensor
+from edgeinfer_client._convert import LITTLE_ENDIAN, DTYPES, NATIVE, PB_DTYPE, to_tensor
 from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2 as pb
 
 from ..errors import InvalidInput
@@ -34,27 +34,30 @@ MAX_RANK = 8
 
 def tensor_to_numpy(t: pb.Tensor) -> np.ndarray:
     """Raises InvalidInput for unknown dtypes, bad shapes or a byte count that does not fit."""
-    label = f"tensor {t.name!r}" if t.name else "tensor"
-    if not t.name:
+    name = t.name
+    if not name:
         raise InvalidInput("tensor has no name (field 'name' is empty)")
-    dtype = DTYPES.get(t.dtype)
+    code = t.dtype
+    dtype = DTYPES.get(code)
     if dtype is None:
-        raise InvalidInput(f"{label}: dtype must be set to one of "
-                           f"{[pb.DataType.Name(k) for k in DTYPES]}, got {pb.DataType.Name(t.dtype) if t.dtype in pb.DataType.values() else t.dtype}")
-    shape = list(t.shape)
+        raise InvalidInput(f"tensor {name!r}: dtype must be set to one of "
+                           f"{[pb.DataType.Name(k) for k in DTYPES]}, got {pb.DataType.Name(code) if code in pb.DataType.values() else code}")
+    shape = tuple(t.shape)
     if len(shape) > MAX_RANK:
-        raise InvalidInput(f"{label}: rank {len(shape)} is over the limit of {MAX_RANK}")
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"{label}: shape {shape} has a negative dimension")
+        raise InvalidInput(f"tensor {name!r}: rank {len(shape)} is over the limit of {MAX_RANK}")
+    if shape and min(shape) < 0:
+        raise InvalidInput(f"tensor {name!r}: shape {list(shape)} has a negative dimension")
     count = math.prod(shape)  # Python ints: no overflow, and no numpy call on a 4-element list
-    if count * dtype.itemsize != len(t.data):
-        raise InvalidInput(f"{label}: shape {shape} of {dtype.name} needs {count * dtype.itemsize} bytes, "
-                           f"got {len(t.data)}")
-    return np.frombuffer(t.data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+    data = t.data
+    if count * dtype.itemsize != len(data):
+        raise InvalidInput(f"tensor {name!r}: shape {list(shape)} of {dtype.name} needs {count * dtype.itemsize} bytes, "
+                           f"got {len(data)}")
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape)
+    return arr if LITTLE_ENDIAN else arr.astype(NATIVE[code])
 
 
 def numpy_to_tensor(name: str, array: np.ndarray) -> pb.Tensor:
-    if array.dtype.newbyteorder("=") not in PB_DTYPE:
+    if array.dtype not in PB_DTYPE and array.dtype.newbyteorder("=") not in PB_DTYPE:
         array = array.astype(np.float32)  # e.g. an output type the API does not name
     return to_tensor(name, array)
 
@@ -76,14 +79,21 @@ def request_input(request: pb.InferRequest) -> ModelInput:
         raise InvalidInput("tensors: the tensor set is empty")
     arrays = {}
     for t in tensors:
-        if t.name in arrays:
-            raise InvalidInput(f"tensor {t.name!r} is sent twice")
-        arrays[t.name] = tensor_to_numpy(t)
+        array = tensor_to_numpy(t)
+        name = t.name
+        if name in arrays:
+            raise InvalidInput(f"tensor {name!r} is sent twice")
+        arrays[name] = array
     return Tensors(arrays)
+
+
+_DEFAULT_OPTIONS = Options()
 
 
 def request_options(request: pb.InferRequest) -> Options:
     o = request.options
+    if not o.ByteSize():  # every field at its default: most requests, no object to build
+        return _DEFAULT_OPTIONS
     return Options(
         top_k=o.top_k,
         score_threshold=o.score_threshold if o.HasField("score_threshold") else None,
@@ -97,14 +107,13 @@ def request_options(request: pb.InferRequest) -> Options:
 def response(model: ServedModel, request_id: str, pred: Prediction) -> pb.InferResponse:
     r = pred.result
     t = pred.timing
-    msg = pb.InferResponse(
-        model=model.name, model_version=model.cfg.version, request_id=request_id,
-        image_width=pred.image_size[0], image_height=pred.image_size[1],
-        backend=pred.backend, precision=pred.precision,
-        timing=pb.Timing(queue_us=t.queue_us, preprocess_us=t.preprocess_us, inference_us=t.inference_us,
-                         postprocess_us=t.postprocess_us, total_us=t.total_us,
-                         batch_size=t.batch_size),
-    )
+    msg = pb.InferResponse(model=model.name, model_version=model.cfg.version, request_id=request_id,
+                           backend=pred.backend, precision=pred.precision)
+    if pred.image_size[0]:
+        msg.image_width, msg.image_height = pred.image_size
+    timing = msg.timing
+    timing.queue_us, timing.preprocess_us, timing.inference_us = t.queue_us, t.preprocess_us, t.inference_us
+    timing.postprocess_us, timing.total_us, timing.batch_size = t.postprocess_us, t.total_us, t.batch_size
     for c in r.classes:
         msg.classes.add(index=c.index, label=c.label, score=c.score)
     for d in r.detections:

@@ -105,9 +105,8 @@ class InferencePipeline:
 
     # -- lanes ----------------------------------------------------------------------
     def _lane(self, model: ServedModel, runner: Runner) -> _Lane:
+        """A new lane for the model's current runner (the first request, or after a reload)."""
         lane = self._lanes.get(model.name)
-        if lane is not None and lane.runner is runner:
-            return lane
         if lane is not None and lane.batcher is not None:  # the model was reloaded: retire the old one
             self.executor.submit(lane.batcher.close)
         cfg = model.cfg.batching
@@ -142,10 +141,19 @@ class InferencePipeline:
             InferenceError: as domain errors, translated at the gRPC edge.
         """
         runner = model.require_ready()
+        name = model.name
+        lane = self._lanes.get(name)
+        if lane is None or lane.runner is not runner:
+            lane = self._lane(model, runner)
+        # Batch 1 only: the warm-up measured batch 1, a bigger batch can take far longer.
+        if lane.inline and isinstance(item, Tensors) and item.rows <= 1:
+            # Runs now, on this thread: it never waits, so it takes no place in the queue.
+            pred = model.predict(item, options)
+            if self.metrics is not None:
+                self.metrics.observe_timing(name, pred.timing)
+            return pred
         submitted = time.perf_counter()
         expires = submitted + deadline_s if deadline_s is not None else None
-        lane = self._lane(model, runner)
-        name = model.name
         if not lane.gate.admit():
             if self.metrics is not None:
                 self.metrics.observe_queue_full(name)
@@ -153,11 +161,7 @@ class InferencePipeline:
                             f"([models.{name}.batching] max_queue); try again later")
         self._in_flight[name] = self._in_flight.get(name, 0) + 1
         try:
-            # Batch 1 only: the warm-up measured batch 1, a bigger batch can take far longer.
-            if lane.inline and isinstance(item, Tensors) and item.rows <= 1:
-                lane.gate.release()  # runs now: it never waits in the queue
-                pred = model.predict(item, options)
-            elif lane.batcher is None:
+            if lane.batcher is None:
                 pred = await self._direct(model, lane, item, options, submitted, expires)
             else:
                 pred = await self._batched(model, lane, item, options, submitted, expires)

@@ -37,7 +37,6 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         try:
             model = self.registry.get(request.model)
             label = model.name
-            model.require_ready()
             item = converters.request_input(request)
             options = converters.request_options(request)
             prediction = await self.pipeline.run(model, item, options, deadline_s)

@@ -33,9 +33,9 @@ class Result:
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Options:
-    """Per-request overrides (0/None = the model's configured default)."""
+    """Per-request overrides (0/None = the model's configured default). Frozen: one default is shared."""
 
     top_k: int = 0
     score_threshold: Optional[float] = None
