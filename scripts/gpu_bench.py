@@ -313,6 +313,8 @@ def gpu_targets(run: dict) -> list:
     from edgeinfer.bench.analysis import Target
 
     levels = {p["concurrency"] for p in run["points"] if p["target"] == "daemon"}
+    if not levels:  # the model did not load: nothing was measured
+        return []
     c = 32 if 32 in levels else max(levels)  # the target is stated at 32 clients
     return [Target(f"{name}: daemon >= 85% of in-process ceiling (unary, c={c}, GPU)", "daemon/ceiling", name,
                    "unary", c, 0.85) for name in run["models"]]
