@@ -1,0 +1,158 @@
+"""What bounds the trivial model next to the bare echo: three servers, same load, same run.
+
+    echo        the bench's bare grpc.aio echo server (bytes in, canned bytes out)
+    ort-minimal the fewest lines that serve the trivial model through ONNX Runtime: typed
+                gRPC handler, one tensor parsed with np.frombuffer, session.run, one Tensor
+                back; no validation, no metrics, no timing, no pipeline
+    daemon      the edgeinfer daemon serving the same model (bench/trivial.py's config)
+
+Each is measured at concurrency 1 and 8 with the bench's load generator, round after round
+(so drift on a shared box hits all three alike), and the script prints throughput, P50, the
+server's CPU time per request (from /proc over the whole point) and, for ort-minimal, the
+mean time of session.run as seen inside the handler. The ratios of medians say how much of
+the gap to echo any ONNX Runtime-backed handler pays, and how much is the daemon's own.
+
+Run: .venv/bin/python scripts/trivial_floor.py [--rounds 3] [--duration 5] [--loop uvloop]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "daemon"), str(ROOT / "clients")]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _ort_minimal(conn, loop_kind: str) -> None:
+    """Child process: the ort-minimal server; reports its port, then session.run's mean time at the end."""
+    import grpc
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgeinfer.bench.trivial import build_trivial_onnx
+    from edgeinfer.eventloop import run
+    from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2 as pb
+    from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = 1  # as trivial_model_config sets them
+    path = build_trivial_onnx(Path(tempfile.mkdtemp()) / "trivial.onnx")
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    spent = [0.0, 0]
+
+    class Minimal(pb_grpc.InferenceServicer):
+        async def Infer(self, request, context):
+            t = request.tensors.tensors[0]
+            x = np.frombuffer(t.data, np.float32).reshape(tuple(t.shape))
+            t0 = time.perf_counter()
+            y = session.run(None, {t.name: x})[0]
+            spent[0] += time.perf_counter() - t0
+            spent[1] += 1
+            out = pb.InferResponse(model=request.model)
+            out.outputs.append(pb.Tensor(name="y", dtype=pb.DATA_TYPE_FLOAT32, shape=y.shape, data=y.tobytes()))
+            return out
+
+    async def serve() -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        pb_grpc.add_InferenceServicer_to_server(Minimal(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        conn.send(port)
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+        await server.stop(0.2)
+        conn.send(spent[0] / max(spent[1], 1))
+
+    run(serve(), loop_kind)
+
+
+class _MinimalServer:
+    def __init__(self, loop: str):
+        self._conn, child = mp.get_context("spawn").Pipe()
+        self._proc = mp.get_context("spawn").Process(target=_ort_minimal, args=(child, loop), daemon=True)
+
+    def __enter__(self):
+        self._proc.start()
+        self.port = self._conn.recv()
+        self.pid = self._proc.pid
+        return self
+
+    def __exit__(self, *exc):
+        self._conn.send("stop")
+        self.run_us = self._conn.recv() * 1e6
+        self._proc.join(5)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--loop", default="uvloop")
+    args = ap.parse_args()
+
+    from edgeinfer.bench.daemon_proc import DaemonProcess
+    from edgeinfer.bench.echo import EchoServer, unary_method
+    from edgeinfer.bench.loadgen import INFER_METHOD, LoadSpec, run_load
+    from edgeinfer.bench.trivial import NAME, WIDTH, build_trivial_onnx, trivial_model_config
+    from edgeinfer.bench.workload import tensor_payload
+    from edgeinfer.config import Config
+
+    requests = tensor_payload(NAME, {"x": (1, WIDTH)}).requests
+    config = Config(models=[trivial_model_config(build_trivial_onnx(Path(tempfile.mkdtemp()) / "t.onnx"))],
+                    source="trivial_floor.py")
+    results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+    run_us: list[float] = []
+
+    def point(name: str, address: str, method: str, pid: int, c: int) -> None:
+        before = _cpu_seconds(pid)
+        spec = LoadSpec(address, method, "unary", requests, c, args.duration, warmup_s=1.0, loop=args.loop,
+                        response_kind="none")
+        res = run_load(spec, progress=None)
+        cpu = _cpu_seconds(pid) - before
+        n = res.summary.count * (args.duration + 1.0) / args.duration  # the warm-up's requests used CPU too
+        results.setdefault((name, c), []).append((res.summary.throughput, res.summary.p50_ms * 1e3,
+                                                   cpu / max(n, 1) * 1e6))
+        print(f"{name:12s} c={c}: {res.summary.throughput:7.0f}/s  P50 {res.summary.p50_ms * 1e3:6.0f} us  "
+              f"server CPU {cpu / max(n, 1) * 1e6:5.0f} us/request", flush=True)
+
+    for k in range(args.rounds):
+        print(f"-- round {k + 1}/{args.rounds}", flush=True)
+        with EchoServer(loop=args.loop) as echo:
+            for c in (1, 8):
+                point("echo", echo.address, unary_method(300), echo.pid, c)
+        with _MinimalServer(args.loop) as m:
+            for c in (1, 8):
+                point("ort-minimal", f"127.0.0.1:{m.port}", INFER_METHOD, m.pid, c)
+        run_us.append(m.run_us)
+        with DaemonProcess(config, loop=args.loop) as d:
+            for c in (1, 8):
+                point("daemon", d.address, INFER_METHOD, d.pid, c)
+
+    print(f"\nmedians over {args.rounds} rounds (event loop {args.loop}):")
+    print("| server | c | req/s | P50 us | server CPU us/request | req/s vs echo |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for c in (1, 8):
+        echo_rate = statistics.median(r[0] for r in results[("echo", c)])
+        for name in ("echo", "ort-minimal", "daemon"):
+            rows = results[(name, c)]
+            rate = statistics.median(r[0] for r in rows)
+            print(f"| {name} | {c} | {rate:,.0f} | {statistics.median(r[1] for r in rows):,.0f} | "
+                  f"{statistics.median(r[2] for r in rows):,.0f} | {rate / echo_rate:.2f} |")
+    print(f"\nort-minimal: session.run took {statistics.median(run_us):.1f} us per request inside the handler "
+          f"(median of the rounds' means); the same call in a tight loop takes ~8 us on this box.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
