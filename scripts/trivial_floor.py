@@ -99,6 +99,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--loop", default="uvloop")
+    ap.add_argument("--config", type=Path, default=None,
+                    help="serve the trivial model next to this config's models (default: the trivial model alone)")
     args = ap.parse_args()
 
     from edgeinfer.bench.daemon_proc import DaemonProcess
@@ -106,11 +108,12 @@ def main() -> int:
     from edgeinfer.bench.loadgen import INFER_METHOD, LoadSpec, run_load
     from edgeinfer.bench.trivial import NAME, WIDTH, build_trivial_onnx, trivial_model_config
     from edgeinfer.bench.workload import tensor_payload
-    from edgeinfer.config import Config
+    from edgeinfer.config import Config, load_config
 
     requests = tensor_payload(NAME, {"x": (1, WIDTH)}).requests
-    config = Config(models=[trivial_model_config(build_trivial_onnx(Path(tempfile.mkdtemp()) / "t.onnx"))],
-                    source="trivial_floor.py")
+    trivial = trivial_model_config(build_trivial_onnx(Path(tempfile.mkdtemp()) / "t.onnx"))
+    config = load_config(args.config) if args.config else Config(models=[], source="trivial_floor.py")
+    config.models.append(trivial)
     results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     run_us: list[float] = []
 

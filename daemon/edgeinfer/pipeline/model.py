@@ -95,6 +95,9 @@ def _us(seconds: float) -> int:
     return int(seconds * 1e6)
 
 
+_STOPPED = "loading stopped: the daemon is shutting down"
+
+
 class ServedModel:
     """One configured model through its whole life: loading, ready/failed, serving."""
 
@@ -116,6 +119,8 @@ class ServedModel:
         # Fastest batch-1 inference seen at warm-up (us); None until measured.
         self.warm_infer_us: Optional[float] = None
         self._lock = threading.Lock()
+        # Set by unload(): a load still running (e.g. warming up at shutdown) ends quietly.
+        self._unloading = False
 
     @property
     def name(self) -> str:
@@ -125,7 +130,7 @@ class ServedModel:
     def _set_state(self, state: ModelState, reason: str) -> None:
         with self._lock:
             self.state, self.state_reason = state, reason
-        level = logging.ERROR if state is ModelState.FAILED else logging.INFO
+        level = logging.ERROR if state is ModelState.FAILED and reason != _STOPPED else logging.INFO
         log.log(level, "model %s: %s: %s", self.name, state.value, reason)
         self.on_state_change(self)
 
@@ -150,10 +155,17 @@ class ServedModel:
             self.progress(f"warming up ({self.cfg.warmup_runs} runs)")
             self._warm_up(runner)
         except Exception as exc:  # noqa: BLE001 - any failure is a failed model, never a dead daemon
+            self.load_seconds = time.perf_counter() - start
+            if self._unloading:  # unload() took the runner away mid-load: not the model's fault
+                self._set_state(ModelState.FAILED, _STOPPED)
+                return
             if not isinstance(exc, BackendLoadError):
                 log.exception("model %s failed to load", self.name)
-            self.load_seconds = time.perf_counter() - start
             self._set_state(ModelState.FAILED, str(exc))
+            return
+        if self._unloading:  # loaded after shutdown began: never serve it
+            runner.deactivate()
+            self._set_state(ModelState.FAILED, _STOPPED)
             return
         self.runner = runner
         self.load_seconds = time.perf_counter() - start
@@ -162,6 +174,7 @@ class ServedModel:
                                           f"in {self.load_seconds:.1f}s")
 
     def unload(self) -> None:
+        self._unloading = True
         runner, self.runner = self.runner, None
         if runner is not None:
             runner.deactivate()
