@@ -120,6 +120,12 @@ class InputConfig:
         lambda v: all(x != 0 for x in v), "a list of non-zero numbers"))
     layout: Literal["NCHW", "NHWC"] = "NCHW"
     dtype: Literal["float32", "float16", "uint8"] = "float32"
+    # Where uint8 -> normalized float (and HWC -> CHW, BGR -> RGB) happens: "cpu" (numpy, on the
+    # workers) or "gpu" (edgeinfer's NVRTC kernel into device memory, fed to ONNX Runtime's CUDA EP
+    # by IO binding; needs float32 NCHW and cuda-python). Decode and resize stay on the CPU. Where
+    # "gpu" cannot run (CPU provider, TensorRT, no cuda-python) the CPU does it and the model's
+    # details say why.
+    normalize_on: Literal["cpu", "gpu"] = "cpu"
 
 
 @dataclass

@@ -118,6 +118,8 @@ class ServedModel:
         self.load_seconds = 0.0
         # Fastest batch-1 inference seen at warm-up (us); None until measured.
         self.warm_infer_us: Optional[float] = None
+        # [models.input] normalize_on = "gpu" in effect: prepare() hands the runner uint8 NHWC images.
+        self.normalize_on_gpu = False
         self._lock = threading.Lock()
         # Set by unload(): a load still running (e.g. warming up at shutdown) ends quietly.
         self._unloading = False
@@ -152,6 +154,7 @@ class ServedModel:
                 raise BackendLoadError(f"no backend could load the model: {outcome.failure_reason}")
             runner = outcome.runner
             self.image_input = self._check_image_input(runner)
+            runner = self._normalizing(runner)
             self.progress(f"warming up ({self.cfg.warmup_runs} runs)")
             self._warm_up(runner)
         except Exception as exc:  # noqa: BLE001 - any failure is a failed model, never a dead daemon
@@ -178,6 +181,34 @@ class ServedModel:
         runner, self.runner = self.runner, None
         if runner is not None:
             runner.deactivate()
+
+    def _normalizing(self, runner: Runner) -> Runner:
+        """[models.input] normalize_on = "gpu": the runner wrapped so its image input takes uint8 NHWC.
+
+        Where the GPU path cannot run, the CPU normalizes (as with "cpu") and the
+        runner's details and the log say why.
+        """
+        self.normalize_on_gpu = False
+        if self.cfg.input.normalize_on != "gpu" or self.image_input is None:
+            return runner
+        from ..gpu.normalizing_runner import why_not_on_gpu
+
+        reason = why_not_on_gpu(runner, self.cfg.input)
+        if reason is None:
+            try:
+                from ..gpu.normalizing_runner import GpuNormalizingRunner
+                from ..gpu.preprocess_kernel import Normalization
+
+                wrapped = GpuNormalizingRunner(runner, self.image_input.name,
+                                               Normalization.from_input_config(self.cfg.input),
+                                               swap_rb=self.cfg.input.color == "rgb")
+                self.normalize_on_gpu = True
+                return wrapped
+            except Exception as exc:  # noqa: BLE001 - NVRTC/CUDA failures: serve with CPU normalization
+                reason = f"{type(exc).__name__}: {exc}"
+        runner.info.details["normalize_on"] = f"cpu (gpu asked for: {reason})"
+        log.warning("model %s: normalize_on = \"gpu\" not possible, normalizing on the CPU: %s", self.name, reason)
+        return runner
 
     def _check_image_input(self, runner: Runner) -> Optional[TensorSpec]:
         """The image input must match the configured size/layout/dtype, or the model fails to load."""
@@ -214,7 +245,7 @@ class ServedModel:
         feeds = {}
         for spec in self.runner.inputs if self.runner else []:
             if self.image_input is not None and spec.name == self.image_input.name:
-                shape = (batch,) + self._image_shape()[1:]
+                shape = (batch,) + tuple(spec.shape[1:] if self.normalize_on_gpu else self._image_shape()[1:])
             else:
                 shape = tuple(batch if i == 0 and d == -1 else (d if d > 0 else 1) for i, d in enumerate(spec.shape))
             if np.issubdtype(spec.dtype, np.floating):
@@ -263,8 +294,12 @@ class ServedModel:
             bgr = self.preprocessor.decode(item.data)
         else:
             bgr = self.preprocessor.from_raw(item.height, item.width, item.pixel_format, item.data)
-        tensor, transform = self.preprocessor(bgr)
-        feeds = {self.image_input.name: tensor[None]}
+        if self.normalize_on_gpu:
+            img, transform = self.preprocessor.geometry(bgr, keep_bgr=True)
+            feeds = {self.image_input.name: np.ascontiguousarray(img)[None]}
+        else:
+            tensor, transform = self.preprocessor(bgr)
+            feeds = {self.image_input.name: tensor[None]}
         return Prepared(feeds, transform, (bgr.shape[1], bgr.shape[0]), _us(time.perf_counter() - start))
 
     def postprocess(self, outputs: dict[str, np.ndarray], prepared: Prepared,

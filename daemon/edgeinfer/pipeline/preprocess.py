@@ -204,11 +204,15 @@ class Preprocessor:
         return img
 
     # -- model input -----------------------------------------------------------
-    def __call__(self, bgr: np.ndarray) -> tuple[np.ndarray, Transform]:
-        """BGR uint8 image -> model tensor (C,H,W or H,W,C) and the coordinate transform."""
+    def geometry(self, bgr: np.ndarray, keep_bgr: bool = False) -> tuple[np.ndarray, Transform]:
+        """BGR uint8 image -> uint8 H,W,C at the model's size (color converted, resized) and the transform.
+
+        keep_bgr: leave a 3-channel image in BGR order (the GPU kernel swaps
+        channels as it normalizes; resizing commutes with the swap, so the values match).
+        """
         cfg = self.cfg
         h, w = bgr.shape[:2]
-        if cfg.color == "rgb":
+        if cfg.color == "rgb" and not keep_bgr:
             img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         elif cfg.color == "gray":
             img = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
@@ -217,6 +221,12 @@ class Preprocessor:
         img, transform = self._resize(img, w, h)
         if img.ndim == 2:
             img = img[:, :, None]
+        return img, transform  # may be a view (center-crop): callers copy as they lay it out
+
+    def __call__(self, bgr: np.ndarray) -> tuple[np.ndarray, Transform]:
+        """BGR uint8 image -> model tensor (C,H,W or H,W,C) and the coordinate transform."""
+        cfg = self.cfg
+        img, transform = self.geometry(bgr)
         # Reorder while still uint8 (a quarter of the bytes), then convert and
         # normalize in the final layout: same values, ~8x faster than
         # normalizing HWC float32 and transposing that (0.13 vs 0.98 ms, 224x224).

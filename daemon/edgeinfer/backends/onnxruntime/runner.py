@@ -143,17 +143,17 @@ class CudaIoBinding:
         finally:
             self._release(slot)
 
-    def run_device(self, feeds: Mapping[str, "object"]) -> dict[str, np.ndarray]:
+    def run_device(self, feeds: Mapping[str, "object"], session=None) -> dict[str, np.ndarray]:
         """Feeds already on the device (gpu.memory.DeviceArray, e.g. from the preprocessing kernel).
 
-        The caller must have synchronized the stream that wrote them.
+        The caller must have synchronized the stream that wrote them. `session`: as in run().
         """
         from ...gpu.memory import use_device
 
         use_device(self.device)
         slot = self._acquire()
         try:
-            return self._run_bound(slot, {n: (a.ptr, a.dtype, a.shape) for n, a in feeds.items()})
+            return self._run_bound(slot, {n: (a.ptr, a.dtype, a.shape) for n, a in feeds.items()}, session)
         finally:
             self._release(slot)
 
