@@ -36,6 +36,7 @@ def test_gpu_normalization_answers_as_the_cpu_path(ort_cuda, classifier_onnx, me
     try:
         assert isinstance(gpu.runner, GpuNormalizingRunner) and gpu.normalize_on_gpu
         assert gpu.runner.info.details["normalize_on"].startswith("gpu")
+        assert "normalize on gpu" in gpu.state_reason
         spec = next(s for s in gpu.runner.inputs if s.name == gpu.image_input.name)
         assert spec.dtype == np.uint8 and tuple(spec.shape[1:]) == (224, 224, 3)
         images = [EncodedImage((media / p).read_bytes()) for p in PHOTOS]

@@ -57,6 +57,8 @@ def test_gpu_asked_for_on_a_cpu_provider_normalizes_on_the_cpu_and_says_why(clas
         reason = asked.runner.info.details["normalize_on"]
         assert reason.startswith("cpu (gpu asked for: needs ONNX Runtime's CUDA provider"), reason
         assert any("normalize_on" in r.getMessage() for r in caplog.records)
+        assert "normalize on cpu (gpu asked for: needs ONNX Runtime's CUDA provider" in asked.state_reason
+        assert "normalize on" not in plain.state_reason
         # The image input keeps its float NCHW contract, and the answers are the CPU path's.
         assert asked.runner.inputs[0].dtype == np.float32
         image = EncodedImage((media / "coffee.png").read_bytes())

@@ -173,8 +173,10 @@ class ServedModel:
         self.runner = runner
         self.load_seconds = time.perf_counter() - start
         info = runner.info
+        # GetModel and `edgeinfer models` show the reason: say where normalization runs when it was asked for.
+        norm = f"; normalize on {info.details['normalize_on']}" if "normalize_on" in info.details else ""
         self._set_state(ModelState.READY, f"ready on {info.backend}/{info.precision} ({info.device}) "
-                                          f"in {self.load_seconds:.1f}s")
+                                          f"in {self.load_seconds:.1f}s{norm}")
 
     def unload(self) -> None:
         self._unloading = True
