@@ -29,6 +29,7 @@ import os
 import sys
 import time
 import traceback
+from typing import Optional
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -322,7 +323,7 @@ def gpu_targets(run: dict) -> list:
 
 def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concurrency: list[int], max_batch: int,
                  ceiling_batches: list[int], warmup: float = 2.0, variants: str = "", rounds: int = 1,
-                 loop: str = "asyncio") -> dict:
+                 loop: str = "asyncio", ceiling_pools: Optional[list[int]] = None) -> dict:
     """variants: comma list of WORKERS[xPROCESSES][:ALGO[:BUCKETS[:NORM]]] (e.g. "16,8x2,16:heuristic:32",
     "16:::gpu"), one daemon run (and its ceiling) each. PROCESSES: [server] processes; ALGO: [onnxruntime]
     cudnn_conv_algo_search; BUCKETS: [batching] buckets, sizes joined by "+" (e.g. 8+32); NORM: [models.input]
@@ -368,7 +369,7 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
         runs=specs, images=media, concurrency=concurrency,
         modes=["unary"], duration_s=duration, warmup_s=warmup, payload="jpeg", trivial=False, echo=False,
         ceiling_batches=ceiling_batches, client_processes=min(32, max(concurrency)), work_dir=work,
-        rounds=rounds, loop=loop,
+        rounds=rounds, loop=loop, ceiling_pools=list(ceiling_pools or []),
         title="edgeinfer GPU benchmark: ResNet-50 on ONNX Runtime CUDA EP", command="scripts/gpu_bench.py",
         targets=gpu_targets)
     results = run_benchmark(settings)
@@ -411,6 +412,8 @@ def main() -> int:
     ap.add_argument("--skip", default="", help="comma list of kernel,iobinding,diagnose,resnet")
     ap.add_argument("--rounds", type=int, default=1, help="repeat every variant, round by round; median verdict")
     ap.add_argument("--loop", default="asyncio", help="event loop of daemon and clients: asyncio, uvloop, auto")
+    ap.add_argument("--ceiling-pools", default="",
+                    help="batched ceiling: preprocessing pool sizes to try, e.g. 5,8,16 (default: each variant's workers)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path("/tmp/edgeinfer-gpu-bench")
@@ -435,7 +438,8 @@ def main() -> int:
              ("resnet", lambda: bench_resnet(work, args.assets / "media", args.out, args.duration,
                                              [int(c) for c in args.concurrency.split(",")],
                                              args.max_batch, [int(b) for b in args.ceiling_batch.split(",")],
-                                             args.warmup, args.variants, args.rounds, args.loop))]
+                                             args.warmup, args.variants, args.rounds, args.loop,
+                                             [int(x) for x in args.ceiling_pools.split(",") if x]))]
     failed = False
     for name, step in steps:
         if name in skip:

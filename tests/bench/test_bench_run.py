@@ -178,3 +178,26 @@ def test_rounds_alternate_runs_and_judge_the_median(dev_config, media, start_dae
     assert echo_c1["passed_rounds"] == sum(v >= 0.85 for v in per_round)
     text = report.write_report(results, tmp_path / "out", "rounds", plots=False)["markdown"].read_text()
     assert "## Targets: median of 3 rounds" in text
+
+
+def test_batched_ceiling_tries_each_preprocessing_pool_and_labels_it(dev_config, media, tmp_path):
+    """--ceiling-pools: one batched ceiling point per pool size, each saying its pool; ratios use the best."""
+    from edgeinfer.bench.analysis import compute_ratios
+
+    cfg = copy.deepcopy(dev_config)
+    cfg.cache.dir = str(tmp_path / "cache")
+    cfg.models = [trivial_model_config(build_trivial_onnx(tmp_path / "trivial.onnx"))]
+    cfg.server.workers = 2
+    settings = BenchSettings(runs=[RunSpec("p", config=cfg)], images=media, concurrency=[4], modes=["unary"],
+                             duration_s=0.4, warmup_s=0.1, echo=False, ceiling_batches=[2], ceiling_pools=[1, 3],
+                             ceiling_at_workers=False, work_dir=tmp_path)
+    results = run_benchmark(settings, progress=lambda _line: None)
+    run = results["runs"][0]
+    ceilings = [p for p in run["points"] if p["target"] == "ceiling"]
+    assert sorted(p["pool"] for p in ceilings if p["batch"] == 2) == [1, 3]
+    assert {p["mode"] for p in ceilings if p["batch"] == 2} == {
+        "in-process, 2 threads x batch 2, preprocessing on 1 threads",
+        "in-process, 2 threads x batch 2, preprocessing on 3 threads"}
+    best = max(p["throughput"] for p in ceilings)
+    ratio = next(r for r in compute_ratios(run, []) if r["name"] == "daemon/ceiling")
+    assert ratio["denominator"] == best

@@ -8,8 +8,8 @@ by the daemon's own converter. What is left out is exactly the serving path:
 gRPC, protobuf, the event loop and the hop to the worker pool.
 
 With `batch` > 1 each thread decodes and preprocesses `batch` requests in
-parallel on a shared pool of [server] workers threads (as the daemon's workers
-do), stacks them into one runner call and postprocesses the batch as the
+parallel on a shared pool of `pool` threads ([server] workers by default, as the
+daemon's workers do; the bench can try several sizes and keep the best), stacks them into one runner call and postprocesses the batch as the
 batcher does (ServedModel.finish_batch): the ceiling a batching daemon is
 compared with. Such a point for concurrency c runs c // batch
 threads, so it keeps c images in flight, as c clients do: in a closed loop
@@ -50,6 +50,12 @@ class CeilingSpec:
     label: str = ""
     # Threads per point: min(concurrency, threads_cap); None = as many threads as clients.
     threads_cap: Optional[int] = None
+    # batch > 1: threads that preprocess for the batches; None = [server] workers.
+    pool: Optional[int] = None
+
+    @property
+    def pool_size(self) -> int:
+        return self.pool or self.server.workers
 
 
 @dataclass
@@ -61,6 +67,7 @@ class CeilingPoint:
     # Mean per-request stage times (us) measured inside predict().
     stage_us: dict[str, float]
     threads: int = 0
+    pool: int = 0      # batch > 1: preprocessing threads
 
 
 def _one_batch(model, items, options, pool):
@@ -157,7 +164,7 @@ def _child(spec: CeilingSpec, conn) -> None:
         options = request_options(msgs[0])
         info = model.runner.info
         conn.send(("loaded", f"{info.backend}/{info.precision} on {info.device}"))
-        pool = ThreadPoolExecutor(max_workers=spec.server.workers) if spec.batch > 1 else None
+        pool = ThreadPoolExecutor(max_workers=spec.pool_size) if spec.batch > 1 else None
         for c in spec.concurrency:
             if spec.batch > 1:  # c images in flight, as c clients keep
                 threads = max(1, c // spec.batch)
@@ -172,6 +179,7 @@ def _child(spec: CeilingSpec, conn) -> None:
             point = _run_point(model, items, options, threads, spec.batch, spec.duration_s, spec.warmup_s, progress,
                                pool)
             point.concurrency, point.threads = c, threads
+            point.pool = spec.pool_size if spec.batch > 1 else 0
             conn.send(("point", point))
         if pool is not None:
             pool.shutdown()

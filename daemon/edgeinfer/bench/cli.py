@@ -67,6 +67,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-ceiling", action="store_true", help="skip the in-process ceiling")
     p.add_argument("--no-echo", action="store_true", help="skip the bare echo floor")
     p.add_argument("--echo-concurrency", type=_int_list, default=[1, 8])
+    p.add_argument("--ceiling-pools", type=_int_list, default=[],
+                   help="batched ceiling: preprocessing pool sizes to try, the best counts (default: [server] workers)")
     p.add_argument("--rounds", type=int, default=1,
                    help="measure every run this many times, alternating runs; targets use the median round")
     p.add_argument("--ceiling-batch", type=_int_list, default=[1],
@@ -117,7 +119,7 @@ def cmd_bench(args) -> int:
         duration_s=args.duration, warmup_s=args.warmup, payload=args.payload,
         models=[m for m in args.models.split(",") if m], trivial=not args.no_trivial,
         ceiling=not args.no_ceiling, ceiling_batches=args.ceiling_batch, echo=not args.no_echo,
-        echo_concurrency=args.echo_concurrency, rounds=args.rounds, stream_window=args.stream_window,
+        echo_concurrency=args.echo_concurrency, rounds=args.rounds, ceiling_pools=args.ceiling_pools, stream_window=args.stream_window,
         client_processes=args.client_procs, loop=args.loop[0], daemon_metrics=args.daemon_metrics,
         profile=args.profile,
         title=args.title,

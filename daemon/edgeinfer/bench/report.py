@@ -105,7 +105,7 @@ def markdown(results: dict, plot_names: Optional[dict[str, str]] = None) -> str:
             "- daemon: the edgeinfer daemon in its own process, driven over gRPC by separate client processes; "
             "ceiling: the same model loaded by ServedModel/ModelLoader, no gRPC, in one process: batch 1 = "
             "`predict()` on that many threads; batch b = concurrency // b threads, each preprocessing b "
-            "requests on a pool of [server] workers threads, one runner call, postprocessing as the batcher "
+            "requests on a pool of threads ([server] workers, or each of `ceiling_pools`), one runner call, postprocessing as the batcher "
             "does (as many images in flight as the clients keep); the best ceiling counts; "
             "echo: a bare grpc.aio server with the same message sizes and no work.",
             "- CPU over the measured window, from /proc: `server cores` = the daemon or echo process (all "

@@ -61,6 +61,9 @@ class BenchSettings:
     trivial: bool = True
     ceiling: bool = True
     ceiling_batches: list[int] = field(default_factory=lambda: [1])
+    # Preprocessing pools the batched ceiling tries (the best counts); empty = [server] workers only.
+    # A multi-process daemon has workers x processes threads; one process's best pool can differ.
+    ceiling_pools: list[int] = field(default_factory=list)
     # Also measure the ceiling with [server] workers threads where clients outnumber them: the
     # daemon never runs more than `workers` requests at once, and on few cores more threads
     # than that can be slower in-process. The best ceiling counts.
@@ -177,26 +180,31 @@ def _ceiling_points(label: str, config: Config, payloads: dict[str, Payload], se
     above = [c for c in settings.concurrency if c > workers]
     if settings.ceiling_at_workers and above:
         variants.append((above, workers))
+    pools = sorted(set(settings.ceiling_pools)) or [workers]
     for name, payload in payloads.items():
         for batch in settings.ceiling_batches:
-            # A batch > 1 ceiling sets its own threads (concurrency // batch): no capped variant.
-            for levels, cap in (variants if batch == 1 else variants[:1]):
+            # A batch > 1 ceiling sets its own threads (concurrency // batch): no capped variant,
+            # but one point per preprocessing pool size.
+            runs = [(lv, cap, None) for lv, cap in variants] if batch == 1 else \
+                [(variants[0][0], None, pool) for pool in pools]
+            for levels, cap, pool in runs:
                 spec = CeilingSpec(model=config.model(name), server=config.server, cache_dir=config.cache.dir,
                                    requests=payload.requests, concurrency=levels, duration_s=settings.duration_s,
                                    warmup_s=settings.warmup_s, batch=batch, label=f"{label} {name}",
-                                   threads_cap=cap)
+                                   threads_cap=cap, pool=pool)
                 with environment.CpuShare() as share:
                     device, pts = run_ceiling(spec)
                 served[name] = device
                 for p in pts:
-                    progress(f"[bench] {label} ceiling {name} c={p.concurrency} threads={p.threads} batch={batch}: "
+                    progress(f"[bench] {label} ceiling {name} c={p.concurrency} threads={p.threads} batch={batch}"
+                             + (f" pool={p.pool}" if batch > 1 else "") + ": "
                              f"{p.summary.throughput:.1f}/s P50 {p.summary.p50_ms or 0:.2f} ms")
                     # The share covers the whole ceiling run (model load and every concurrency).
                     how = f"in-process, {p.threads} threads" + (
-                        f" x batch {batch}, preprocessing on {workers} workers" if batch > 1 else "")
+                        f" x batch {batch}, preprocessing on {p.pool} threads" if batch > 1 else "")
                     d = _point(label, "ceiling", name, how, p.concurrency, p.summary,
                                other_cpu_pct=share.other_pct, request_bytes=payload.mean_bytes,
-                               stage_us=p.stage_us, threads=p.threads)
+                               stage_us=p.stage_us, threads=p.threads, pool=p.pool)
                     d["batch"] = batch
                     points.append(d)
     return points, served
@@ -249,7 +257,6 @@ def _served_models(address: str) -> list[str]:
 
 def run_benchmark(settings: BenchSettings, progress: Progress = _stderr) -> dict:
     """Run every configured measurement and return the results dict (see report.py for its use)."""
-    loop = resolve(settings.loop)
     work_dir = Path(settings.work_dir or tempfile.mkdtemp(prefix="edgeinfer-bench-"))
     image_paths = find_images(settings.images)
     results = {
@@ -264,11 +271,11 @@ def run_benchmark(settings: BenchSettings, progress: Progress = _stderr) -> dict
                      "loop": sorted({resolve(r.loop or settings.loop) for r in settings.runs}),
                      "stream_window": settings.stream_window or "daemon's",
                      "client_processes": settings.client_processes,
-                     "ceiling_batches": settings.ceiling_batches, "echo_concurrency": settings.echo_concurrency,
+                     "ceiling_batches": settings.ceiling_batches, "ceiling_pools": settings.ceiling_pools,
+                     "echo_concurrency": settings.echo_concurrency,
                      "images": [str(p) for p in image_paths]},
         "runs": [], "echo": [], "ratios": [], "targets": [], "notes": [],
     }
-    notes = results["notes"]
     rounds = max(1, settings.rounds)
     results["settings"]["rounds"] = rounds
     for k in range(rounds):
