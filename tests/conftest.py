@@ -58,12 +58,12 @@ def media() -> Path:
 class DaemonThread:
     """A real edgeinfer Daemon on its own event loop thread, on a free loopback port."""
 
-    def __init__(self, config):
+    def __init__(self, config, **daemon_kwargs):
         from edgeinfer.server.app import Daemon
 
         config.server.listen = "127.0.0.1:0"
         config.metrics.enabled = False
-        self.daemon = Daemon(config, tick_s=0.2)
+        self.daemon = Daemon(config, tick_s=0.2, **daemon_kwargs)
         self.loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._error: BaseException | None = None
@@ -134,8 +134,8 @@ def start_daemon():
     """Factory: start_daemon(config) -> a running DaemonThread, stopped at the end of the session."""
     started = []
 
-    def _start(config, wait_loaded: bool = True) -> DaemonThread:
-        d = DaemonThread(config).start(wait_loaded)
+    def _start(config, wait_loaded: bool = True, **daemon_kwargs) -> DaemonThread:
+        d = DaemonThread(config, **daemon_kwargs).start(wait_loaded)
         started.append(d)
         return d
 

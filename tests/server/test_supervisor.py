@@ -89,6 +89,19 @@ def test_two_processes_share_the_port_and_both_serve(tmp_path, trivial_onnx):
         served = [_requests_served(base), _requests_served(base + 1)]  # each process: its own endpoint
         assert sum(served) == 24
         assert min(served) > 0, f"one process took every connection: {served}"
+        # Every process has loaded: overall health is SERVING whichever process answers
+        # (each child learns it on its next tick).
+        end = time.monotonic() + 10
+        answers: list[str] = []
+        while time.monotonic() < end:
+            answers = []
+            for _ in range(8):
+                with Client(r.listen, timeout=10) as c:
+                    answers.append(c.health(""))
+            if set(answers) == {"SERVING"}:
+                break
+            time.sleep(0.5)
+        assert set(answers) == {"SERVING"}, answers
     finally:
         r.stop()
     assert r.rc == 0
@@ -143,3 +156,18 @@ def test_child_configs_share_the_port_and_split_the_metrics_ports(tmp_path, triv
         from edgeinfer.config import parse_config
 
         parse_config({"server": {"listen": "unix:/tmp/x.sock", "processes": 2}}, source="t")
+
+
+def test_overall_health_waits_until_every_sibling_process_loaded(start_daemon, tmp_path, trivial_onnx):
+    """A child whose own models are ready still answers NOT_SERVING overall while a sibling loads."""
+    siblings = threading.Event()
+    d = start_daemon(_config(tmp_path, trivial_onnx, processes=1), siblings_ready=siblings.is_set)
+    with Client(d.address, timeout=10) as c:
+        assert c.health("trivial") == "SERVING"  # this process's own model
+        time.sleep(0.6)  # several ticks (0.2 s each)
+        assert c.health("") == "NOT_SERVING"
+        siblings.set()
+        end = time.monotonic() + 5
+        while c.health("") != "SERVING" and time.monotonic() < end:
+            time.sleep(0.05)
+        assert c.health("") == "SERVING"

@@ -39,14 +39,20 @@ class Daemon:
     """One running edgeinfer server. `await Daemon(config).run()` serves until stopped."""
 
     def __init__(self, config: Config, tick_s: float = 1.0, reuse_port: bool = False,
-                 on_tick: Optional[Callable[[], None]] = None):
+                 on_tick: Optional[Callable[[], None]] = None,
+                 siblings_ready: Optional[Callable[[], bool]] = None):
         """reuse_port: share the port with sibling processes (server/supervisor.py); off, a
         second daemon on a taken port fails to bind instead of silently sharing it.
-        on_tick: called after each healthy tick (the worker pool answered), from the loop."""
+        on_tick: called after each healthy tick (the worker pool answered), from the loop.
+        siblings_ready: with sibling processes, whether every one of them finished loading;
+        overall health stays NOT_SERVING until it is true, so whichever process a health
+        check reaches gives the same answer (checked on each tick)."""
         self.config = config
         self.tick_s = tick_s
         self.reuse_port = reuse_port
         self.on_tick = on_tick
+        self.siblings_ready = siblings_ready
+        self._siblings_were_ready = siblings_ready is None
         self.registry = ModelRegistry(config)
         # Always collected (tests read the registry); served over HTTP only when enabled.
         self.metrics = Metrics()
@@ -106,10 +112,15 @@ class Daemon:
 
     async def _publish(self, model: ServedModel) -> None:
         await self.health.set(model.name, _SERVING if model.state is ModelState.READY else _NOT_SERVING)
-        # Overall readiness: every model finished loading and at least one serves.
+        await self._publish_overall()
+
+    async def _publish_overall(self) -> None:
+        # Overall readiness: every model finished loading and at least one serves (and,
+        # with sibling processes, every sibling finished loading too).
         # A failed model shows NOT_SERVING under its own name.
         states = [m.state for m in self.registry]
-        overall = _SERVING if (ModelState.LOADING not in states and ModelState.READY in states) else _NOT_SERVING
+        ready = ModelState.LOADING not in states and ModelState.READY in states and self._siblings_were_ready
+        overall = _SERVING if ready else _NOT_SERVING
         await self.health.set("", overall)
         await self.health.set(SERVICE_NAME, overall)
 
@@ -143,6 +154,9 @@ class Daemon:
             return
         if self.config.metrics.enabled:
             self.metrics_endpoint.ensure_started()
+        if not self._siblings_were_ready and self.siblings_ready():
+            self._siblings_were_ready = True
+            await self._publish_overall()
         ready = sum(m.state is ModelState.READY for m in self.registry)
         systemd.notify("WATCHDOG=1", f"STATUS={ready}/{len(self.registry.models)} models ready")
         if self.on_tick is not None:

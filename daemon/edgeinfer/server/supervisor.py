@@ -11,7 +11,9 @@ metrics endpoint, on the metrics port + its index), bound to the same address
 with SO_REUSEPORT, so the kernel spreads incoming connections over them. The
 kernel balances connections, not requests: a client on one channel stays with
 one process; many clients (kiosks, cameras) spread out, and one client that
-wants every process opens several channels.
+wants every process opens several channels. Overall health ("" and the
+service name) answers SERVING only once every child has loaded, whichever
+child a check reaches; per-model health names answer for the child reached.
 
 The supervisor holds no model. It checks that the port is free before
 starting (with SO_REUSEPORT on, a second edgeinfer would otherwise share the
@@ -70,7 +72,7 @@ def child_config(config: Config, index: int, listen: str) -> Config:
     return c
 
 
-def _child(config: Config, index: int, events, loop_kind: str, log_level: int) -> None:
+def _child(config: Config, index: int, events, all_loaded, loop_kind: str, log_level: int) -> None:
     """Body of child `index`: a Daemon on the shared port, reporting to the supervisor."""
     import asyncio
 
@@ -92,7 +94,7 @@ def _child(config: Config, index: int, events, loop_kind: str, log_level: int) -
                 return
             events.put(("tick", index, None))
 
-        daemon = Daemon(config, tick_s=1.0, reuse_port=True, on_tick=tick)
+        daemon = Daemon(config, tick_s=1.0, reuse_port=True, on_tick=tick, siblings_ready=all_loaded.is_set)
         port = await daemon.start()
         events.put(("listening", index, port))
         loop = asyncio.get_running_loop()
@@ -129,6 +131,9 @@ class Supervisor:
         self.count = config.server.processes
         self._ctx = mp.get_context("spawn")
         self._events = self._ctx.Queue()
+        # Set once every child finished loading: until then every child's overall health
+        # answers NOT_SERVING, whichever one a health check reaches.
+        self._all_loaded = self._ctx.Event()
         self._procs: list = []
         self._last_tick: dict[int, float] = {}
         self._loaded: dict[int, dict] = {}
@@ -144,7 +149,8 @@ class Supervisor:
         kind = self.config.server.event_loop
         for i in range(self.count):
             p = self._ctx.Process(target=_child, name=f"edgeinfer-{i}",
-                                  args=(child_config(self.config, i, self.listen), i, self._events, kind,
+                                  args=(child_config(self.config, i, self.listen), i, self._events,
+                                        self._all_loaded, kind,
                                         logging.getLogger().getEffectiveLevel()))
             p.start()
             self._procs.append(p)
@@ -185,8 +191,10 @@ class Supervisor:
             self._last_tick[index] = time.monotonic()
         elif kind == "loaded":
             self._loaded[index] = value
-            if len(self._loaded) == self.count and self.on_loaded is not None:
-                self.on_loaded(self._loaded[0])
+            if len(self._loaded) == self.count:
+                self._all_loaded.set()
+                if self.on_loaded is not None:
+                    self.on_loaded(self._loaded[0])
 
     def request_stop(self, *_args) -> None:
         self._stop = True
