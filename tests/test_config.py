@@ -135,6 +135,19 @@ max = { input = [4, 3, 224, 224] }
     assert "expected min <= opt <= max" in _error(write(text))
 
 
+def test_metrics_listen_must_be_host_port(write):
+    msg = _error(write('[metrics]\nlisten = "localhost"\n' + GOOD))
+    assert "[metrics] listen: expected host:port (e.g. 127.0.0.1:9400), got 'localhost'" in msg
+    # Metrics off: the address is not used, so not checked.
+    load_config(write('[metrics]\nenabled = false\nlisten = "localhost"\n' + GOOD))
+
+
+def test_gpu_normalization_needs_float32_nchw(write):
+    msg = _error(write(GOOD.replace("size = [64, 48]", 'size = [64, 48]\nlayout = "NHWC"\nnormalize_on = "gpu"')))
+    assert "[models.m.input] normalize_on: the GPU kernel writes float32 NCHW; this input is float32 NHWC" in msg
+    load_config(write(GOOD.replace("size = [64, 48]", 'size = [64, 48]\nnormalize_on = "gpu"')))
+
+
 def test_not_toml(write):
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(write("[server\nlisten="))

@@ -257,14 +257,14 @@ def test_gpu_collector_falls_back_to_jetson_sysfs(tmp_path):
     ("0.0.0.0:0", ("0.0.0.0", 0)),
 ])
 def test_parse_listen(text, expected):
-    from edgeinfer.metrics import parse_listen
+    from edgeinfer.listen import parse_listen
 
     assert parse_listen(text) == expected
 
 
 @pytest.mark.parametrize("text", ["9400", "host:", "host:99999", "host:http"])
 def test_parse_listen_refuses(text):
-    from edgeinfer.metrics import parse_listen
+    from edgeinfer.listen import parse_listen
 
     with pytest.raises(ValueError, match=r"\[metrics\] listen: expected host:port"):
         parse_listen(text)

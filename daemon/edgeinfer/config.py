@@ -25,6 +25,7 @@ else:  # pragma: no cover - exercised on Python 3.10 (JetPack 6)
     import tomli as tomllib
 
 from .errors import ConfigError
+from .listen import parse_listen
 
 BACKEND_NAMES = ("tensorrt", "onnxruntime")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -405,6 +406,9 @@ def _validate_model(ctx: _Ctx, m: ModelConfig, base: Path) -> None:
         # Caught here rather than at load time: the accuracy gate needs samples.
         raise ctx.fail(f"{table}.calibration", "validation",
                        "FP16 is gated against FP32 and needs validation images: set validation or images")
+    if m.input.normalize_on == "gpu" and (m.input.layout, m.input.dtype) != ("NCHW", "float32"):
+        raise ctx.fail(f"{table}.input", "normalize_on", "the GPU kernel writes float32 NCHW; this input is "
+                       f"{m.input.dtype} {m.input.layout}: use \"cpu\"")
     channels = 1 if m.input.color == "gray" else 3
     for key in ("mean", "std"):
         if len(getattr(m.input, key)) not in (1, channels):
@@ -454,6 +458,12 @@ def parse_config(data: dict, source: str = "<memory>", base_dir: Optional[Path] 
         raise ctx.fail("", "models", f"expected [[models]] entries, got {models_raw!r}")
     cfg = _build(ctx, "", Config, data)
     cfg.source = source
+    if cfg.metrics.enabled:
+        try:
+            parse_listen(cfg.metrics.listen)
+        except ValueError:
+            raise ctx.fail("metrics", "listen", f"expected host:port (e.g. 127.0.0.1:9400), "
+                           f"got {cfg.metrics.listen!r}") from None
     if cfg.server.processes > 1 and cfg.server.listen.startswith("unix:"):
         raise ctx.fail("server", "processes", f"{cfg.server.processes} processes share a TCP port "
                        f"(SO_REUSEPORT); listen = {cfg.server.listen!r} is a unix socket: use host:port or 1 process")

@@ -46,7 +46,7 @@ def _supervise(conn, config: Config) -> None:
     """[server] processes > 1: the supervisor (server/supervisor.py) in this process, as `serve` runs it."""
     import threading
 
-    from ..metrics import parse_listen
+    from ..listen import parse_listen
     from ..server.supervisor import Supervisor
 
     loaded = threading.Event()

@@ -38,7 +38,7 @@ from typing import Callable, Optional
 
 from .. import systemd
 from ..config import Config
-from ..metrics import join_listen, parse_listen
+from ..listen import join_listen, parse_listen
 
 log = logging.getLogger(__name__)
 
