@@ -204,6 +204,16 @@ def cmd_cache(args) -> int:
     for entry, why in removed:
         print(f"{'would remove' if args.dry_run else 'removed'} {entry.key[:12]} ({entry.model or '?'}): {why}")
     print(f"{len(removed)} engine(s) {'to remove' if args.dry_run else 'removed'} from {cache_dir}")
+    # The fp16/int8 ONNX variants (<cache>/onnx/): by age only, a reuse stamps them.
+    from pathlib import Path
+
+    from .precision.cache import prune_variants
+
+    variants = prune_variants(Path(cache_dir), older, dry_run=args.dry_run)
+    for path, why in variants:
+        print(f"{'would remove' if args.dry_run else 'removed'} {path.name}: {why}")
+    print(f"{len(variants)} precision variant(s) {'to remove' if args.dry_run else 'removed'} from "
+          f"{Path(cache_dir) / 'onnx'}")
     return 0
 
 

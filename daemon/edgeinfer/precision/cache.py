@@ -4,8 +4,9 @@ A variant's key is the sha256 of everything its bytes depend on: the source
 ONNX bytes, the precision, the transform settings, the transform code's
 version and the onnx/onnxruntime versions doing the work, and for INT8 the
 calibration data hash. Same key = same file, so a restart reuses it without
-re-calibrating; any change makes a new file (old ones are left for an
-operator or a cache-size policy to remove).
+re-calibrating; any change makes a new file. Old ones stay until
+`edgeinfer cache prune --older-than-days N` removes the variants no load has
+used for that long (each reuse stamps the file's modification time).
 
 Files are written to a temporary name in the same folder and renamed into
 place, so a crash or a second process never leaves a half-written variant
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -80,6 +82,48 @@ def variant_dir(cache_dir: Path) -> Path:
 def variant_path(folder: Path, source: Path, precision: str, key: str) -> Path:
     # The readable prefix is for operators; the key alone decides identity.
     return folder / f"{Path(source).stem}.{precision}.{key[:20]}.onnx"
+
+
+def touch_variant(path: Path) -> None:
+    """Stamp a reused variant's modification time: prune_variants keeps what is in use."""
+    try:
+        os.utime(path)
+    except OSError:  # a read-only cache: the variant is still good, only its age is not kept
+        pass
+
+
+def prune_variants(cache_dir: Path, older_than_s: Optional[float], dry_run: bool = False) -> list[tuple[Path, str]]:
+    """Remove variants unused for `older_than_s` seconds and temporary files of crashed writers.
+
+    Returns (path, why) per file removed (or that would be, with dry_run). With
+    `older_than_s` None only the crashed writers' leftovers (older than an hour) go.
+    """
+    folder = Path(cache_dir) / "onnx"
+    if not folder.is_dir():
+        return []
+    now = time.time()
+    removed: list[tuple[Path, str]] = []
+    for path in sorted(folder.iterdir()):
+        try:
+            age = now - path.stat().st_mtime
+        except OSError:
+            continue
+        if path.name.startswith(".") and path.name.endswith(".tmp"):
+            why = "left by an interrupted write" if age > 3600 else None
+        elif path.suffix == ".onnx" and older_than_s is not None and age > older_than_s:
+            why = f"unused for {age / 86400:.1f} days"
+        else:
+            why = None
+        if why is None:
+            continue
+        if not dry_run:
+            try:
+                path.unlink()
+            except OSError as exc:
+                log.warning("cannot remove %s: %s", path, exc.strerror or exc)
+                continue
+        removed.append((path, why))
+    return removed
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

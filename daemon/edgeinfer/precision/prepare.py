@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 from ..config import PRECISIONS, ModelConfig
 from .base import PrecisionError, PreparedModel, fixed_batch, read_graph_io
-from .cache import atomic_write, file_sha256, variant_dir, variant_key, variant_path
+from .cache import atomic_write, file_sha256, touch_variant, variant_dir, variant_key, variant_path
 from .fp16 import Fp16Settings, convert_fp16
 from .int8 import Int8Settings, quantize_int8
 from .samples import calibration_data_hash, load_samples
@@ -71,6 +71,7 @@ def prepare_precision(cfg: ModelConfig, precision: str, cache_dir: Path,
         raise PrecisionError(f"no writable folder for the {precision} variant: {exc}") from exc
     target = variant_path(folder, source, precision, key)
     if target.is_file():
+        touch_variant(target)
         log.info("model %s: reusing %s variant %s", cfg.name, precision, target)
         progress(f"reusing cached {precision} model")
         return PreparedModel(onnx_path=target, precision=precision, calibration_hash=calibration_hash)
