@@ -52,7 +52,8 @@ def test_prune_removes_precision_variants_no_load_used(tmp_path, classifier_onnx
     ten_days_ago = time.time() - 10 * 86400
     os.utime(used, (ten_days_ago, ten_days_ago))
     assert prepare_precision(cfg, "fp16", tmp_path).onnx_path == used  # reused ...
-    assert time.time() - used.stat().st_mtime < 60                     # ... and stamped
+    assert time.time() - used.stat().st_atime < 60                     # ... and stamped as used,
+    assert used.stat().st_mtime == ten_days_ago                         # not rewritten
     stale = used.with_name("old-model.fp16.0123456789abcdef0123.onnx")
     shutil.copy(used, stale)
     leftover = used.with_name(f".{used.name}.abc.tmp")

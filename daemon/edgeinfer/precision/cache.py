@@ -6,7 +6,8 @@ version and the onnx/onnxruntime versions doing the work, and for INT8 the
 calibration data hash. Same key = same file, so a restart reuses it without
 re-calibrating; any change makes a new file. Old ones stay until
 `edgeinfer cache prune --older-than-days N` removes the variants no load has
-used for that long (each reuse stamps the file's modification time).
+used for that long: each reuse stamps the file's access time (its
+modification time stays when it was written).
 
 Files are written to a temporary name in the same folder and renamed into
 place, so a crash or a second process never leaves a half-written variant
@@ -85,9 +86,10 @@ def variant_path(folder: Path, source: Path, precision: str, key: str) -> Path:
 
 
 def touch_variant(path: Path) -> None:
-    """Stamp a reused variant's modification time: prune_variants keeps what is in use."""
+    """Stamp a reused variant's access time (set explicitly: mounts with noatime would not),
+    so prune_variants keeps what is in use; the modification time keeps saying when it was written."""
     try:
-        os.utime(path)
+        os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))  # ns: the mtime stays exact
     except OSError:  # a read-only cache: the variant is still good, only its age is not kept
         pass
 
@@ -105,9 +107,10 @@ def prune_variants(cache_dir: Path, older_than_s: Optional[float], dry_run: bool
     removed: list[tuple[Path, str]] = []
     for path in sorted(folder.iterdir()):
         try:
-            age = now - path.stat().st_mtime
+            st = path.stat()
         except OSError:
             continue
+        age = now - max(st.st_atime, st.st_mtime)  # last used, or written
         if path.name.startswith(".") and path.name.endswith(".tmp"):
             why = "left by an interrupted write" if age > 3600 else None
         elif path.suffix == ".onnx" and older_than_s is not None and age > older_than_s:
