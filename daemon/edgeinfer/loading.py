@@ -12,6 +12,7 @@ logs and the metrics can say why a model runs where it runs.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -48,10 +49,12 @@ class ModelLoader:
     """Callable: ModelLoader(cfg, cache_dir, progress)() -> LoadOutcome (never raises for load failures)."""
 
     def __init__(self, cfg: ModelConfig, cache_dir: Optional[Path],
-                 progress: Callable[[str], None] = lambda _m: None):
+                 progress: Callable[[str], None] = lambda _m: None, cancel: Optional[threading.Event] = None):
+        """cancel: set to stop a TensorRT build in progress (shutdown)."""
         self.cfg = cfg
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.progress = progress
+        self.cancel = cancel
 
     def __call__(self) -> LoadOutcome:
         outcome = LoadOutcome(runner=None)
@@ -95,7 +98,7 @@ class ModelLoader:
         self.progress(f"loading on {backend} ({precision})")
         request = LoadRequest(model=self.cfg, onnx_path=Path(prepared.onnx_path), precision=precision,
                               cache_dir=self.cache_dir, progress=self.progress,
-                              calibration_hash=getattr(prepared, "calibration_hash", None))
+                              calibration_hash=getattr(prepared, "calibration_hash", None), cancel=self.cancel)
         try:
             runner = load_runner(backend, request)
         except BackendUnavailable as exc:

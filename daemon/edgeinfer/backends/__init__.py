@@ -9,6 +9,7 @@ loader then tries the next backend in the model's list and records why.
 from __future__ import annotations
 
 import importlib
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -35,6 +36,9 @@ class LoadRequest:
     calibration_hash: Optional[str] = None
     # Called with short progress text ("parsing ONNX", "building 42%").
     progress: Callable[[str], None] = field(default=lambda _msg: None)
+    # Set when the daemon stops: a TensorRT build in progress ends at its next step
+    # (IProgressMonitor) instead of holding shutdown for minutes.
+    cancel: Optional[threading.Event] = None
 
 
 def loader_for(backend: str):

@@ -121,8 +121,10 @@ class ServedModel:
         # [models.input] normalize_on = "gpu" in effect: prepare() hands the runner uint8 NHWC images.
         self.normalize_on_gpu = False
         self._lock = threading.Lock()
-        # Set by unload(): a load still running (e.g. warming up at shutdown) ends quietly.
+        # Set by unload(): a load still running (e.g. warming up at shutdown) ends quietly,
+        # and a TensorRT build in progress stops at its next step.
         self._unloading = False
+        self._stop_loading = threading.Event()
 
     @property
     def name(self) -> str:
@@ -148,7 +150,7 @@ class ServedModel:
         start = time.perf_counter()
         self._set_state(ModelState.LOADING, "loading")
         try:
-            outcome = ModelLoader(self.cfg, self.cache_dir, self.progress)()
+            outcome = ModelLoader(self.cfg, self.cache_dir, self.progress, cancel=self._stop_loading)()
             self.attempts, self.accuracy = outcome.attempts, outcome.accuracy
             if outcome.runner is None:
                 raise BackendLoadError(f"no backend could load the model: {outcome.failure_reason}")
@@ -180,6 +182,7 @@ class ServedModel:
 
     def unload(self) -> None:
         self._unloading = True
+        self._stop_loading.set()
         runner, self.runner = self.runner, None
         if runner is not None:
             runner.deactivate()

@@ -221,6 +221,30 @@ def test_progress_monitor_reports_phases_through_request_progress(make_api, mode
     assert any(m.startswith("parsing tiny.onnx with tensorrt 10.3.0") for m in msgs)
 
 
+def test_a_set_cancel_event_stops_the_build_at_its_next_step_and_caches_nothing(make_api, model_cfg,
+                                                                               gpu_platform, tmp_path):
+    """Shutdown sets LoadRequest.cancel: the monitor's step_complete answers False, the build ends
+    with "cancelled", no engine is cached, and a later build (not cancelled) goes through."""
+    import threading
+
+    from edgeinfer.errors import BackendLoadError
+
+    api, module = make_api(phases=(("Building engine", 50),))
+    cancel = threading.Event()
+
+    def progress(msg: str) -> None:
+        if msg.startswith("Building engine"):  # the build has started: the daemon stops now
+            cancel.set()
+
+    with pytest.raises(BackendLoadError, match="could not build the engine: cancelled"):
+        loader.EngineBytesFromOnnx(request_for(model_cfg(), tmp_path, progress, cancel=cancel), api=api)()
+    assert module.calls.get("cancelled") is True
+    assert not list((tmp_path / "engines").glob("*.engine"))
+    module.calls["cancelled"] = False
+    loader.EngineBytesFromOnnx(request_for(model_cfg(), tmp_path), api=api)()
+    assert module.calls["cancelled"] is False and list((tmp_path / "engines").glob("*.engine"))
+
+
 def test_timing_cache_is_persisted_per_platform_and_reused(make_api, model_cfg, gpu_platform, tmp_path):
     api, module = make_api()
     for workspace in (256, 512):  # two different engines, same platform

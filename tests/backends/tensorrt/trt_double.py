@@ -228,7 +228,11 @@ def make_module(version="10.3.0", name="tensorrt", inputs=(("input", (-1, 3, 224
                 for phase, steps in phases:
                     config.progress_monitor.phase_start(phase, None, steps)
                     for s in range(steps):
-                        config.progress_monitor.step_complete(phase, s)
+                        # As documented: stepComplete returning false cancels the build, which
+                        # then returns no engine.
+                        if config.progress_monitor.step_complete(phase, s) is False:
+                            m.calls["cancelled"] = True
+                            return None
                     config.progress_monitor.phase_finish(phase)
             if build_error:
                 self.logger.log(_Severity.ERROR, build_error)

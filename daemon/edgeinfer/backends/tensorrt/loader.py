@@ -123,7 +123,8 @@ def plan_build(request: LoadRequest, api: Optional[compat.TrtApi] = None, platfo
 def _build_fn(plan: BuildPlan, request: LoadRequest, cache: EngineCache, report: Callable[[str], None]):
     def build() -> bytes:
         timing = cache.timing_cache_path(plan.timing_cache) if plan.api.has_timing_cache else None
-        return build_engine(plan.api, Path(request.onnx_path), plan.settings, report, timing)
+        return build_engine(plan.api, Path(request.onnx_path), plan.settings, report, timing,
+                            cancel=getattr(request, "cancel", None))
     return build
 
 
