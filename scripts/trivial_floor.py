@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing as mp
-import os
 import statistics
 import sys
 import tempfile
@@ -29,10 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "daemon"), str(ROOT / "clients")]
 
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from edgeinfer.bench.child import ChildServer  # noqa: E402 - needs the path above
 
 
 def _ort_minimal(conn, loop_kind: str) -> None:
@@ -77,21 +72,27 @@ def _ort_minimal(conn, loop_kind: str) -> None:
     run(serve(), loop_kind)
 
 
-class _MinimalServer:
-    def __init__(self, loop: str):
-        self._conn, child = mp.get_context("spawn").Pipe()
-        self._proc = mp.get_context("spawn").Process(target=_ort_minimal, args=(child, loop), daemon=True)
+class _MinimalServer(ChildServer):
+    """The ort-minimal server in a child process; on stop it reports session.run's mean time."""
 
-    def __enter__(self):
-        self._proc.start()
-        self.port = self._conn.recv()
+    def __init__(self, loop: str):
+        super().__init__()
+        self.loop = loop
+        self.pid = None
+        self.run_us = 0.0
+
+    def start(self, timeout: float = 60.0) -> "_MinimalServer":
+        self.port = self._spawn(_ort_minimal, (self.loop,), "trivial-floor-ort-minimal", timeout,
+                                "the ort-minimal server did not start")
         self.pid = self._proc.pid
         return self
 
-    def __exit__(self, *exc):
-        self._conn.send("stop")
-        self.run_us = self._conn.recv() * 1e6
-        self._proc.join(5)
+    def stop(self) -> None:
+        if self._conn is not None:
+            self._conn.send("stop")
+            if self._conn.poll(10):
+                self.run_us = self._conn.recv() * 1e6
+        super().stop()
 
 
 def main() -> int:
@@ -105,6 +106,7 @@ def main() -> int:
 
     from edgeinfer.bench.daemon_proc import DaemonProcess
     from edgeinfer.bench.echo import EchoServer, unary_method
+    from edgeinfer.bench.environment import tree_cpu_seconds
     from edgeinfer.bench.loadgen import INFER_METHOD, LoadSpec, run_load
     from edgeinfer.bench.trivial import NAME, WIDTH, build_trivial_onnx, trivial_model_config
     from edgeinfer.bench.workload import tensor_payload
@@ -118,11 +120,11 @@ def main() -> int:
     run_us: list[float] = []
 
     def point(name: str, address: str, method: str, pid: int, c: int) -> None:
-        before = _cpu_seconds(pid)
+        before = tree_cpu_seconds(pid)
         spec = LoadSpec(address, method, "unary", requests, c, args.duration, warmup_s=1.0, loop=args.loop,
                         response_kind="none")
         res = run_load(spec, progress=None)
-        cpu = _cpu_seconds(pid) - before
+        cpu = tree_cpu_seconds(pid) - before
         n = res.summary.count * (args.duration + 1.0) / args.duration  # the warm-up's requests used CPU too
         results.setdefault((name, c), []).append((res.summary.throughput, res.summary.p50_ms * 1e3,
                                                    cpu / max(n, 1) * 1e6))

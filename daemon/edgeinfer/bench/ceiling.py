@@ -34,6 +34,7 @@ import numpy as np
 
 from ..batching import stack_rows
 from ..config import ModelConfig, ServerConfig
+from .child import report_failure
 from .stats import Summary, summarize
 
 
@@ -186,7 +187,7 @@ def _child(spec: CeilingSpec, conn) -> None:
         model.unload()
         conn.send(("done", None))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        report_failure(conn, exc)
 
 
 def run_ceiling(spec: CeilingSpec, timeout_s: float = 900.0) -> tuple[str, list[CeilingPoint]]:

@@ -10,6 +10,14 @@ import multiprocessing as mp
 from typing import Any, Callable, Optional
 
 
+def report_failure(conn, exc: BaseException) -> None:
+    """From the child: tell the parent why it failed (it may be gone already)."""
+    try:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    except OSError:
+        pass
+
+
 class ChildServer:
     """Base of DaemonProcess and EchoServer: spawn, wait for the hello, stop."""
 

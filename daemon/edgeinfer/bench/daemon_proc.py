@@ -13,7 +13,7 @@ import signal
 from typing import Optional
 
 from ..config import Config
-from .child import ChildServer
+from .child import ChildServer, report_failure
 
 
 async def _serve(conn, config: Config) -> None:
@@ -86,10 +86,7 @@ def _main(conn, config: Config, loop_kind: str, log_level: str) -> None:
             return
         run(_serve(conn, config), loop_kind)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        try:
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        except OSError:
-            pass
+        report_failure(conn, exc)
 
 
 class DaemonProcess(ChildServer):

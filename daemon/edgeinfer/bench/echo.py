@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from .child import ChildServer
+from .child import ChildServer, report_failure
 
 SERVICE = "edgeinfer.bench.Echo"
 _METHOD = re.compile(rf"^/{re.escape(SERVICE)}/(Unary|Stream)(\d+)$")
@@ -88,10 +88,7 @@ def _main(conn, listen: str, loop_kind: str) -> None:
     except EOFError:
         pass  # parent went away
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        try:
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        except OSError:
-            pass
+        report_failure(conn, exc)
 
 
 class EchoServer(ChildServer):

@@ -128,6 +128,11 @@ def _tree_jiffies(root: int) -> int:
     return total
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by process `root` and its descendants (from /proc)."""
+    return _tree_jiffies(root) / os.sysconf("SC_CLK_TCK")
+
+
 class CpuShare:
     """Share of the machine's CPU that processes outside this benchmark used meanwhile.
 

@@ -221,6 +221,29 @@ def _best_ceiling(points: list[dict], model: str) -> list[dict]:
     return [best[c] for c in sorted(best)]
 
 
+def _style(ax, title: str, xlabel: str, ylabel: str, xscale: tuple = ("log", 2), yscale: str = "log",
+           grid_which: str = "major") -> None:
+    """One panel's common look: per-model title, log axes, grid, small legend."""
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if xscale[1]:
+        ax.set_xscale(xscale[0], base=xscale[1])
+    else:
+        ax.set_xscale(xscale[0])
+    if yscale:
+        ax.set_yscale(yscale)
+    ax.grid(True, which=grid_which, alpha=0.3)
+    ax.legend(fontsize=6)
+
+
+def _save(plt, fig, folder: Path, names: dict, written: dict, key: str) -> None:
+    fig.tight_layout()
+    fig.savefig(folder / names[key])
+    plt.close(fig)
+    written[key] = names[key]
+
+
 def write_plots(results: dict, folder: Path, stem: str = "") -> dict[str, str]:
     """Draw the PNGs into `folder`; returns {kind: file name}. Needs matplotlib."""
     import matplotlib
@@ -260,17 +283,8 @@ def write_plots(results: dict, folder: Path, stem: str = "") -> dict[str, str]:
             if ep:
                 ax.plot([p["concurrency"] for p in ep], [p["p50_ms"] for p in ep], "-.", ms=3,
                         label=f"{r['label']} echo P50")
-        ax.set_title(model, fontsize=9)
-        ax.set_xlabel("concurrency")
-        ax.set_ylabel("latency (ms)")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(folder / names["latency"])
-    plt.close(fig)
-    written["latency"] = names["latency"]
+        _style(ax, model, "concurrency", "latency (ms)", grid_which="both")
+    _save(plt, fig, folder, names, written, "latency")
 
     # 2. throughput vs concurrency
     fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 3.6), squeeze=False, dpi=80)
@@ -291,17 +305,8 @@ def write_plots(results: dict, folder: Path, stem: str = "") -> dict[str, str]:
                 if ep:
                     ax.plot([p["concurrency"] for p in ep], [p["throughput"] for p in ep], style,
                             label=f"{r['label']} echo {mode}")
-        ax.set_title(model, fontsize=9)
-        ax.set_xlabel("concurrency")
-        ax.set_ylabel("requests / s")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(folder / names["throughput"])
-    plt.close(fig)
-    written["throughput"] = names["throughput"]
+        _style(ax, model, "concurrency", "requests / s")
+    _save(plt, fig, folder, names, written, "throughput")
 
     # 3. latency histograms at the highest unary concurrency measured
     fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 3.4), squeeze=False, dpi=80)
@@ -317,16 +322,8 @@ def write_plots(results: dict, folder: Path, stem: str = "") -> dict[str, str]:
                                    if c["concurrency"] == top["concurrency"]), None), "ceiling")):
                 if p and p.get("hist_counts"):
                     ax.step(centers, p["hist_counts"], where="mid", label=f"{r['label']} {name} c={p['concurrency']}")
-        ax.set_xscale("log")
-        ax.set_title(model, fontsize=9)
-        ax.set_xlabel("latency (ms)")
-        ax.set_ylabel("requests")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(folder / names["histogram"])
-    plt.close(fig)
-    written["histogram"] = names["histogram"]
+        _style(ax, model, "latency (ms)", "requests", xscale=("log", None), yscale="")
+    _save(plt, fig, folder, names, written, "histogram")
 
     # 4. configurations side by side (only with several runs)
     if len(runs) > 1:
@@ -344,10 +341,7 @@ def write_plots(results: dict, folder: Path, stem: str = "") -> dict[str, str]:
         ax.set_yscale("log")
         ax.legend(fontsize=7)
         ax.grid(True, axis="y", alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(folder / names["comparison"])
-        plt.close(fig)
-        written["comparison"] = names["comparison"]
+        _save(plt, fig, folder, names, written, "comparison")
     return written
 
 

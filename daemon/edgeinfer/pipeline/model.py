@@ -123,7 +123,6 @@ class ServedModel:
         self._lock = threading.Lock()
         # Set by unload(): a load still running (e.g. warming up at shutdown) ends quietly,
         # and a TensorRT build in progress stops at its next step.
-        self._unloading = False
         self._stop_loading = threading.Event()
 
     @property
@@ -161,14 +160,14 @@ class ServedModel:
             self._warm_up(runner)
         except Exception as exc:  # noqa: BLE001 - any failure is a failed model, never a dead daemon
             self.load_seconds = time.perf_counter() - start
-            if self._unloading:  # unload() took the runner away mid-load: not the model's fault
+            if self._stop_loading.is_set():  # unload() took the runner away mid-load: not the model's fault
                 self._set_state(ModelState.FAILED, _STOPPED)
                 return
             if not isinstance(exc, BackendLoadError):
                 log.exception("model %s failed to load", self.name)
             self._set_state(ModelState.FAILED, str(exc))
             return
-        if self._unloading:  # loaded after shutdown began: never serve it
+        if self._stop_loading.is_set():  # loaded after shutdown began: never serve it
             runner.deactivate()
             self._set_state(ModelState.FAILED, _STOPPED)
             return
@@ -181,7 +180,6 @@ class ServedModel:
                                           f"in {self.load_seconds:.1f}s{norm}")
 
     def unload(self) -> None:
-        self._unloading = True
         self._stop_loading.set()
         runner, self.runner = self.runner, None
         if runner is not None:
