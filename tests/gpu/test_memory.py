@@ -50,6 +50,23 @@ def test_buffers_grow_and_refuse_oversized_copies(stream):
     assert buf.ptr == 0  # freed
 
 
+def test_buffers_grow_by_half_again_so_a_rising_size_does_not_reallocate_each_time(cuda_device):
+    from edgeinfer.gpu.memory import DeviceBuffer, PinnedBuffer
+
+    for kind in (DeviceBuffer, PinnedBuffer):
+        buf = kind(1000)
+        try:
+            buf.ensure(1100)
+            assert buf.nbytes == 1500, kind.__name__
+            ptr = buf.ptr
+            buf.ensure(1400)  # still fits: same allocation
+            assert buf.ptr == ptr and buf.nbytes == 1500
+            buf.ensure(1000)  # never shrinks
+            assert buf.nbytes == 1500
+        finally:
+            buf.close()
+
+
 def test_a_failing_cuda_call_names_itself(cuda_device):
     from edgeinfer.gpu.memory import DeviceBuffer
 

@@ -209,9 +209,11 @@ class _Buffer:
         """Grow to at least `nbytes` (old contents are lost); never shrinks."""
         with self._lock:
             if nbytes > self.nbytes:
+                # Grow by 1.5x so a slowly rising batch size does not reallocate every time
+                # (sized before _free(), which zeroes nbytes).
+                size = max(int(nbytes), int(self.nbytes * 1.5))
                 self._free()
-                # Grow by 1.5x so a slowly rising batch size does not reallocate every time.
-                self._allocate(max(int(nbytes), int(self.nbytes * 1.5)))
+                self._allocate(size)
 
     def close(self) -> None:
         self._free()

@@ -23,44 +23,17 @@ NHWC for that input (GetModel shows it).
 """
 from __future__ import annotations
 
+import functools
 import logging
-import queue
-import threading
 from typing import Mapping, Optional
 
 import numpy as np
 
 from ..backends.base import Runner, RunnerInfo, TensorSpec
 from ..errors import InferenceError
+from .slots import Slot, SlotPool
 
 log = logging.getLogger(__name__)
-
-
-class _Stage:
-    """One call's device resources: a stream, pinned staging, uint8 and float device buffers."""
-
-    def __init__(self, device: int):
-        from .memory import Stream
-
-        self.device = device
-        self.stream = Stream(device)
-        self.buffers: dict[str, object] = {}
-
-    def buffer(self, kind: str, name: str, nbytes: int):
-        from .memory import DeviceBuffer, PinnedBuffer
-
-        key = f"{kind}:{name}"
-        buf = self.buffers.get(key)
-        if buf is None:
-            buf = self.buffers[key] = (PinnedBuffer if kind == "pin" else DeviceBuffer)(nbytes, self.device)
-        buf.ensure(nbytes)
-        return buf
-
-    def close(self) -> None:
-        for b in self.buffers.values():
-            b.close()
-        self.buffers.clear()
-        self.stream.close()
 
 
 def why_not_on_gpu(runner: Runner, input_cfg) -> Optional[str]:
@@ -113,10 +86,9 @@ class GpuNormalizingRunner(Runner):
                                 device=inner_info.device, max_batch=inner_info.max_batch,
                                 max_concurrency=inner_info.max_concurrency,
                                 details=dict(inner_info.details, normalize_on="gpu (NVRTC kernel, IO binding)"))
-        self._free: queue.Queue = queue.Queue()
-        self._stages: list[_Stage] = []
-        self._max = slots
-        self._lock = threading.Lock()
+        # Staging (stream, pinned, uint8 and float buffers) per concurrent call; run_device then
+        # takes one of the IO binding's own slots as well.
+        self._stages: SlotPool[Slot] = SlotPool(slots, functools.partial(Slot, self.device))
         self.active = runner.active  # the loader activated the inner runner; deactivate() must reach it
 
     # -- description ------------------------------------------------------------------
@@ -132,40 +104,23 @@ class GpuNormalizingRunner(Runner):
     def info(self) -> RunnerInfo:
         return self._info
 
-    # -- stages -------------------------------------------------------------------------
-    def _acquire(self) -> _Stage:
-        try:
-            return self._free.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            if len(self._stages) < self._max:
-                stage = _Stage(self.device)
-                self._stages.append(stage)
-                return stage
-        return self._free.get()
-
     # -- inference ------------------------------------------------------------------------
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         from .memory import DeviceArray, use_device
 
         use_device(self.device)
-        stage = self._acquire()
+        stage = self._stages.acquire()
         try:
             device_feeds = {}
             for name, arr in feeds.items():
-                arr = np.ascontiguousarray(arr)
-                pin = stage.buffer("pin", name, arr.nbytes)
-                np.copyto(pin.view(arr.dtype, arr.shape), arr)
-                raw = stage.buffer("dev", name, arr.nbytes)
-                raw.copy_from_host(pin, arr.nbytes, stage.stream)
+                src = stage.upload(name, arr)
                 if name != self.image_name:
-                    device_feeds[name] = DeviceArray(raw, arr.dtype, arr.shape)
+                    device_feeds[name] = src
                     continue
-                n, h, w, c = arr.shape
+                n, h, w, c = src.shape
                 out = stage.buffer("dev", name + ":float", n * c * h * w * 4)
                 dst = DeviceArray(out, np.float32, (n, c, h, w))
-                self.kernel.launch(DeviceArray(raw, np.uint8, arr.shape), dst, self.norm, self.swap_rb,
+                self.kernel.launch(DeviceArray(src.buffer, np.uint8, src.shape), dst, self.norm, self.swap_rb,
                                    stage.stream)
                 device_feeds[name] = dst
             # run_device reads the inputs on ORT's stream: ours must be done first.
@@ -177,17 +132,14 @@ class GpuNormalizingRunner(Runner):
         except Exception as exc:  # noqa: BLE001 - CUDA and ORT errors alike
             raise InferenceError(f"GPU normalization + onnxruntime failed: {exc}") from exc
         finally:
-            self._free.put(stage)
+            self._stages.release(stage)
 
     # -- lifecycle --------------------------------------------------------------------------
     def activate_impl(self) -> None:
         self.inner.activate()
 
     def deactivate_impl(self) -> None:
-        with self._lock:
-            for stage in self._stages:
-                stage.close()
-            self._stages.clear()
+        self._stages.close()
         if self._io is not self.inner.io_binding:
             self._io.close()
         self.kernel.close()

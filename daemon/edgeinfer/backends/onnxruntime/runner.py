@@ -14,14 +14,14 @@ pinned memory made a call slower than ORT's own copies (batch 1: 0.90 vs
 """
 from __future__ import annotations
 
+import functools
 import logging
-import queue
-import threading
 from typing import Mapping, Optional
 
 import numpy as np
 
 from ...errors import InferenceError
+from ...gpu.slots import Slot, SlotPool
 from ..base import Runner, RunnerInfo, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -43,36 +43,6 @@ _ORT_TYPES = {
 def _spec(node) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
     return TensorSpec(node.name, np.dtype(_ORT_TYPES.get(node.type, np.float32)), shape)
-
-
-class _Slot:
-    """One concurrent call's device state: a stream, device buffers and pinned staging per tensor."""
-
-    def __init__(self, device: int):
-        from ...gpu.memory import Stream
-
-        self.device = device
-        self.stream = Stream(device)
-        self.device_buffers: dict[str, object] = {}
-        self.pinned: dict[str, object] = {}
-
-    def buffers(self, name: str, nbytes: int):
-        from ...gpu.memory import DeviceBuffer, PinnedBuffer
-
-        if name not in self.device_buffers:
-            self.device_buffers[name] = DeviceBuffer(nbytes, self.device)
-            self.pinned[name] = PinnedBuffer(nbytes, self.device)
-        dev, pin = self.device_buffers[name], self.pinned[name]
-        dev.ensure(nbytes)
-        pin.ensure(nbytes)
-        return dev, pin
-
-    def close(self) -> None:
-        for b in list(self.device_buffers.values()) + list(self.pinned.values()):
-            b.close()
-        self.device_buffers.clear()
-        self.pinned.clear()
-        self.stream.close()
 
 
 class CudaIoBinding:
@@ -98,26 +68,7 @@ class CudaIoBinding:
         self.session = session
         self.inputs = {s.name: s for s in inputs}
         self.outputs = outputs
-        self._free: queue.Queue = queue.Queue()
-        self._all: list[_Slot] = []
-        self._max = max(1, slots)
-        self._lock = threading.Lock()
-
-    # -- slots ------------------------------------------------------------------
-    def _acquire(self) -> _Slot:
-        try:
-            return self._free.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            if len(self._all) < self._max:
-                slot = _Slot(self.device)
-                self._all.append(slot)
-                return slot
-        return self._free.get()
-
-    def _release(self, slot: _Slot) -> None:
-        self._free.put(slot)
+        self._slots: SlotPool[Slot] = SlotPool(slots, functools.partial(Slot, self.device))
 
     # -- inference -----------------------------------------------------------------
     def run(self, feeds: Mapping[str, np.ndarray], session=None) -> dict[str, np.ndarray]:
@@ -128,20 +79,14 @@ class CudaIoBinding:
         from ...gpu.memory import use_device
 
         use_device(self.device)
-        slot = self._acquire()
+        slot = self._slots.acquire()
         try:
-            device_feeds = {}
-            for name, arr in feeds.items():
-                arr = np.ascontiguousarray(arr)
-                dev, pin = slot.buffers("in:" + name, arr.nbytes)
-                np.copyto(pin.view(arr.dtype, arr.shape), arr)
-                dev.copy_from_host(pin, arr.nbytes, slot.stream)
-                device_feeds[name] = (dev.ptr, arr.dtype, arr.shape)
+            device_feeds = {name: slot.upload("in:" + name, arr) for name, arr in feeds.items()}
             # The inputs must be on the device before ORT's own stream reads them.
             slot.stream.synchronize()
-            return self._run_bound(slot, device_feeds, session)
+            return self._run_bound(slot, {n: (a.ptr, a.dtype, a.shape) for n, a in device_feeds.items()}, session)
         finally:
-            self._release(slot)
+            self._slots.release(slot)
 
     def run_device(self, feeds: Mapping[str, "object"], session=None) -> dict[str, np.ndarray]:
         """Feeds already on the device (gpu.memory.DeviceArray, e.g. from the preprocessing kernel).
@@ -151,13 +96,13 @@ class CudaIoBinding:
         from ...gpu.memory import use_device
 
         use_device(self.device)
-        slot = self._acquire()
+        slot = self._slots.acquire()
         try:
             return self._run_bound(slot, {n: (a.ptr, a.dtype, a.shape) for n, a in feeds.items()}, session)
         finally:
-            self._release(slot)
+            self._slots.release(slot)
 
-    def _run_bound(self, slot: _Slot, device_feeds: dict[str, tuple[int, np.dtype, tuple]],
+    def _run_bound(self, slot: Slot, device_feeds: dict[str, tuple[int, np.dtype, tuple]],
                    session=None) -> dict[str, np.ndarray]:
         session = session if session is not None else self.session
         binding = session.io_binding()
@@ -173,7 +118,7 @@ class CudaIoBinding:
                 binding.bind_output(spec.name, "cuda", self.device)  # ORT sizes and allocates it
                 continue
             nbytes = int(np.prod(shape, dtype=np.int64)) * spec.dtype.itemsize
-            dev, pin = slot.buffers("out:" + spec.name, nbytes)
+            dev, pin = slot.device_and_pinned("out:" + spec.name, nbytes)
             binding.bind_output(spec.name, "cuda", self.device, spec.dtype.type, list(shape), dev.ptr)
             ours.append((spec.name, dev, pin, spec.dtype, shape))
         session.run_with_iobinding(binding)
@@ -197,10 +142,7 @@ class CudaIoBinding:
         return out
 
     def close(self) -> None:
-        with self._lock:
-            for slot in self._all:
-                slot.close()
-            self._all.clear()
+        self._slots.close()
 
 
 # What io_binding=None means on a CUDA session. Off until host-fed binding beats
