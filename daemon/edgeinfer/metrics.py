@@ -102,6 +102,11 @@ class Metrics:
         t = timing
         self.tally.timing(model, (t.queue_us, t.preprocess_us, t.inference_us, t.postprocess_us, t.total_us))
 
+    def observe_ok(self, model: str, row: tuple) -> None:
+        """One successful request and its stage times in one step: (queue, preprocess, inference,
+        postprocess, total) microseconds."""
+        self.tally.ok(model, row)
+
     def observe_batch(self, model: str, size: int) -> None:
         self.tally.batch(model, size)
 

@@ -102,13 +102,23 @@ class RequestTally:
     def timing(self, model: str, row: tuple) -> None:
         """`row`: one value per stage, in microseconds (exported in seconds)."""
         with self._lock:
-            rows = self._pending.get(model)
-            if rows is None:
-                rows = self._pending[model] = []
-            rows.append(row)
-            self._pending_n += 1
-            if self._pending_n >= FOLD_EVERY:
-                self._fold_locked()
+            self._add_row_locked(model, row)
+
+    def ok(self, model: str, row: tuple) -> None:
+        """`request(model, "OK")` and `timing(model, row)` under one lock (the inline short path)."""
+        key = (model, "OK")
+        with self._lock:
+            self._requests[key] = self._requests.get(key, 0) + 1
+            self._add_row_locked(model, row)
+
+    def _add_row_locked(self, model: str, row: tuple) -> None:
+        rows = self._pending.get(model)
+        if rows is None:
+            rows = self._pending[model] = []
+        rows.append(row)
+        self._pending_n += 1
+        if self._pending_n >= FOLD_EVERY:
+            self._fold_locked()
 
     def batch(self, model: str, size: int) -> None:
         with self._lock:

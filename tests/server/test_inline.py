@@ -26,15 +26,37 @@ def _config(trivial_onnx, classifier_onnx, tmp_path, inline_max_us):
 
 
 def _spy_threads(model):
-    """Record the thread each predict() of `model` runs on."""
+    """Record the thread each runner call of `model` runs on (general and short path both end there)."""
     seen = []
-    inner = model.predict
+    runner = model.runner
+    inner = runner.infer_impl
 
-    def spy(item, options):
+    def spy(feeds):
         seen.append(threading.current_thread().name)
-        return inner(item, options)
-    model.predict = spy
+        return inner(feeds)
+    runner.infer_impl = spy
     return seen
+
+
+def _spy_calls(obj, name):
+    """Count calls of obj.name (the spy still calls through)."""
+    calls = []
+    inner = getattr(obj, name)
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return inner(*args, **kwargs)
+    setattr(obj, name, spy)
+    return calls
+
+
+def _requests_ok(d, model):
+    return d.daemon.metrics.registry.get_sample_value("edgeinfer_requests_total", {"model": model, "code": "OK"})
+
+
+def _latency_count(d, model, stage="total"):
+    return d.daemon.metrics.registry.get_sample_value("edgeinfer_request_latency_seconds_count",
+                                                      {"model": model, "stage": stage})
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +100,81 @@ def test_inline_off_when_the_threshold_is_zero(start_daemon, trivial_onnx, class
         np.testing.assert_array_equal(c.infer("trivial", tensors={"x": x}).outputs["y"], x + 1)
     assert len(seen) == 1 and seen[0].startswith("infer")
     assert not d.daemon.pipeline._lanes["trivial"].inline
+
+
+def test_short_path_answers_as_the_general_path_and_counts_the_same(start_daemon, trivial_onnx, classifier_onnx,
+                                                                     tmp_path):
+    """After the first answer, fitting tensor requests skip the domain objects (server/inline.py)."""
+    d = start_daemon(_config(trivial_onnx, classifier_onnx, tmp_path, inline_max_us=10_000_000))
+    trivial = d.daemon.registry.get("trivial")
+    general = _spy_calls(trivial, "predict")
+    x = np.random.default_rng(3).standard_normal((1, 64)).astype(np.float32)
+    with Client(d.address, timeout=30) as c:
+        first = c.infer("trivial", tensors={"x": x}, request_id="a", top_k=3)   # general path; learns
+        assert len(general) == 1
+        ok0, lat0 = _requests_ok(d, "trivial"), _latency_count(d, "trivial")
+        answers = [c.infer("trivial", tensors={"x": x}, request_id=f"b{i}") for i in range(5)]
+        assert len(general) == 1, "fitting requests must not take the general path any more"
+        assert _requests_ok(d, "trivial") == ok0 + 5
+        assert _latency_count(d, "trivial") == lat0 + 5
+        for i, r in enumerate(answers):
+            np.testing.assert_array_equal(r.outputs["y"], x + 1)
+            assert r.outputs["y"].dtype == first.outputs["y"].dtype and r.outputs["y"].shape == (1, 64)
+            assert (r.model, r.model_version, r.backend, r.precision) == \
+                (first.model, first.model_version, first.backend, first.precision)
+            assert r.request_id == f"b{i}"
+            assert r.batch_size == 1 and r.timing_us["total"] >= r.timing_us["inference"] > 0
+
+        # Requests that do not fit exactly go the general way and get its errors and answers.
+        cases = {
+            "float64": ({"x": x.astype(np.float64)}, "dtype"),
+            "short row": ({"x": x[:, :3]}, "shape"),
+            "unknown name": ({"z": x}, "missing input"),
+            "extra tensor": ({"x": x, "z": x}, "unknown input"),
+        }
+        for label, (tensors, words) in cases.items():
+            with pytest.raises(Exception) as err:
+                c.infer("trivial", tensors=tensors)
+            assert "INVALID_ARGUMENT" in str(err.value) and words in str(err.value), label
+        batch = c.infer("trivial", tensors={"x": np.zeros((3, 64), np.float32)})  # batch 3: general, on a worker
+        np.testing.assert_array_equal(batch.outputs["y"], np.ones((3, 64), np.float32))
+        assert len(general) == 1 + len(cases) + 1
+        assert d.daemon.metrics.registry.get_sample_value(
+            "edgeinfer_requests_total", {"model": "trivial", "code": "INVALID_ARGUMENT"}) == len(cases)
+
+
+def test_short_path_stops_with_the_model(start_daemon, trivial_onnx, classifier_onnx, tmp_path):
+    d = start_daemon(_config(trivial_onnx, classifier_onnx, tmp_path, inline_max_us=10_000_000))
+    trivial = d.daemon.registry.get("trivial")
+    x = np.ones((1, 64), np.float32)
+    with Client(d.address, timeout=30) as c:
+        c.infer("trivial", tensors={"x": x})
+        c.infer("trivial", tensors={"x": x})  # the short path now
+        calls = _spy_calls(trivial.runner, "infer_impl")
+        trivial.unload()  # as shutdown does
+        with pytest.raises(Exception) as err:  # not the stale runner: the model says it is not ready
+            c.infer("trivial", tensors={"x": x})
+        assert "UNAVAILABLE" in str(err.value)
+    assert calls == []
+
+
+def test_short_path_failure_is_counted_and_answered(start_daemon, trivial_onnx, classifier_onnx, tmp_path):
+    from edgeinfer.errors import InferenceError
+
+    d = start_daemon(_config(trivial_onnx, classifier_onnx, tmp_path, inline_max_us=10_000_000))
+    runner = d.daemon.registry.get("trivial").runner
+    x = np.ones((1, 64), np.float32)
+    with Client(d.address, timeout=30) as c:
+        c.infer("trivial", tensors={"x": x})  # learns the short path
+        inner = runner.infer_impl
+
+        def failing(feeds):
+            raise InferenceError("onnxruntime failed: injected")
+        runner.infer_impl = failing
+        with pytest.raises(Exception) as err:
+            c.infer("trivial", tensors={"x": x})
+        assert "INTERNAL" in str(err.value) and "injected" in str(err.value)
+        runner.infer_impl = inner
+        np.testing.assert_array_equal(c.infer("trivial", tensors={"x": x}).outputs["y"], x + 1)
+    assert d.daemon.metrics.registry.get_sample_value(
+        "edgeinfer_requests_total", {"model": "trivial", "code": "INTERNAL"}) == 1

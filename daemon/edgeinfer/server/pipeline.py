@@ -96,6 +96,11 @@ class InferencePipeline:
         lane = self._lanes.get(name)
         return lane.batcher if lane else None
 
+    def inline_runner(self, model: ServedModel) -> Optional[Runner]:
+        """The runner that the model's tensor requests run on inline, on the event loop (None: they hop)."""
+        lane = self._lanes.get(model.name)
+        return lane.runner if lane is not None and lane.inline and lane.runner is model.runner else None
+
     def max_batch(self, model: ServedModel) -> int:
         """The batch size the model is served with (0 while it has no runner)."""
         lane, runner = self._lanes.get(model.name), model.runner

@@ -16,7 +16,8 @@ from ..errors import EdgeInferError
 from ..metrics import UNKNOWN_MODEL
 from ..registry import ModelRegistry
 from . import converters
-from .errors import status_of, translate_errors
+from .errors import abort_with, status_of, translate_errors
+from .inline import InlineTensorPath
 from .pipeline import InferencePipeline
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,31 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self.registry = registry
         self.pipeline = pipeline
         self.stream_window = stream_window
+        # model name -> the short path of a model whose tensor requests run inline (server/inline.py);
+        # learnt from the general path's first answer, replaced when the model gets a new runner.
+        self._inline: dict[str, InlineTensorPath] = {}
+
+    def _answer_inline(self, request: pb.InferRequest) -> Optional[pb.InferResponse]:
+        """The short path's answer, or None: the request takes the general path."""
+        path = self._inline.get(request.model)
+        if path is None or not path.current():
+            return None
+        try:
+            return path.answer(request)
+        except Exception as exc:
+            self._count_failure(path.name, exc)
+            raise
+
+    def _learn_inline(self, model) -> None:
+        runner = self.pipeline.inline_runner(model)
+        if runner is None or not InlineTensorPath.suits(model):
+            return
+        path = self._inline.get(model.name)
+        if path is None or path.runner is not runner:
+            self._inline[model.name] = InlineTensorPath(model, runner, self.pipeline.metrics)
+
+    def _count_failure(self, label: str, exc: BaseException) -> None:
+        self.pipeline.record(label, exc.code.name if isinstance(exc, EdgeInferError) else "INTERNAL")
 
     async def _answer(self, request: pb.InferRequest,
                       time_remaining: Callable[[], Optional[float]] = lambda: None) -> pb.InferResponse:
@@ -49,14 +75,18 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             self.pipeline.record(label, "DEADLINE_EXCEEDED" if expired else "CANCELLED")
             raise
         except Exception as exc:
-            self.pipeline.record(label, exc.code.name if isinstance(exc, EdgeInferError) else "INTERNAL")
+            self._count_failure(label, exc)
             raise
         self.pipeline.record(label, "OK")
+        self._learn_inline(model)
         return response
 
-    @translate_errors
     async def Infer(self, request, context):
-        return await self._answer(request, context.time_remaining)
+        try:
+            response = self._answer_inline(request)
+            return response if response is not None else await self._answer(request, context.time_remaining)
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status, never a crash
+            await abort_with(context, exc)
 
     async def InferStream(self, request_iterator, context) -> AsyncIterator[pb.StreamResponse]:
         """Ordered results; up to `stream_window` frames in flight; a failed frame answers an error."""
@@ -64,7 +94,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
         async def one(seq: int, request: pb.InferRequest) -> pb.StreamResponse:
             try:
-                resp = await self._answer(request)
+                resp = self._answer_inline(request)
+                if resp is None:
+                    resp = await self._answer(request)
                 return pb.StreamResponse(request_id=request.request_id, sequence=seq, response=resp)
             except Exception as exc:  # noqa: BLE001 - one bad frame never breaks the stream
                 code, message = status_of(exc)

@@ -1,0 +1,135 @@
+"""The event loop's short path for tiny raw-tensor models: one signature check, one runner call, one response.
+
+A model whose lane runs inline (server/pipeline.py: its batch-1 warm-up took
+less than [server] inline_max_us) costs more in the daemon's own layers than in
+the runtime: measured on the 2-core dev box for y = x + 1 on 64 floats, in a
+tight loop, the general path took 70-74 us a request (domain objects for the
+input, the prepared feeds, the prediction and its timing, then the response),
+this path ~40 us, and ONNX Runtime's `session.run` alone ~8 us. At concurrency
+8 the event loop is the bottleneck, so that difference is throughput.
+
+It takes only what the general path would answer the same way: a raw-output
+model (`postprocess.task = "raw"`, which ignores options), tensors that match
+the model's inputs exactly (names, dtypes, shapes, byte counts) at batch 1.
+Anything else returns None and goes the general way, which also words every
+error: there is one source of error messages, and this path never has to
+repeat it.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import numpy as np
+
+from edgeinfer_client._convert import LITTLE_ENDIAN, PB_DTYPE
+from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2 as pb
+
+from ..backends.base import Runner, TensorSpec
+from ..pipeline.model import ModelState, ServedModel
+from .converters import numpy_to_tensor
+
+
+class _Signature:
+    """What one input tensor must look like to take the short path."""
+
+    __slots__ = ("code", "dtype", "dims", "batched")
+
+    def __init__(self, spec: TensorSpec):
+        self.dtype = np.dtype(spec.dtype)
+        self.code = PB_DTYPE.get(self.dtype.newbyteorder("="))
+        self.dims = tuple(spec.shape)  # -1: dynamic
+        self.batched = spec.dynamic_batch
+
+    def array(self, t: pb.Tensor) -> Optional[np.ndarray]:
+        """The tensor as an array when it fits exactly (batch 1 on a dynamic batch axis), else None."""
+        if t.dtype != self.code:
+            return None
+        shape = tuple(t.shape)
+        dims = self.dims
+        if len(shape) != len(dims) or (self.batched and shape[0] != 1):
+            return None
+        count = 1
+        for want, got in zip(dims, shape):
+            if got < 0 or (want != -1 and want != got):
+                return None
+            count *= got
+        data = t.data
+        if len(data) != count * self.dtype.itemsize:
+            return None
+        return np.frombuffer(data, self.dtype).reshape(shape)
+
+
+class InlineTensorPath:
+    """The short path for one model's current runner; `metrics`: edgeinfer.metrics.Metrics or None."""
+
+    def __init__(self, model: ServedModel, runner: Runner, metrics=None):
+        self.model = model
+        self.runner = runner
+        self.name = model.name
+        self.metrics = metrics
+        info = runner.info
+        self._fields = dict(model=model.name, model_version=model.cfg.version,
+                            backend=info.backend, precision=info.precision)
+        self._inputs = {s.name: _Signature(s) for s in runner.inputs}
+        # Output name -> (numpy dtype, wire code) as the runner declares them; an output that comes back
+        # otherwise goes through the general converter.
+        self._outputs = {s.name: (np.dtype(s.dtype), PB_DTYPE.get(np.dtype(s.dtype).newbyteorder("=")))
+                         for s in runner.outputs}
+
+    @staticmethod
+    def suits(model: ServedModel) -> bool:
+        # Big-endian hosts need the byte-order conversion that the general converters make.
+        return model.cfg.postprocess.task == "raw" and LITTLE_ENDIAN
+
+    def current(self) -> bool:
+        """Whether the model still serves with the runner this path was made for (not reloaded or stopped)."""
+        model = self.model
+        return model.runner is self.runner and model.state is ModelState.READY
+
+    def feeds(self, request: pb.InferRequest) -> Optional[dict[str, np.ndarray]]:
+        """The request's tensors as feeds when every one fits the model exactly, else None."""
+        if request.WhichOneof("input") != "tensors":
+            return None
+        tensors = request.tensors.tensors
+        inputs = self._inputs
+        if len(tensors) != len(inputs):
+            return None
+        feeds = {}
+        for t in tensors:
+            sig = inputs.get(t.name)
+            array = sig.array(t) if sig is not None else None
+            if array is None:
+                return None
+            feeds[t.name] = array
+        return feeds if len(feeds) == len(inputs) else None  # a name sent twice
+
+    def answer(self, request: pb.InferRequest) -> Optional[pb.InferResponse]:
+        """The response, or None when the request does not fit this path (then nothing was run or counted).
+
+        Raises:
+            InferenceError: the runtime failed (the caller counts and translates it).
+        """
+        start = time.perf_counter()
+        feeds = self.feeds(request)
+        if feeds is None:
+            return None
+        t0 = time.perf_counter()
+        outputs = self.runner.infer_impl(feeds)  # feeds already match runner.inputs exactly
+        t1 = time.perf_counter()
+        msg = pb.InferResponse(request_id=request.request_id, **self._fields)
+        declared = self._outputs
+        for name, arr in outputs.items():
+            dtype, code = declared.get(name, (None, None))
+            if code is not None and arr.dtype == dtype and arr.flags.c_contiguous:
+                msg.outputs.add(name=name, dtype=code, shape=arr.shape, data=arr.tobytes())
+            else:
+                msg.outputs.append(numpy_to_tensor(name, arr))
+        t2 = time.perf_counter()
+        pre, inf, post, total = int((t0 - start) * 1e6), int((t1 - t0) * 1e6), int((t2 - t1) * 1e6), int((t2 - start) * 1e6)
+        timing = msg.timing
+        timing.preprocess_us, timing.inference_us, timing.postprocess_us = pre, inf, post
+        timing.total_us, timing.batch_size = total, 1
+        if self.metrics is not None:
+            self.metrics.observe_ok(self.name, (0, pre, inf, post, total))
+        return msg
