@@ -413,7 +413,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1, help="repeat every variant, round by round; median verdict")
     ap.add_argument("--loop", default="asyncio", help="event loop of daemon and clients: asyncio, uvloop, auto")
     ap.add_argument("--ceiling-pools", default="",
-                    help="batched ceiling: preprocessing pool sizes to try, e.g. 5,8,16 (default: each variant's workers)")
+                    help="batched ceiling: preprocessing pool sizes to try, e.g. 5,8,16 (default: each variant's workers and one per core)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path("/tmp/edgeinfer-gpu-bench")

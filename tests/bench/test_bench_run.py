@@ -201,3 +201,13 @@ def test_batched_ceiling_tries_each_preprocessing_pool_and_labels_it(dev_config,
     best = max(p["throughput"] for p in ceilings)
     ratio = next(r for r in compute_ratios(run, []) if r["name"] == "daemon/ceiling")
     assert ratio["denominator"] == best
+
+
+def test_default_ceiling_pools_include_one_thread_per_core(monkeypatch):
+    """Unnamed pools: the config's workers and the machine's cores, so few workers cannot weaken the ceiling."""
+    from edgeinfer.bench import session
+
+    monkeypatch.setattr(session.os, "cpu_count", lambda: 16)
+    assert session.default_ceiling_pools(5) == [5, 16]
+    assert session.default_ceiling_pools(16) == [16]
+    assert session.default_ceiling_pools(0) == [1, 16]

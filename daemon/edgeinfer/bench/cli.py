@@ -68,7 +68,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-echo", action="store_true", help="skip the bare echo floor")
     p.add_argument("--echo-concurrency", type=_int_list, default=[1, 8])
     p.add_argument("--ceiling-pools", type=_int_list, default=[],
-                   help="batched ceiling: preprocessing pool sizes to try, the best counts (default: [server] workers)")
+                   help="batched ceiling: preprocessing pool sizes to try, the best counts "
+                        "(default: [server] workers and one per CPU core)")
     p.add_argument("--rounds", type=int, default=1,
                    help="measure every run this many times, alternating runs; targets use the median round")
     p.add_argument("--ceiling-batch", type=_int_list, default=[1],
