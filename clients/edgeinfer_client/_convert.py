@@ -37,18 +37,32 @@ ImageLike = Union[bytes, str, Path, np.ndarray]
 LITTLE_ENDIAN = sys.byteorder == "little"
 
 
-def to_tensor(name: str, array: np.ndarray) -> pb.Tensor:
-    """numpy -> Tensor (little-endian bytes)."""
+def _wire(name: str, array: np.ndarray) -> tuple[int, bytes]:
+    """The wire dtype code and little-endian bytes of `array`."""
     dtype = array.dtype
     code = PB_DTYPE.get(dtype) if (LITTLE_ENDIAN and dtype.byteorder != ">") else None
     if code is not None:
         # Native little-endian (the common case): tobytes() is already C order and the wire's byte order.
-        return pb.Tensor(name=name, dtype=code, shape=array.shape, data=array.tobytes())
+        return code, array.tobytes()
     code = PB_DTYPE.get(dtype.newbyteorder("="))
     if code is None:
         raise TypeError(f"tensor {name!r}: dtype {dtype} has no protobuf equivalent")
-    data = array.astype(dtype.newbyteorder("<"), copy=False).tobytes()
+    return code, array.astype(dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def to_tensor(name: str, array: np.ndarray) -> pb.Tensor:
+    """numpy -> Tensor (little-endian bytes)."""
+    code, data = _wire(name, array)
     return pb.Tensor(name=name, dtype=code, shape=array.shape, data=data)
+
+
+def add_tensor(tensors, name: str, array: np.ndarray) -> pb.Tensor:
+    """numpy -> a new Tensor at the end of the repeated field `tensors`, built in place.
+
+    Cheaper than appending `to_tensor(...)`, which builds a message and then copies it in.
+    """
+    code, data = _wire(name, array)
+    return tensors.add(name=name, dtype=code, shape=array.shape, data=data)
 
 
 # Wire dtype -> native dtype: the same object on little-endian hosts, so no conversion is made there.

@@ -37,9 +37,13 @@ class TensorSpec:
         if len(array.shape) != len(self.shape):
             raise InvalidInput(f"input {self.name!r}: expected shape {_fmt(self.shape)} "
                                f"(rank {len(self.shape)}), got {list(array.shape)}")
-        for want, got in zip(self.shape, array.shape):
-            if want != -1 and want != got:
-                raise InvalidInput(f"input {self.name!r}: expected shape {_fmt(self.shape)}, got {list(array.shape)}")
+        if not self.fits(array.shape):
+            raise InvalidInput(f"input {self.name!r}: expected shape {_fmt(self.shape)}, got {list(array.shape)}")
+
+    def fits(self, shape: Sequence[int]) -> bool:
+        """Same rank, and every fixed dimension equal (-1 takes any)."""
+        return len(shape) == len(self.shape) and all(want == -1 or want == got
+                                                     for want, got in zip(self.shape, shape))
 
 
 def _fmt(shape: Sequence[int]) -> str:

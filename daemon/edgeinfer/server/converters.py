@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from edgeinfer_client._convert import LITTLE_ENDIAN, DTYPES, NATIVE, PB_DTYPE, to_tensor
+from edgeinfer_client._convert import LITTLE_ENDIAN, DTYPES, NATIVE, PB_DTYPE, add_tensor
 from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2 as pb
 
 from ..errors import InvalidInput
@@ -56,10 +56,11 @@ def tensor_to_numpy(t: pb.Tensor) -> np.ndarray:
     return arr if LITTLE_ENDIAN else arr.astype(NATIVE[code])
 
 
-def numpy_to_tensor(name: str, array: np.ndarray) -> pb.Tensor:
+def add_output(outputs, name: str, array: np.ndarray) -> pb.Tensor:
+    """Append an output tensor to a response's repeated `outputs`, built in place."""
     if array.dtype not in PB_DTYPE and array.dtype.newbyteorder("=") not in PB_DTYPE:
         array = array.astype(np.float32)  # e.g. an output type the API does not name
-    return to_tensor(name, array)
+    return add_tensor(outputs, name, array)
 
 
 def request_input(request: pb.InferRequest) -> ModelInput:
@@ -123,7 +124,7 @@ def response(model: ServedModel, request_id: str, pred: Prediction) -> pb.InferR
             for x, y in d.landmarks:
                 det.landmarks.add(x=float(x), y=float(y))
     for name, arr in r.outputs.items():
-        msg.outputs.append(numpy_to_tensor(name, arr))
+        add_output(msg.outputs, name, arr)
     return msg
 
 

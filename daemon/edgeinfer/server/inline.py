@@ -17,6 +17,7 @@ repeat it.
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Optional
 
@@ -27,18 +28,18 @@ from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2 as pb
 
 from ..backends.base import Runner, TensorSpec
 from ..pipeline.model import ModelState, ServedModel
-from .converters import numpy_to_tensor
+from .converters import add_output
 
 
 class _Signature:
     """What one input tensor must look like to take the short path."""
 
-    __slots__ = ("code", "dtype", "dims", "batched")
+    __slots__ = ("spec", "code", "dtype", "batched")
 
     def __init__(self, spec: TensorSpec):
+        self.spec = spec
         self.dtype = np.dtype(spec.dtype)
         self.code = PB_DTYPE.get(self.dtype.newbyteorder("="))
-        self.dims = tuple(spec.shape)  # -1: dynamic
         self.batched = spec.dynamic_batch
 
     def array(self, t: pb.Tensor) -> Optional[np.ndarray]:
@@ -46,16 +47,10 @@ class _Signature:
         if t.dtype != self.code:
             return None
         shape = tuple(t.shape)
-        dims = self.dims
-        if len(shape) != len(dims) or (self.batched and shape[0] != 1):
+        if not self.spec.fits(shape) or (self.batched and shape[0] != 1) or (shape and min(shape) < 0):
             return None
-        count = 1
-        for want, got in zip(dims, shape):
-            if got < 0 or (want != -1 and want != got):
-                return None
-            count *= got
         data = t.data
-        if len(data) != count * self.dtype.itemsize:
+        if len(data) != math.prod(shape) * self.dtype.itemsize:
             return None
         return np.frombuffer(data, self.dtype).reshape(shape)
 
@@ -72,10 +67,6 @@ class InlineTensorPath:
         self._fields = dict(model=model.name, model_version=model.cfg.version,
                             backend=info.backend, precision=info.precision)
         self._inputs = {s.name: _Signature(s) for s in runner.inputs}
-        # Output name -> (numpy dtype, wire code) as the runner declares them; an output that comes back
-        # otherwise goes through the general converter.
-        self._outputs = {s.name: (np.dtype(s.dtype), PB_DTYPE.get(np.dtype(s.dtype).newbyteorder("=")))
-                         for s in runner.outputs}
 
     @staticmethod
     def suits(model: ServedModel) -> bool:
@@ -118,13 +109,8 @@ class InlineTensorPath:
         outputs = self.runner.infer_impl(feeds)  # feeds already match runner.inputs exactly
         t1 = time.perf_counter()
         msg = pb.InferResponse(request_id=request.request_id, **self._fields)
-        declared = self._outputs
         for name, arr in outputs.items():
-            dtype, code = declared.get(name, (None, None))
-            if code is not None and arr.dtype == dtype and arr.flags.c_contiguous:
-                msg.outputs.add(name=name, dtype=code, shape=arr.shape, data=arr.tobytes())
-            else:
-                msg.outputs.append(numpy_to_tensor(name, arr))
+            add_output(msg.outputs, name, arr)
         t2 = time.perf_counter()
         pre, inf, post, total = int((t0 - start) * 1e6), int((t1 - t0) * 1e6), int((t2 - t1) * 1e6), int((t2 - start) * 1e6)
         timing = msg.timing
