@@ -87,6 +87,8 @@ def batch_buckets(cfg: BatchingConfig, runner: Runner, max_batch: int) -> list[i
     max_batch itself; all <= max_batch, and max_batch is always one (every batch needs a bucket).
     """
     mode = cfg.pad_to_buckets
+    if runner.info.pads_batches:
+        return []
     if mode == "auto":
         info = runner.info
         mode = "on" if info.backend == "onnxruntime" and info.device.startswith("cuda") else "off"

@@ -36,7 +36,7 @@ def cmd_serve(args) -> int:
     if args.listen:
         config.server.listen = args.listen
     tick = systemd.watchdog_interval_s() or 1.0
-    if config.server.processes > 1:
+    if config.server.supervised:
         from .server.supervisor import Supervisor
 
         supervisor = Supervisor(config, tick_s=min(tick, 1.0))

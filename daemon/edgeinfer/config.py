@@ -64,6 +64,13 @@ class ServerConfig:
     # The kernel spreads connections, not requests: a client on one channel
     # stays with one process. Metrics: process i serves on the metrics port + i.
     processes: int = field(default=1, metadata=_positive)
+    # "per-process": every process loads and runs its own copy of each model.
+    # "shared": one more process loads each model once and runs the batches of
+    # all `processes` front-ends (gRPC, decode, preprocessing, batching,
+    # postprocessing), merged; tensors cross over shared memory
+    # (edgeinfer/shared_inference). One CUDA context and bigger batches on a GPU;
+    # the inference process serves metrics on the metrics port + processes.
+    inference: Literal["per-process", "shared"] = "per-process"
     # Threads doing decode/preprocess/inference/postprocess off the event loop.
     workers: int = field(default=4, metadata=_positive)
     max_message_bytes: int = field(default=32 * 1024 * 1024, metadata=_positive)
@@ -85,6 +92,11 @@ class ServerConfig:
     # 1.5x req/s on a trivial model). Image requests always go to the workers
     # (decoding takes milliseconds). 0 = never.
     inline_max_us: int = field(default=250, metadata=_non_negative)
+
+    @property
+    def supervised(self) -> bool:
+        """Served by a supervisor and child processes (server/supervisor.py), not by one Daemon."""
+        return self.processes > 1 or self.inference == "shared"
 
 
 @dataclass
@@ -467,6 +479,9 @@ def parse_config(data: dict, source: str = "<memory>", base_dir: Optional[Path] 
     if cfg.server.processes > 1 and cfg.server.listen.startswith("unix:"):
         raise ctx.fail("server", "processes", f"{cfg.server.processes} processes share a TCP port "
                        f"(SO_REUSEPORT); listen = {cfg.server.listen!r} is a unix socket: use host:port or 1 process")
+    if cfg.server.inference == "shared" and cfg.server.listen.startswith("unix:"):
+        raise ctx.fail("server", "inference", f"\"shared\" runs front-end processes on a TCP port; listen = "
+                       f"{cfg.server.listen!r} is a unix socket: use host:port or inference = \"per-process\"")
     seen = set()
     for i, raw in enumerate(models_raw):
         if not isinstance(raw, dict):

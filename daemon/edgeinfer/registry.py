@@ -21,11 +21,14 @@ log = logging.getLogger(__name__)
 
 class ModelRegistry:
     def __init__(self, config: Config,
-                 on_state_change: Callable[[ServedModel], None] = lambda _m: None):
+                 on_state_change: Callable[[ServedModel], None] = lambda _m: None, remote=None):
+        """remote: a shared_inference.remote.RemoteModels when the models run in the shared
+        inference process (a front-end of `[server] inference = "shared"`); None loads them here."""
         self.config = config
+        self.remote = remote
         self._listeners = [on_state_change]
         self.models: dict[str, ServedModel] = {
-            m.name: ServedModel(m, config.server, Path(config.cache.dir), self._notify)
+            m.name: ServedModel(m, config.server, Path(config.cache.dir), self._notify, remote=remote)
             for m in config.models
         }
         self._threads: list[threading.Thread] = []
@@ -71,3 +74,5 @@ class ModelRegistry:
     def close(self) -> None:
         for model in self.models.values():
             model.unload()
+        if self.remote is not None:
+            self.remote.close()

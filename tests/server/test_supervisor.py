@@ -14,26 +14,28 @@ import pytest
 from edgeinfer_client import Client
 
 
-def _free_pair() -> int:
-    """A port p with p and p + 1 both free (metrics of process 0 and 1)."""
+def _free_ports(n: int = 2) -> int:
+    """A port p with p .. p + n - 1 all free (metrics of processes 0 .. n - 1)."""
     for _ in range(50):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             p = s.getsockname()[1]
         try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", p + 1))
+            for k in range(1, n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p + k))
             return p
         except OSError:
             continue
-    raise RuntimeError("no two consecutive free ports")
+    raise RuntimeError(f"no {n} consecutive free ports")
 
 
-def _config(tmp_path, trivial_onnx, metrics_port=0, processes=2):
+def _config(tmp_path, trivial_onnx, metrics_port=0, processes=2, inference="per-process"):
     from edgeinfer.config import parse_config
 
     return parse_config({
-        "server": {"listen": "127.0.0.1:0", "workers": 2, "processes": processes, "grace_period_s": 1.0},
+        "server": {"listen": "127.0.0.1:0", "workers": 2, "processes": processes, "grace_period_s": 1.0,
+                   "inference": inference},
         "metrics": {"enabled": bool(metrics_port), "listen": f"127.0.0.1:{metrics_port or 9400}"},
         "cache": {"dir": str(tmp_path)},
         "models": [{"name": "trivial", "onnx": str(trivial_onnx), "backends": ["onnxruntime"],
@@ -70,14 +72,18 @@ class Running:
         self.thread.join(30)
 
 
-def _requests_served(port: int) -> float:
+def _metric_sum(port: int, prefix: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith('edgeinfer_requests_total{') and 'model="trivial"' in line and 'code="OK"' in line)
+               if line.startswith(prefix) and 'model="trivial"' in line)
+
+
+def _requests_served(port: int) -> float:
+    return _metric_sum(port, 'edgeinfer_requests_total{code="OK"')
 
 
 def test_two_processes_share_the_port_and_both_serve(tmp_path, trivial_onnx):
-    base = _free_pair()
+    base = _free_ports(2)
     r = Running(_config(tmp_path, trivial_onnx, metrics_port=base))
     try:
         pids = r.sup.pids
@@ -171,3 +177,51 @@ def test_overall_health_waits_until_every_sibling_process_loaded(start_daemon, t
         while c.health("") != "SERVING" and time.monotonic() < end:
             time.sleep(0.05)
         assert c.health("") == "SERVING"
+
+
+# -- [server] inference = "shared" ------------------------------------------------------------
+
+def test_shared_inference_two_front_ends_one_host(tmp_path, trivial_onnx):
+    """Both front-ends serve; every row runs in the one inference process (its own metrics endpoint)."""
+    base = _free_ports(3)
+    r = Running(_config(tmp_path, trivial_onnx, metrics_port=base, inference="shared"))
+    try:
+        pids = r.sup.pids
+        assert len(pids) == 3  # the host and 2 front-ends
+        x = np.arange(64, dtype=np.float32)[None]
+        for _ in range(24):
+            with Client(r.listen, timeout=30) as c:
+                np.testing.assert_array_equal(c.infer("trivial", tensors={"x": x}).outputs["y"], x + 1)
+        served = [_requests_served(base), _requests_served(base + 1)]
+        assert sum(served) == 24 and min(served) > 0, served
+        # The host (metrics port + 2) ran every row, in runner calls it counts itself; the front-ends
+        # run no model: only the host's process holds the ONNX Runtime session.
+        assert _metric_sum(base + 2, "edgeinfer_batch_size_sum{") >= 24  # + the front-ends' warm-up calls
+        with Client(r.listen, timeout=10) as c:
+            assert "inference process shared (pid" in c.get_model("trivial").state_reason
+    finally:
+        r.stop()
+    assert r.rc == 0
+    assert not any(_alive(p) for p in pids)
+
+
+def test_a_dead_inference_host_stops_the_service_non_zero(tmp_path, trivial_onnx):
+    r = Running(_config(tmp_path, trivial_onnx, inference="shared"))
+    host = next(p for p in r.sup._procs if p.name == "edgeinfer-inference").pid
+    fronts = [p for p in r.sup.pids if p != host]
+    with Client(r.listen, timeout=30) as c:
+        c.infer("trivial", tensors={"x": np.zeros((1, 64), np.float32)})
+    os.kill(host, signal.SIGKILL)
+    r.thread.join(30)
+    assert r.rc == 1
+    end = time.monotonic() + 15
+    while any(_alive(p) for p in fronts) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in fronts)
+
+
+def test_shared_inference_needs_a_tcp_port():
+    from edgeinfer.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="inference"):
+        parse_config({"server": {"listen": "unix:/tmp/x.sock", "inference": "shared"}}, source="t")

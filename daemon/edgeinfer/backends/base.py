@@ -91,6 +91,9 @@ class RunnerInfo:
     max_batch: Optional[int] = None
     # Concurrent infer() calls the runner supports (contexts, sessions).
     max_concurrency: int = 1
+    # The runner pads batches to its own bucket sizes (a shared inference host's runner
+    # seen from a front-end): callers hand it their rows unpadded.
+    pads_batches: bool = False
     details: dict = field(default_factory=dict)
 
 

@@ -43,7 +43,7 @@ async def _serve(conn, config: Config) -> None:
 
 
 def _supervise(conn, config: Config) -> None:
-    """[server] processes > 1: the supervisor (server/supervisor.py) in this process, as `serve` runs it."""
+    """[server] processes > 1 or inference = "shared": the supervisor (server/supervisor.py) in this process, as `serve` runs it."""
     import threading
 
     from ..listen import parse_listen
@@ -80,7 +80,7 @@ def _main(conn, config: Config, loop_kind: str, log_level: str) -> None:
     # The parent's Ctrl-C reaches the whole process group; the parent stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        if config.server.processes > 1:
+        if config.server.supervised:
             config.server.event_loop = loop_kind
             _supervise(conn, config)
             return
@@ -114,7 +114,7 @@ class DaemonProcess(ChildServer):
     def start(self, timeout: float = 600.0) -> "DaemonProcess":
         """Start and wait until every model finished loading (ready or failed)."""
         msg = self._spawn(_main, (self.config, self.loop, self.log_level), "edgeinfer-bench-daemon", timeout,
-                          "daemon did not finish loading", daemon=self.config.server.processes == 1)
+                          "daemon did not finish loading", daemon=not self.config.server.supervised)
         if msg[0] != "ready":
             raise self._failed("daemon", msg[1])
         _, self.port, self.model_states, self.pid = msg

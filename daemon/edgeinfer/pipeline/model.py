@@ -102,8 +102,11 @@ class ServedModel:
     """One configured model through its whole life: loading, ready/failed, serving."""
 
     def __init__(self, cfg: ModelConfig, server_cfg: ServerConfig, cache_dir: Optional[Path] = None,
-                 on_state_change: Callable[["ServedModel"], None] = lambda _m: None):
+                 on_state_change: Callable[["ServedModel"], None] = lambda _m: None, remote=None):
+        """remote: shared_inference.remote.RemoteModels: the model is loaded and run by the shared
+        inference process; this one serves it through a RemoteRunner."""
         self.cfg = cfg
+        self.remote = remote
         self.cache_dir = cache_dir
         self.on_state_change = on_state_change
         self.state = ModelState.LOADING
@@ -149,13 +152,7 @@ class ServedModel:
         start = time.perf_counter()
         self._set_state(ModelState.LOADING, "loading")
         try:
-            outcome = ModelLoader(self.cfg, self.cache_dir, self.progress, cancel=self._stop_loading)()
-            self.attempts, self.accuracy = outcome.attempts, outcome.accuracy
-            if outcome.runner is None:
-                raise BackendLoadError(f"no backend could load the model: {outcome.failure_reason}")
-            runner = outcome.runner
-            self.image_input = self._check_image_input(runner)
-            runner = self._normalizing(runner)
+            runner = self._remote_runner() if self.remote is not None else self._local_runner()
             self.progress(f"warming up ({self.cfg.warmup_runs} runs)")
             self._warm_up(runner)
         except Exception as exc:  # noqa: BLE001 - any failure is a failed model, never a dead daemon
@@ -176,8 +173,30 @@ class ServedModel:
         info = runner.info
         # GetModel and `edgeinfer models` show the reason: say where normalization runs when it was asked for.
         norm = f"; normalize on {info.details['normalize_on']}" if "normalize_on" in info.details else ""
+        if "inference_process" in info.details:
+            norm += f"; inference process {info.details['inference_process']}"
         self._set_state(ModelState.READY, f"ready on {info.backend}/{info.precision} ({info.device}) "
                                           f"in {self.load_seconds:.1f}s{norm}")
+
+    def _local_runner(self) -> Runner:
+        """Load through the fallback chain in this process; check the image input; wrap for GPU normalization."""
+        outcome = ModelLoader(self.cfg, self.cache_dir, self.progress, cancel=self._stop_loading)()
+        self.attempts, self.accuracy = outcome.attempts, outcome.accuracy
+        if outcome.runner is None:
+            raise BackendLoadError(f"no backend could load the model: {outcome.failure_reason}")
+        runner = outcome.runner
+        self.image_input = self._check_image_input(runner)
+        return self._normalizing(runner)
+
+    def _remote_runner(self) -> Runner:
+        """The shared inference process loads the model (waits while it does); a runner that calls it."""
+        self.progress("loading in the shared inference process")
+        d = self.remote.describe(self.name)
+        self.attempts, self.accuracy = d.attempts, d.accuracy
+        if d.state != ModelState.READY.value or d.info is None:
+            raise BackendLoadError(f"in the shared inference process: {d.reason}")
+        self.image_input, self.normalize_on_gpu = d.image_input, d.normalize_on_gpu
+        return self.remote.runner(self.name, d)
 
     def unload(self) -> None:
         self._stop_loading.set()

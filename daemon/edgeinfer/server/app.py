@@ -40,20 +40,22 @@ class Daemon:
 
     def __init__(self, config: Config, tick_s: float = 1.0, reuse_port: bool = False,
                  on_tick: Optional[Callable[[], None]] = None,
-                 siblings_ready: Optional[Callable[[], bool]] = None):
+                 siblings_ready: Optional[Callable[[], bool]] = None, remote=None):
         """reuse_port: share the port with sibling processes (server/supervisor.py); off, a
         second daemon on a taken port fails to bind instead of silently sharing it.
         on_tick: called after each healthy tick (the worker pool answered), from the loop.
         siblings_ready: with sibling processes, whether every one of them finished loading;
         overall health stays NOT_SERVING until it is true, so whichever process a health
-        check reaches gives the same answer (checked on each tick)."""
+        check reaches gives the same answer (checked on each tick).
+        remote: a front-end of `[server] inference = "shared"`: the channels
+        (shared_inference.remote.RemoteModels) to the process that runs the models."""
         self.config = config
         self.tick_s = tick_s
         self.reuse_port = reuse_port
         self.on_tick = on_tick
         self.siblings_ready = siblings_ready
         self._siblings_were_ready = siblings_ready is None
-        self.registry = ModelRegistry(config)
+        self.registry = ModelRegistry(config, remote=remote)
         # Always collected (tests read the registry); served over HTTP only when enabled.
         self.metrics = Metrics()
         self.metrics.declare_models(self.registry.models)

@@ -23,6 +23,13 @@ child dies it stops the rest and exits non-zero, so systemd's Restart=
 brings the whole service back (a half-sized service would look healthy).
 Children drop NOTIFY_SOCKET (systemd accepts the main PID only) and stop on
 their own if the supervisor disappears.
+
+With `[server] inference = "shared"` the children are front-ends without
+models of their own, and one more child, the inference host
+(edgeinfer/shared_inference), loads and runs the models for all of them over
+channels the supervisor creates (a few socketpairs per front-end). The host
+is watched like the others (ticks, death stops all) and is stopped last, once
+the front-ends have drained their requests through it.
 """
 from __future__ import annotations
 
@@ -72,8 +79,17 @@ def child_config(config: Config, index: int, listen: str) -> Config:
     return c
 
 
-def _child(config: Config, index: int, events, all_loaded, loop_kind: str, log_level: int) -> None:
-    """Body of child `index`: a Daemon on the shared port, reporting to the supervisor."""
+# Channels to the shared inference host per front-end and model: a front-end's batcher
+# runs up to the host runner's slots (2 by default) at once; the rest is headroom.
+CHANNELS_PER_MODEL = 4
+HOST_NAME = "edgeinfer-inference"
+
+
+def _child(config: Config, index: int, events, all_loaded, loop_kind: str, log_level: int,
+           channels=None) -> None:
+    """Body of child `index`: a Daemon on the shared port, reporting to the supervisor.
+
+    channels: with shared inference, this front-end's connections to the inference host."""
     import asyncio
 
     from ..eventloop import run
@@ -94,7 +110,13 @@ def _child(config: Config, index: int, events, all_loaded, loop_kind: str, log_l
                 return
             events.put(("tick", index, None))
 
-        daemon = Daemon(config, tick_s=1.0, reuse_port=True, on_tick=tick, siblings_ready=all_loaded.is_set)
+        remote = None
+        if channels is not None:
+            from ..shared_inference.remote import RemoteModels
+
+            remote = RemoteModels(channels)
+        daemon = Daemon(config, tick_s=1.0, reuse_port=True, on_tick=tick, siblings_ready=all_loaded.is_set,
+                        remote=remote)
         port = await daemon.start()
         events.put(("listening", index, port))
         loop = asyncio.get_running_loop()
@@ -129,6 +151,9 @@ class Supervisor:
         self.on_loaded = on_loaded  # called once with child 0's model states, when all loaded
         self.listen = config.server.listen
         self.count = config.server.processes
+        self.shared = config.server.inference == "shared"
+        # Indexes 0..count-1 are front-ends; the shared inference host, when there is one, is `count`.
+        self.watched = self.count + (1 if self.shared else 0)
         self._ctx = mp.get_context("spawn")
         self._events = self._ctx.Queue()
         # Set once every child finished loading: until then every child's overall health
@@ -147,22 +172,44 @@ class Supervisor:
         """Spawn the children; returns the shared listen address once all listen. Raises OSError."""
         self.listen = claim_port(self.config.server.listen)
         kind = self.config.server.event_loop
+        level = logging.getLogger().getEffectiveLevel()
+        front_channels: list = [None] * self.count
+        if self.shared:
+            front_channels = self._start_host(level)
         for i in range(self.count):
             p = self._ctx.Process(target=_child, name=f"edgeinfer-{i}",
                                   args=(child_config(self.config, i, self.listen), i, self._events,
-                                        self._all_loaded, kind,
-                                        logging.getLogger().getEffectiveLevel()))
+                                        self._all_loaded, kind, level, front_channels[i]))
             p.start()
             self._procs.append(p)
+            for conn in front_channels[i] or []:  # the child has its own copies now
+                conn.close()
         listening: set[int] = set()
         end = time.monotonic() + timeout
-        while len(listening) < self.count:
+        while len(listening) < self.watched:
             kind_, index, value = self._next_event(end)
             if kind_ == "listening":
                 listening.add(index)
         log.info("%d processes serving on %s (pids %s)", self.count, self.listen, self.pids)
         systemd.notify("READY=1", f"STATUS={self.count} processes serving on {self.listen}; loading models")
         return self.listen
+
+    def _start_host(self, log_level: int) -> list:
+        """Start the shared inference host; returns each front-end's ends of its channels."""
+        from ..shared_inference.host import host_main
+
+        per_front = CHANNELS_PER_MODEL * max(1, len(self.config.models))
+        pairs = [[self._ctx.Pipe(duplex=True) for _ in range(per_front)] for _ in range(self.count)]
+        host_ends = [h for front in pairs for h, _f in front]
+        host_config = child_config(self.config, 0, self.listen)
+        p = self._ctx.Process(target=host_main, name=HOST_NAME,
+                              args=(host_config, host_ends, self._events, self.count, self.count, log_level,
+                                    min(self.tick_s, 1.0)))
+        p.start()
+        self._procs.append(p)
+        for conn in host_ends:
+            conn.close()
+        return [[f for _h, f in front] for front in pairs]
 
     def _next_event(self, end: float):
         """The next child event before `end`; raises OSError on a child error, death or timeout."""
@@ -219,7 +266,7 @@ class Supervisor:
                               dead[0].name, dead[0].exitcode)
                     return 1
                 now = time.monotonic()
-                stale = [i for i in range(self.count)
+                stale = [i for i in range(self.watched)
                          if now - self._last_tick.get(i, started) > STALE_TICKS * self.tick_s]
                 if stale:
                     log.warning("process(es) %s missed their health ticks; not feeding the watchdog", stale)
@@ -235,14 +282,18 @@ class Supervisor:
         if not self._procs:
             return
         systemd.notify("STOPPING=1")
-        for p in self._procs:
-            if p.is_alive():
-                p.terminate()
-        end = time.monotonic() + self.config.server.grace_period_s + 10
-        for p in self._procs:
-            p.join(max(0.0, end - time.monotonic()))
-            if p.is_alive():
-                log.error("process %s did not stop in time; killing it", p.name)
-                p.kill()
-                p.join(5)
+        # Front-ends first: they drain their requests through the inference host, stopped after them.
+        fronts = [p for p in self._procs if p.name != HOST_NAME]
+        hosts = [p for p in self._procs if p.name == HOST_NAME]
+        for group in (fronts, hosts):
+            for p in group:
+                if p.is_alive():
+                    p.terminate()
+            end = time.monotonic() + self.config.server.grace_period_s + 10
+            for p in group:
+                p.join(max(0.0, end - time.monotonic()))
+                if p.is_alive():
+                    log.error("process %s did not stop in time; killing it", p.name)
+                    p.kill()
+                    p.join(5)
         self._procs = []

@@ -1,0 +1,219 @@
+"""The inference host: loads every model once and runs the front-ends' batches.
+
+One thread per channel reads calls (blocking in recv, without the GIL), hands
+the rows to the model's Coalescer and writes the answer back. Models load
+exactly as in a standalone daemon (`ModelRegistry`: fallback chain, accuracy
+gate, GPU normalization, warm-up of every bucket); a front-end asking to
+describe a model still loading waits for it.
+
+The host holds no gRPC server. It reports to the supervisor like a front-end
+does (ticks, "error"), serves its own metrics endpoint (the merged batch
+sizes, GPU memory, RSS) on the metrics port + the number of front-ends, stops
+on SIGTERM (the supervisor sends it after the front-ends have drained) and
+on its own when the supervisor disappears.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from multiprocessing import reduction
+from typing import Optional
+
+import numpy as np
+
+from ..batching import batch_buckets, effective_max_batch
+from ..config import Config
+from ..errors import ModelNotReady
+from ..listen import join_listen, parse_listen
+from ..metrics import Metrics, MetricsEndpoint
+from ..pipeline.model import ModelState, ServedModel
+from ..registry import ModelRegistry
+from .coalesce import Coalescer
+from .wire import ModelDescription, SharedBuffer, bytes_needed, error_reply
+
+log = logging.getLogger(__name__)
+
+
+class InferenceHost:
+    """The models and the channel threads of the inference host process (usable in-process in tests)."""
+
+    def __init__(self, config: Config, metrics: Optional[Metrics] = None):
+        self.config = config
+        self.registry = ModelRegistry(config)
+        self.metrics = metrics
+        self._coalescers: dict[str, Coalescer] = {}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._conns: list = []
+        self._closed = False
+
+    def start(self, channels) -> None:
+        """Start loading every model and serving each channel (a duplex Connection) on its own thread."""
+        self.registry.start_loading()
+        self._conns = list(channels)
+        for i, conn in enumerate(self._conns):
+            t = threading.Thread(target=self._serve_channel, args=(conn,), name=f"channel-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    # -- per model ------------------------------------------------------------------------
+    def _wait_loaded(self, model: ServedModel) -> None:
+        while model.state is ModelState.LOADING and not self._closed:
+            time.sleep(0.05)
+
+    def describe(self, name: str) -> ModelDescription:
+        model = self.registry.get(name)
+        self._wait_loaded(model)
+        runner = model.runner
+        d = ModelDescription(state=model.state.value, reason=model.state_reason, load_seconds=model.load_seconds,
+                             attempts=list(model.attempts), accuracy=list(model.accuracy),
+                             image_input=model.image_input, normalize_on_gpu=model.normalize_on_gpu,
+                             host_pid=os.getpid())
+        if runner is not None and model.state is ModelState.READY:
+            d.inputs, d.outputs, d.info = list(runner.inputs), list(runner.outputs), copy.deepcopy(runner.info)
+        return d
+
+    def coalescer(self, name: str) -> Coalescer:
+        model = self.registry.get(name)
+        runner = model.require_ready()
+        with self._lock:
+            c = self._coalescers.get(name)
+            if c is None or c.runner is not runner:
+                if self._closed:
+                    raise ModelNotReady(f"model {name!r}: the inference process is shutting down")
+                cfg = model.cfg.batching
+                max_batch = effective_max_batch(cfg, runner)
+                on_batch = (lambda n: self.metrics.observe_batch(name, n)) if self.metrics else (lambda _n: None)
+                c = Coalescer(name, runner, max_batch, batch_buckets(cfg, runner, max_batch), on_batch)
+                self._coalescers[name] = c
+                log.info("model %s: merging front-end batches up to %d rows on %d slot(s)",
+                         name, max_batch, len(c._threads))
+            return c
+
+    # -- per channel ----------------------------------------------------------------------
+    def _serve_channel(self, conn) -> None:
+        buffer: Optional[SharedBuffer] = None
+        try:
+            while True:
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):  # the front-end closed its end (or died)
+                    return
+                kind = msg[0]
+                if kind == "buffer":
+                    fd = reduction.recv_handle(conn)
+                    if buffer is not None:
+                        buffer.close()
+                    buffer = SharedBuffer(msg[1], fd)
+                    continue
+                try:
+                    if kind == "describe":
+                        reply = ("ok", self.describe(msg[1]))
+                    elif kind == "infer":
+                        reply = self._infer(buffer, *msg[1:])
+                    else:
+                        reply = ("error", "InferenceError", f"unknown message {kind!r}")
+                except Exception as exc:  # noqa: BLE001 - answered to this call; the channel lives on
+                    reply = error_reply(exc)
+                try:
+                    conn.send(reply)
+                except (EOFError, OSError):
+                    return
+        finally:
+            conn.close()
+            if buffer is not None:
+                buffer.close()
+
+    def _infer(self, buffer: Optional[SharedBuffer], name: str, layout, rows: int, free_at: int) -> tuple:
+        if buffer is None:
+            raise ModelNotReady("channel has no buffer yet")
+        coalescer = self.coalescer(name)
+        outputs = coalescer.run(buffer.read(layout), rows)
+        # Into the buffer after the inputs when they fit (the front-end reserved room for
+        # fixed-shape outputs); otherwise (outputs with dynamic dimensions) pickled inline.
+        if free_at + bytes_needed(outputs) <= buffer.nbytes:
+            layout_out, _ = buffer.write(outputs, free_at)
+            return ("ok", layout_out)
+        return ("ok-inline", {n: np.ascontiguousarray(a) for n, a in outputs.items()})
+
+    # -- shutdown -------------------------------------------------------------------------
+    def wait_channels(self, timeout: float) -> bool:
+        """Wait until every front-end closed its channels; False on timeout."""
+        end = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, end - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop: run what is queued, end every channel (a front-end still calling gets
+        ModelNotReady: "the inference process is gone"), unload the models."""
+        with self._lock:
+            self._closed = True
+            coalescers = list(self._coalescers.values())
+        for c in coalescers:
+            c.close(timeout)
+        for conn in self._conns:
+            _shutdown(conn)
+        self.registry.close()
+
+
+def _shutdown(conn) -> None:
+    """End a channel from this side: wakes its thread blocked in recv (closing the fd would not)."""
+    try:
+        with socket.socket(fileno=os.dup(conn.fileno())) as s:
+            s.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed
+        pass
+
+
+def host_main(config: Config, channels, events, index: int, front_ends: int, log_level: int,
+              tick_s: float = 1.0) -> None:
+    """Body of the inference host process (started by the supervisor)."""
+    os.environ.pop("NOTIFY_SOCKET", None)
+    os.environ.pop("WATCHDOG_USEC", None)
+    logging.basicConfig(level=log_level,
+                        format="%(asctime)s %(levelname)-7s [inference] %(name)s: %(message)s")
+    parent = os.getppid()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor orders the stop
+    try:
+        metrics = Metrics()
+        metrics.declare_models(m.name for m in config.models)
+        endpoint = None
+        if config.metrics.enabled:
+            host, port = parse_listen(config.metrics.listen)
+            mcfg = copy.deepcopy(config.metrics)
+            if port:
+                mcfg.listen = join_listen(host, port + front_ends)
+            endpoint = MetricsEndpoint(metrics.registry, mcfg)
+            try:
+                endpoint.start()
+            except (OSError, ValueError) as exc:
+                log.error("%s", exc)
+        served = InferenceHost(config, metrics)
+        served.start(channels)
+        events.put(("listening", index, None))
+        while not stop.wait(tick_s):
+            if os.getppid() != parent:
+                log.error("supervisor %d is gone; stopping", parent)
+                break
+            events.put(("tick", index, None))
+            if endpoint is not None:
+                endpoint.ensure_started()
+        # The supervisor stops the front-ends first; give any straggler its grace period.
+        served.wait_channels(config.server.grace_period_s)
+        served.close(config.server.grace_period_s)
+        if endpoint is not None:
+            endpoint.stop()
+        metrics.close()
+        log.info("stopped")
+    except BaseException as exc:  # noqa: BLE001 - reported, then the process ends non-zero
+        log.exception("inference process failed")
+        events.put(("error", index, f"{type(exc).__name__}: {exc}"))
+        raise SystemExit(1)

@@ -1,0 +1,313 @@
+"""[server] inference = "shared": the inference host, its channels and the front-end's RemoteRunner.
+
+Real models, real ONNX Runtime, real socketpairs and memfd buffers, real gRPC.
+The host runs in this process here (its own threads), so a test can hold its
+runner at a gate and read its metrics; tests/server/test_supervisor.py runs it
+as a real separate process under the supervisor.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgeinfer_client import Client, ClientError
+
+ESPRESSO = 967
+
+
+def _config(tmp_path, classifier_onnx, *, instances=2, max_batch=8, extra_models=()):
+    from edgeinfer.config import parse_config
+
+    labels = classifier_onnx.parent / "imagenet-labels.txt"
+    return parse_config({
+        "server": {"workers": 4, "inference": "shared", "listen": "127.0.0.1:0"},
+        "metrics": {"enabled": False},
+        "cache": {"dir": str(tmp_path)},
+        "models": [{"name": "imagenet", "onnx": str(classifier_onnx), "backends": ["onnxruntime"],
+                    "warmup_runs": 1, "onnxruntime": {"instances": instances},
+                    "input": {"resize": "center-crop", "size": [224, 224], "mean": [127.0] * 3, "std": [128.0] * 3},
+                    "batching": {"max_batch": max_batch, "max_queue_delay_us": 2000},
+                    "postprocess": {"task": "classification", "labels": str(labels)}}, *extra_models],
+    }, source="test_shared_inference")
+
+
+class HostInProcess:
+    """An InferenceHost on this process's threads and the front-end ends of `n` real channels."""
+
+    def __init__(self, config, n=4):
+        from edgeinfer.metrics import Metrics
+        from edgeinfer.shared_inference.host import InferenceHost
+
+        ctx = mp.get_context("spawn")
+        pairs = [ctx.Pipe(duplex=True) for _ in range(n)]
+        self.metrics = Metrics(process=False)
+        self.host = InferenceHost(config, self.metrics)
+        self.host.start([h for h, _ in pairs])
+        self.front_ends = [f for _, f in pairs]
+        self.host.registry.wait_loaded(120)
+
+    def remote(self):
+        from edgeinfer.shared_inference.remote import RemoteModels
+
+        return RemoteModels(self.front_ends)
+
+    def batch_sizes(self, model="imagenet"):
+        """{rows: count} of the host's runner calls, from its metrics exposition."""
+        text = generate_latest(self.metrics.registry).decode()
+        sizes, last = {}, 0.0
+        for fam in text_string_to_metric_families(text):
+            if fam.name != "edgeinfer_batch_size":
+                continue
+            for s in fam.samples:
+                if s.name.endswith("_bucket") and s.labels.get("model") == model and s.labels["le"] != "+Inf":
+                    le = float(s.labels["le"])
+                    if s.value > last:
+                        sizes[le] = s.value - last
+                    last = s.value
+        return sizes
+
+    def close(self):
+        for f in self.front_ends:
+            f.close()
+        self.host.wait_channels(10)
+        self.host.close(10)
+
+
+@pytest.fixture(scope="module")
+def host(classifier_onnx, tmp_path_factory):
+    h = HostInProcess(_config(tmp_path_factory.mktemp("cache"), classifier_onnx))
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="module")
+def front_end(host, start_daemon, classifier_onnx, tmp_path_factory):
+    cfg = _config(tmp_path_factory.mktemp("cache"), classifier_onnx)
+    return start_daemon(cfg, remote=host.remote())
+
+
+@pytest.fixture(scope="module")
+def local(start_daemon, classifier_onnx, tmp_path_factory):
+    """The same model served the standalone way: the reference answers."""
+    cfg = _config(tmp_path_factory.mktemp("cache"), classifier_onnx)
+    cfg.server.inference = "per-process"
+    return start_daemon(cfg)
+
+
+# -- wire -----------------------------------------------------------------------------------
+
+def test_shared_buffer_is_one_memory_for_both_ends():
+    from edgeinfer.shared_inference.wire import ALIGN, SharedBuffer
+
+    mine = SharedBuffer(1 << 16)
+    peer = SharedBuffer(1 << 16, os.dup(mine.fd))  # what the host does with the fd it receives
+    try:
+        feeds = {"a": np.arange(10, dtype=np.float32).reshape(2, 5), "b": np.array([[7]], np.int64)}
+        layout, free_at = mine.write(feeds)
+        assert [entry[3] % ALIGN for entry in layout] == [0, 0] and free_at % ALIGN == 0
+        seen = peer.read(layout)
+        for name, arr in feeds.items():
+            np.testing.assert_array_equal(seen[name], arr)
+            assert seen[name].dtype == arr.dtype
+        peer.write({"y": np.full((2, 3), 5.0, np.float32)}, free_at)  # the host answers in place
+        copied = mine.read([("y", "<f4", (2, 3), free_at)], copy=True)["y"]
+        peer.write({"y": np.zeros((2, 3), np.float32)}, free_at)  # the next call reuses the buffer
+        np.testing.assert_array_equal(copied, np.full((2, 3), 5.0, np.float32))
+    finally:
+        peer.close()
+        mine.close()
+
+
+def test_errors_cross_as_their_own_class():
+    from edgeinfer.errors import InferenceError, InvalidInput, ModelNotReady
+    from edgeinfer.shared_inference.wire import error_reply, raise_reply
+
+    with pytest.raises(InvalidInput, match="wrong shape"):
+        raise_reply(error_reply(InvalidInput("wrong shape")))
+    with pytest.raises(ModelNotReady):
+        raise_reply(error_reply(ModelNotReady("loading")))
+    with pytest.raises(InferenceError, match="ZeroDivisionError: boom"):  # not ours: INTERNAL, named
+        raise_reply(error_reply(ZeroDivisionError("boom")))
+
+
+# -- the host's merging ---------------------------------------------------------------------
+
+class _Held:
+    """Holds the host runner's calls until opened; records each call's rows."""
+
+    def __init__(self, runner):
+        self.runner, self.inner = runner, runner.infer
+        self.calls: list[int] = []
+        self.entered, self.opened = threading.Event(), threading.Event()
+        runner.infer = self
+
+    def __call__(self, feeds):
+        self.calls.append(int(next(iter(feeds.values())).shape[0]))
+        self.entered.set()
+        assert self.opened.wait(30), "test gate never opened"
+        return self.inner(feeds)
+
+    def restore(self):
+        self.opened.set()
+        del self.runner.infer
+
+
+def test_host_merges_waiting_batches_into_one_call_and_splits_them_back(classifier_onnx, tmp_path, media):
+    h = HostInProcess(_config(tmp_path, classifier_onnx, instances=1))
+    try:
+        model = h.host.registry.get("imagenet")
+        rng = np.random.default_rng(1)
+        parts = [rng.standard_normal((n, 3, 224, 224)).astype(np.float32) for n in (1, 1, 2, 1)]
+        expected = [model.runner.infer({"input": p})["logits"] for p in parts]
+        coalescer = h.host.coalescer("imagenet")
+        held = _Held(model.runner)
+        got = [None] * len(parts)
+
+        def call(i):
+            got[i] = coalescer.run({"input": parts[i]}, parts[i].shape[0])["logits"]
+
+        with ThreadPoolExecutor(len(parts)) as pool:
+            first = pool.submit(call, 0)
+            assert held.entered.wait(10)  # the only slot is busy with part 0
+            rest = [pool.submit(call, i) for i in (1, 2, 3)]
+            end = time.monotonic() + 10
+            while len(coalescer._queue) < 3 and time.monotonic() < end:
+                time.sleep(0.01)
+            held.opened.set()
+            for f in [first, *rest]:
+                f.result(30)
+        held.restore()
+        # 1 row alone, then the three waiting calls (1 + 2 + 1 rows) as one call of 4.
+        assert held.calls == [1, 4]
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+        assert h.batch_sizes() == {1.0: 1, 4.0: 1}
+    finally:
+        h.close()
+
+
+# -- a front-end daemon on the host -----------------------------------------------------------
+
+def test_front_end_answers_as_the_standalone_daemon(front_end, local, media):
+    photos = ["coffee.png", "chelsea.png", "astronaut.png", "rocket.jpg"]
+    photos = [p for p in photos if (media / p).exists()]
+    with Client(front_end.address, timeout=60) as remote, Client(local.address, timeout=60) as here:
+        for name in photos:
+            data = (media / name).read_bytes()
+            a, b = remote.infer("imagenet", data), here.infer("imagenet", data)
+            assert [c.index for c in a.classes] == [c.index for c in b.classes], name
+            np.testing.assert_allclose([c.score for c in a.classes], [c.score for c in b.classes], atol=1e-4)
+        info = remote.get_model("imagenet")
+        assert info.state == "ready" and "inference process shared (pid" in info.state_reason
+        assert info.backend == "onnxruntime"
+
+
+def test_concurrent_front_end_requests_are_batched_and_correct(front_end, host, media):
+    coffee = (media / "coffee.png").read_bytes()
+    before = sum(host.batch_sizes().values())
+
+    def one(_):
+        with Client(front_end.address, timeout=60) as c:
+            return [c.infer("imagenet", coffee) for _ in range(6)]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = [r for batch in pool.map(one, range(8)) for r in batch]
+    assert {r.classes[0].index for r in results} == {ESPRESSO}
+    assert max(r.batch_size for r in results) > 1, "8 concurrent clients never shared a batch"
+    assert sum(host.batch_sizes().values()) > before  # the rows ran on the host's runner
+
+
+def test_big_tensor_batches_grow_the_channel_buffer(front_end, host):
+    """8 float32 images (4.8 MB) exceed a channel's first 1 MiB buffer: it grows, answers stay exact."""
+    x = np.random.default_rng(2).standard_normal((8, 3, 224, 224)).astype(np.float32)
+    want = host.host.registry.get("imagenet").runner.infer({"input": x})["logits"]
+    with Client(front_end.address, timeout=60) as c:
+        got = c.infer("imagenet", tensors={"input": x}).outputs["logits"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_tensors_get_invalid_argument_and_the_host_keeps_serving(front_end, media):
+    with Client(front_end.address, timeout=60) as c:
+        with pytest.raises(ClientError) as err:
+            c.infer("imagenet", tensors={"input": np.zeros((1, 3, 100, 100), np.float32)})
+        assert err.value.code == "INVALID_ARGUMENT" and "224" in err.value.message
+        assert c.infer("imagenet", (media / "coffee.png").read_bytes()).classes[0].index == ESPRESSO
+
+
+def test_host_checks_what_it_is_sent_too(host):
+    """A call that bypassed the front-end's checks still gets a worded InvalidInput back."""
+    from edgeinfer.errors import InvalidInput
+    from edgeinfer.shared_inference.remote import Channel
+
+    remote = host.remote()
+    with remote.channel() as ch:
+        assert isinstance(ch, Channel)
+        with pytest.raises(InvalidInput, match="expected dtype float32"):
+            ch.infer("imagenet", {"input": np.zeros((1, 3, 224, 224), np.float64)}, 1, [])
+
+
+def test_a_model_the_host_cannot_load_fails_in_the_front_end_with_the_hosts_reason(
+        classifier_onnx, tmp_path, start_daemon):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"this is not an ONNX file")
+    cfg = _config(tmp_path, classifier_onnx, extra_models=[
+        {"name": "broken", "onnx": str(broken), "backends": ["onnxruntime"], "postprocess": {"task": "raw"}}])
+    h = HostInProcess(cfg)
+    try:
+        d = start_daemon(_config(tmp_path, classifier_onnx, extra_models=[
+            {"name": "broken", "onnx": str(broken), "backends": ["onnxruntime"], "postprocess": {"task": "raw"}}]),
+            remote=h.remote())
+        with Client(d.address, timeout=30) as c:
+            info = c.get_model("broken")
+            assert info.state == "failed"
+            assert info.state_reason.startswith("in the shared inference process: no backend could load")
+            assert any(a.backend == "onnxruntime" and a.outcome == "failed" for a in info.attempts)
+            with pytest.raises(ClientError) as err:
+                c.infer("broken", tensors={"x": np.zeros((1, 4), np.float32)})
+            assert err.value.code == "UNAVAILABLE"
+            assert c.get_model("imagenet").state == "ready"  # the other model is unaffected
+        d.stop()
+    finally:
+        h.close()
+
+
+def test_a_gone_host_answers_unavailable_not_a_crash(classifier_onnx, tmp_path):
+    from edgeinfer.errors import ModelNotReady
+
+    h = HostInProcess(_config(tmp_path, classifier_onnx), n=1)
+    remote = h.remote()
+    desc = remote.describe("imagenet")
+    runner = remote.runner("imagenet", desc)
+    x = np.zeros((1, 3, 224, 224), np.float32)
+    assert runner.infer({"input": x})["logits"].shape == (1, 1000)
+    h.host.close(5)  # the host goes away: its channel threads end and close their ends
+    for t in h.host._threads:
+        t.join(10)
+    with pytest.raises(ModelNotReady, match="inference process is gone"):
+        runner.infer({"input": x})
+    remote.close()
+
+
+def test_front_end_runner_does_not_pad_the_host_pads():
+    from edgeinfer.backends.base import RunnerInfo, TensorSpec
+    from edgeinfer.batching import batch_buckets
+    from edgeinfer.config import BatchingConfig
+    from edgeinfer.shared_inference.remote import RemoteRunner
+    from edgeinfer.shared_inference.wire import ModelDescription
+
+    spec = TensorSpec("x", np.dtype(np.float32), (-1, 4))
+    d = ModelDescription(state="ready", reason="", load_seconds=0.0, inputs=[spec], outputs=[spec],
+                         info=RunnerInfo("onnxruntime", "fp32", "cuda:0", max_concurrency=2), host_pid=123)
+    runner = RemoteRunner("m", d, models=None)
+    cfg = BatchingConfig(max_batch=16, pad_to_buckets="on")
+    assert batch_buckets(cfg, runner, 16) == []
+    assert runner.info.max_concurrency == 2 and runner.info.details["inference_process"] == "shared (pid 123)"
+    assert d.info.pads_batches is False  # the description itself is not changed
