@@ -406,6 +406,9 @@ class _FakeRunner:
             self.hang.wait(10)
         return {"y": feeds["x"] * 2}
 
+    def rows_in_last_call(self):
+        return None
+
 
 class _FakeModel:
     name = "fake"

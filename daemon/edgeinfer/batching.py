@@ -345,6 +345,7 @@ class Batcher:
             else:
                 feeds = stack_rows([p.prepared.feeds for p in batch], target)
             outputs = runner.infer(feeds)
+            ran_rows = runner.rows_in_last_call() or rows
             if self.buckets:
                 outputs = {name: arr[:rows] for name, arr in outputs.items()}
             if len(batch) > 1:
@@ -370,7 +371,7 @@ class Batcher:
                 inference_us=_us(done - start),
                 postprocess_us=_us(finished - done),
                 total_us=_us(finished - p.submitted),
-                batch_size=rows)
+                batch_size=ran_rows)
             p.deliver(Prediction(answer, timing, p.prepared.image_size, info.backend, info.precision), None)
 
     @staticmethod

@@ -155,6 +155,11 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
+    def rows_in_last_call(self) -> Optional[int]:
+        """Real rows of the runtime call this thread's last infer() ran in, when the runner merged it
+        with other callers' rows (a shared inference host); None: the call ran on its own."""
+        return None
+
     def activate_impl(self) -> None:  # pragma: no cover - default no-op
         pass
 

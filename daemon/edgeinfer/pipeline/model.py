@@ -371,7 +371,8 @@ class ServedModel:
         result = self.finish(outputs, prepared, options)
         t2 = time.perf_counter()
         timing = Timing(preprocess_us=prepared.preprocess_us, inference_us=_us(t1 - t0),
-                        postprocess_us=_us(t2 - t1), total_us=_us(t2 - start))
+                        postprocess_us=_us(t2 - t1), total_us=_us(t2 - start),
+                        batch_size=runner.rows_in_last_call() or 1)
         info = runner.info
         return Prediction(result, timing, prepared.image_size, info.backend, info.precision)
 

@@ -79,9 +79,6 @@ def child_config(config: Config, index: int, listen: str) -> Config:
     return c
 
 
-# Channels to the shared inference host per front-end and model: a front-end's batcher
-# runs up to the host runner's slots (2 by default) at once; the rest is headroom.
-CHANNELS_PER_MODEL = 4
 HOST_NAME = "edgeinfer-inference"
 
 
@@ -197,6 +194,7 @@ class Supervisor:
     def _start_host(self, log_level: int) -> list:
         """Start the shared inference host; returns each front-end's ends of its channels."""
         from ..shared_inference.host import host_main
+        from ..shared_inference.remote import CHANNELS_PER_MODEL
 
         per_front = CHANNELS_PER_MODEL * max(1, len(self.config.models))
         pairs = [[self._ctx.Pipe(duplex=True) for _ in range(per_front)] for _ in range(self.count)]

@@ -28,14 +28,16 @@ log = logging.getLogger(__name__)
 
 
 class _Call:
-    __slots__ = ("feeds", "rows", "signature", "done", "outputs", "error")
+    __slots__ = ("feeds", "rows", "signature", "done", "outputs", "error", "seq", "ran_rows")
 
-    def __init__(self, feeds: Mapping[str, np.ndarray], rows: int):
+    def __init__(self, feeds: Mapping[str, np.ndarray], rows: int, seq: int):
+        self.seq = seq  # arrival order: calls put back after a cut keep their place
         self.feeds = feeds
         self.rows = rows
         self.signature = signature_of(feeds)
         self.done = threading.Event()
         self.outputs: Optional[dict[str, np.ndarray]] = None
+        self.ran_rows = rows  # real rows of the runner call it was part of
         self.error: Optional[BaseException] = None
 
 
@@ -60,16 +62,20 @@ class Coalescer:
         self._queue: collections.deque[_Call] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
+        self._seq = 0
         n = max(1, int(runner.info.max_concurrency or 1))
         self._threads = [threading.Thread(target=self._slot, name=f"merge-{name}-{i}", daemon=True)
                          for i in range(n)]
         for t in self._threads:
             t.start()
 
-    def run(self, feeds: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-        """This caller's outputs (its `rows` rows). Raises the runner's error, or ModelNotReady when closed."""
-        call = _Call(feeds, rows)
+    def run(self, feeds: Mapping[str, np.ndarray], rows: int) -> tuple[dict[str, np.ndarray], int]:
+        """This caller's outputs (its `rows` rows) and the real rows of the runner call they ran in.
+
+        Raises the runner's error, or ModelNotReady when closed."""
         with self._cond:
+            self._seq += 1
+            call = _Call(feeds, rows, self._seq)
             if self._closing:
                 raise ModelNotReady(f"model {self.name!r} is shutting down in the inference process")
             self._queue.append(call)
@@ -77,9 +83,17 @@ class Coalescer:
         call.done.wait()
         if call.error is not None:
             raise call.error
-        return call.outputs
+        return call.outputs, call.ran_rows
 
     def _take_locked(self) -> list[_Call]:
+        """The oldest call and the compatible calls after it, in arrival order, as many as pad least.
+
+        With buckets, taking everything can cost more padding than it saves: three
+        front-end batches of 6 rows make 18, padded to 32 (44% of the GPU's work
+        wasted), where 12 rows run as 16 and the third batch goes to the next free
+        slot as 8. So the batch is the prefix with the smallest padded share (the
+        longest among equals).
+        """
         head = self._queue.popleft()
         group, rows = [head], head.rows
         if head.signature is None:
@@ -92,6 +106,15 @@ class Coalescer:
                 rows += c.rows
             else:
                 keep.append(c)
+        if self.buckets and len(group) > 1:
+            best, best_waste, total = 1, None, 0
+            for i, c in enumerate(group):
+                total += c.rows
+                waste = 1.0 - total / bucket_for(total, self.buckets)
+                if best_waste is None or waste <= best_waste + 1e-9:
+                    best, best_waste = i + 1, waste
+            group, rest = group[:best], group[best:]
+            keep = collections.deque(sorted([*rest, *keep], key=lambda c: c.seq))
         self._queue = keep
         return group
 
@@ -121,6 +144,8 @@ class Coalescer:
             feeds = stack_rows([c.feeds for c in group], target)
         outputs = self.runner.infer(feeds)
         self.on_batch(rows)
+        for c in group:
+            c.ran_rows = rows
         if len(group) == 1 and target == rows:
             group[0].outputs = outputs
             return

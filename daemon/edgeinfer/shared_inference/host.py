@@ -133,13 +133,13 @@ class InferenceHost:
         if buffer is None:
             raise ModelNotReady("channel has no buffer yet")
         coalescer = self.coalescer(name)
-        outputs = coalescer.run(buffer.read(layout), rows)
+        outputs, ran_rows = coalescer.run(buffer.read(layout), rows)
         # Into the buffer after the inputs when they fit (the front-end reserved room for
         # fixed-shape outputs); otherwise (outputs with dynamic dimensions) pickled inline.
         if free_at + bytes_needed(outputs) <= buffer.nbytes:
             layout_out, _ = buffer.write(outputs, free_at)
-            return ("ok", layout_out)
-        return ("ok-inline", {n: np.ascontiguousarray(a) for n, a in outputs.items()})
+            return ("ok", layout_out, ran_rows)
+        return ("ok-inline", {n: np.ascontiguousarray(a) for n, a in outputs.items()}, ran_rows)
 
     # -- shutdown -------------------------------------------------------------------------
     def wait_channels(self, timeout: float) -> bool:

@@ -29,6 +29,13 @@ from .wire import ModelDescription, SharedBuffer, bytes_needed, output_bytes, ra
 log = logging.getLogger(__name__)
 
 MIN_BUFFER = 1 << 20
+# A front-end's batcher keeps this many batches per host slot in flight: while the host
+# runs one, the next ones already wait there to be merged, instead of waiting in the
+# front-end for a slot (H100, ResNet-50, 3 front-ends: 1 per host slot, 2,671 img/s).
+IN_FLIGHT_PER_HOST_SLOT = 2
+# Channels per front-end and model (the supervisor makes them): room for the batcher's
+# calls of each model at once.
+CHANNELS_PER_MODEL = 8
 
 
 class Channel:
@@ -69,14 +76,15 @@ class Channel:
         return self.buffer
 
     def infer(self, name: str, feeds: Mapping[str, np.ndarray], rows: int,
-              outputs: list[TensorSpec]) -> dict[str, np.ndarray]:
+              outputs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], int]:
+        """The outputs, and the real rows of the host's (merged) runner call."""
         buffer = self._room(bytes_needed(feeds) + output_bytes(outputs, rows))
         layout, free_at = buffer.write(feeds)
-        reply = self._call(("infer", name, layout, rows, free_at))
-        if reply[0] == "ok-inline":
-            return reply[1]
+        kind, payload, ran_rows = self._call(("infer", name, layout, rows, free_at))
+        if kind == "ok-inline":
+            return payload, ran_rows
         # Copies: the buffer is this channel's next call's.
-        return buffer.read(reply[1], copy=True)
+        return buffer.read(payload, copy=True), ran_rows
 
     def close(self) -> None:
         self.conn.close()
@@ -127,9 +135,10 @@ class RemoteModels:
 class RemoteRunner(Runner):
     """The host's runner for one model, seen from a front-end process.
 
-    Reports the host runner's inputs, outputs and info (slots = the host's
-    concurrent runs), plus `pads_batches`: the host pads merged batches to its
-    buckets, so the front-end's batcher sends its rows unpadded.
+    Reports the host runner's inputs, outputs and info, with two changes:
+    `pads_batches` (the host pads merged batches to its buckets, so the
+    front-end's batcher sends its rows unpadded) and `max_concurrency` =
+    IN_FLIGHT_PER_HOST_SLOT x the host's slots.
     """
 
     def __init__(self, name: str, d: ModelDescription, models: RemoteModels):
@@ -139,8 +148,10 @@ class RemoteRunner(Runner):
         self._inputs, self._outputs = list(d.inputs), list(d.outputs)
         info: RunnerInfo = copy.deepcopy(d.info)
         info.pads_batches = True
+        info.max_concurrency = min(CHANNELS_PER_MODEL, max(1, info.max_concurrency) * IN_FLIGHT_PER_HOST_SLOT)
         info.details["inference_process"] = f"shared (pid {d.host_pid})"
         self._info = info
+        self._last = threading.local()
         self.active = True  # the host activated it; nothing to do here
 
     @property
@@ -159,4 +170,8 @@ class RemoteRunner(Runner):
         rows = next((feeds[s.name].shape[0] for s in self._inputs
                      if s.dynamic_batch and s.name in feeds and feeds[s.name].ndim), 1)
         with self._models.channel() as ch:
-            return ch.infer(self.name, feeds, int(rows), self._outputs)
+            outputs, self._last.rows = ch.infer(self.name, feeds, int(rows), self._outputs)
+        return outputs
+
+    def rows_in_last_call(self) -> Optional[int]:
+        return getattr(self._last, "rows", None)

@@ -13,11 +13,12 @@ Messages are small tuples (pickled by the connection):
     front-end -> host                          host -> front-end
     ("buffer", nbytes) + the fd                (none)
     ("describe", model)                        ("ok", ModelDescription) | ERROR
-    ("infer", model, layout, rows, free_at)    ("ok", layout) | ("ok-inline", arrays) | ERROR
+    ("infer", model, layout, rows, free_at)    ("ok", layout, ran) | ("ok-inline", arrays, ran) | ERROR
     ERROR = ("error", class name, message)
 
 A layout is a list of (name, dtype str, shape, offset) for tensors written
-into the buffer; `free_at` is where the host may start writing outputs.
+into the buffer; `free_at` is where the host may start writing outputs; `ran`
+is the real rows of the merged runner call the caller's rows ran in.
 """
 from __future__ import annotations
 
