@@ -150,10 +150,16 @@ class _Held:
         self.entered, self.opened = threading.Event(), threading.Event()
         runner.infer = self
 
+    fail_call: int | None = None  # index of a runner call that raises
+
     def __call__(self, feeds):
         self.calls.append(int(next(iter(feeds.values())).shape[0]))
         self.entered.set()
         assert self.opened.wait(30), "test gate never opened"
+        if self.fail_call == len(self.calls) - 1:
+            from edgeinfer.errors import InferenceError
+
+            raise InferenceError("CUDA error: an illegal memory access was encountered (test)")
         return self.inner(feeds)
 
     def restore(self):
@@ -200,9 +206,12 @@ def test_host_merges_waiting_batches_into_one_call_and_splits_them_back(classifi
         h.close()
 
 
-def test_host_merges_only_as_many_batches_as_pad_least(classifier_onnx, tmp_path):
-    """Buckets 1, 2, 4, 8, 16: three waiting batches of 3 rows would be 9 rows padded to 16; the host
-    runs 6 (padded to 8) and then the third batch alone (padded to 4), in arrival order."""
+@pytest.mark.parametrize("fail_last", [False, True], ids=["ok", "last-call-fails"])
+def test_host_cuts_rows_to_fill_a_bucket_rather_than_pad_much(classifier_onnx, tmp_path, fail_last):
+    """Buckets 1, 2, 4, 8, 16: three waiting batches of 3 rows would be 9 rows padded to 16 (44% padding).
+    The host runs 8 rows exactly (the third batch cut after 2 rows) and then its last row; every caller
+    gets exactly its own rows back, the cut one assembled from both runner calls. When the second runner
+    call fails, the cut call gets the error although 2 of its rows ran; the others keep their answers."""
     h = HostInProcess(_config(tmp_path, classifier_onnx, instances=1, max_batch=16, pad_to_buckets="on"))
     try:
         model = h.host.registry.get("imagenet")
@@ -212,6 +221,7 @@ def test_host_merges_only_as_many_batches_as_pad_least(classifier_onnx, tmp_path
         parts = [rng.standard_normal((n, 3, 224, 224)).astype(np.float32) for n in (1, 3, 3, 3)]
         expected = [model.runner.infer({"input": p})["logits"] for p in parts]
         held = _Held(model.runner)
+        held.fail_call = 2 if fail_last else None
         got, ran = [None] * len(parts), [None] * len(parts)
 
         def call(i):
@@ -228,13 +238,23 @@ def test_host_merges_only_as_many_batches_as_pad_least(classifier_onnx, tmp_path
                 while len(coalescer._queue) < i and time.monotonic() < end:
                     time.sleep(0.01)
             held.opened.set()
-            for f in [first, *rest]:
-                f.result(30)
+            if fail_last:
+                from edgeinfer.errors import InferenceError
+
+                for f in [first, *rest[:2]]:
+                    f.result(30)
+                with pytest.raises(InferenceError, match="illegal memory access"):
+                    rest[2].result(30)
+                got[3], ran[3] = expected[3], 8  # checked above: it failed as a whole
+            else:
+                for f in [first, *rest]:
+                    f.result(30)
         held.restore()
-        assert held.calls == [1, 8, 4]  # what the runner ran: padded sizes
-        assert ran == [1, 6, 6, 3]  # real rows, without the padding
-        assert h.batch_sizes() == {1.0: 1, 4.0: 1, 8.0: 1}  # real rows 1, 3, 6 in the histogram's buckets
+        assert held.calls == [1, 8, 1]  # no padding at all
+        assert ran == [1, 8, 8, 8]  # the cut call reports the larger of its two runner calls
+        assert h.batch_sizes() == ({1.0: 1, 8.0: 1} if fail_last else {1.0: 2, 8.0: 1})
         for g, e in zip(got, expected):
+            assert g.shape == e.shape
             assert np.array_equal(g.argmax(axis=1), e.argmax(axis=1))
             np.testing.assert_allclose(g, e, atol=1e-2)
     finally:

@@ -1,15 +1,23 @@
-"""Merge the front-ends' batches into one runner call (inference host side).
+"""Merge the front-ends' batches into runner calls (inference host side).
 
 Each front-end already batched its own requests (edgeinfer.batching, with its
 fill delay, deadlines and queue bound). What arrives here are those batches,
-one per channel call. A `Coalescer` runs them on `slots` threads, each taking
-every queued batch that shares the oldest one's tensor signature, up to
-max_batch rows, without waiting: while all slots compute, the queue fills, so
-the next call is bigger (the same load-adaptive rule the front-end batcher
-uses, without a timer, since the front-ends have already waited).
+one per channel call. A `Coalescer` runs them on `slots` threads. A free slot
+takes rows, oldest first, from every queued call that shares the oldest
+one's tensor signature, up to max_batch rows, without waiting: while all
+slots compute, the queue fills, so the next call is bigger (the same
+load-adaptive rule as the front-end batcher, without a timer, since the
+front-ends have already waited).
 
-The merged rows are padded to the runner's bucket sizes here, once, not in
-each front-end: the front-end's runner (RemoteRunner) says it pads itself.
+Rows, not calls, are the unit. With bucket sizes (ONNX Runtime on a GPU runs
+a few fixed shapes, see edgeinfer.batching), merging whole calls pads: three
+front-end batches of 6 rows make 18, padded to 32, 44% of the GPU's work
+wasted. So a slot pads up only when the padding stays within
+`MAX_PADDED_SHARE` of the bucket; otherwise it runs the largest bucket that
+the waiting rows fill exactly and leaves the rest, in order, for the next free
+slot. A call whose rows were cut across two runner calls is answered when its
+last row has run. The front-end's runner (RemoteRunner) says the host pads,
+so front-ends send their rows unpadded.
 """
 from __future__ import annotations
 
@@ -26,30 +34,45 @@ from ..errors import InferenceError, ModelNotReady
 
 log = logging.getLogger(__name__)
 
+# Pad a batch up to the next bucket only while padding is at most this share of it
+# (7 rows -> 8, 6 -> 8, 12 -> 16); more (5 -> 8, 9 -> 16), and the rows that fill
+# the bucket below run exactly, the rest go to the next free slot.
+MAX_PADDED_SHARE = 0.25
+
 
 class _Call:
-    __slots__ = ("feeds", "rows", "signature", "done", "outputs", "error", "seq", "ran_rows")
+    """One front-end batch: `rows` rows, run as one or more pieces."""
 
-    def __init__(self, feeds: Mapping[str, np.ndarray], rows: int, seq: int):
-        self.seq = seq  # arrival order: calls put back after a cut keep their place
+    __slots__ = ("feeds", "rows", "signature", "done", "outputs", "error", "ran_rows", "taken", "parts",
+                 "finished_rows")
+
+    def __init__(self, feeds: Mapping[str, np.ndarray], rows: int):
         self.feeds = feeds
         self.rows = rows
         self.signature = signature_of(feeds)
         self.done = threading.Event()
         self.outputs: Optional[dict[str, np.ndarray]] = None
-        self.ran_rows = rows  # real rows of the runner call it was part of
         self.error: Optional[BaseException] = None
+        self.ran_rows = 0           # real rows of the (largest) runner call its rows ran in
+        self.taken = 0              # rows handed to slots so far
+        self.parts: list[tuple[int, dict[str, np.ndarray]]] = []  # (first row, outputs) per piece
+        self.finished_rows = 0
+
+    def piece(self, start: int, count: int) -> dict[str, np.ndarray]:
+        if start == 0 and count == self.rows:
+            return dict(self.feeds)
+        return {name: arr[start:start + count] for name, arr in self.feeds.items()}
 
 
 class Coalescer:
-    """Runs callers' batches on `runner`, merged; `run()` blocks the calling thread until its rows are done.
+    """Runs callers' rows on `runner`, merged; `run()` blocks the calling thread until its rows are done.
 
     Args:
         name: model name (logs, errors).
         runner: the host's runner for the model.
         max_batch: most rows per runner call (the front-ends use the same bound).
         buckets: batch sizes to pad to (edgeinfer.batching.batch_buckets of the real runner).
-        on_batch: called with the rows of each runner call (metrics).
+        on_batch: called with the real rows of each runner call (metrics).
     """
 
     def __init__(self, name: str, runner: Runner, max_batch: int, buckets: list[int],
@@ -59,10 +82,9 @@ class Coalescer:
         self.max_batch = max(1, max_batch)
         self.buckets = buckets
         self.on_batch = on_batch
-        self._queue: collections.deque[_Call] = collections.deque()
+        self._queue: collections.deque[_Call] = collections.deque()  # calls with rows not yet taken
         self._cond = threading.Condition()
         self._closing = False
-        self._seq = 0
         n = max(1, int(runner.info.max_concurrency or 1))
         self._threads = [threading.Thread(target=self._slot, name=f"merge-{name}-{i}", daemon=True)
                          for i in range(n)]
@@ -73,9 +95,8 @@ class Coalescer:
         """This caller's outputs (its `rows` rows) and the real rows of the runner call they ran in.
 
         Raises the runner's error, or ModelNotReady when closed."""
+        call = _Call(feeds, rows)
         with self._cond:
-            self._seq += 1
-            call = _Call(feeds, rows, self._seq)
             if self._closing:
                 raise ModelNotReady(f"model {self.name!r} is shutting down in the inference process")
             self._queue.append(call)
@@ -85,38 +106,36 @@ class Coalescer:
             raise call.error
         return call.outputs, call.ran_rows
 
-    def _take_locked(self) -> list[_Call]:
-        """The oldest call and the compatible calls after it, in arrival order, as many as pad least.
+    # -- forming a batch (under the lock) ------------------------------------------------------
+    def _size_locked(self, available: int) -> int:
+        """How many of the `available` waiting rows the next runner call takes."""
+        if not self.buckets:
+            return available
+        up = bucket_for(available, self.buckets)
+        if up - available <= MAX_PADDED_SHARE * up:
+            return available
+        return max((b for b in self.buckets if b <= available), default=available)
 
-        With buckets, taking everything can cost more padding than it saves: three
-        front-end batches of 6 rows make 18, padded to 32 (44% of the GPU's work
-        wasted), where 12 rows run as 16 and the third batch goes to the next free
-        slot as 8. So the batch is the prefix with the smallest padded share (the
-        longest among equals).
-        """
-        head = self._queue.popleft()
-        group, rows = [head], head.rows
-        if head.signature is None:
-            return group
-        keep = collections.deque()
-        while self._queue:
-            c = self._queue.popleft()
-            if c.signature == head.signature and rows + c.rows <= self.max_batch:
-                group.append(c)
-                rows += c.rows
-            else:
-                keep.append(c)
-        if self.buckets and len(group) > 1:
-            best, best_waste, total = 1, None, 0
-            for i, c in enumerate(group):
-                total += c.rows
-                waste = 1.0 - total / bucket_for(total, self.buckets)
-                if best_waste is None or waste <= best_waste + 1e-9:
-                    best, best_waste = i + 1, waste
-            group, rest = group[:best], group[best:]
-            keep = collections.deque(sorted([*rest, *keep], key=lambda c: c.seq))
-        self._queue = keep
-        return group
+    def _take_locked(self) -> list[tuple[_Call, int, int]]:
+        """Pieces (call, first row, rows) for the next runner call, oldest rows first."""
+        head = self._queue[0]
+        if head.signature is None:  # ragged batch axis: runs alone, whole
+            self._queue.popleft()
+            head.taken = head.rows
+            return [(head, 0, head.rows)]
+        same = [c for c in self._queue if c.signature == head.signature]
+        available = min(self.max_batch, sum(c.rows - c.taken for c in same))
+        need = self._size_locked(available)
+        pieces = []
+        for c in same:
+            if need == 0:
+                break
+            count = min(c.rows - c.taken, need)
+            pieces.append((c, c.taken, count))
+            c.taken += count
+            need -= count
+        self._queue = collections.deque(c for c in self._queue if c.taken < c.rows)
+        return pieces
 
     def _slot(self) -> None:
         while True:
@@ -125,40 +144,55 @@ class Coalescer:
                     self._cond.wait()
                 if not self._queue:
                     return
-                group = self._take_locked()
+                pieces = self._take_locked()
             try:
-                self._run(group)
+                self._run(pieces)
             except BaseException as exc:  # noqa: BLE001 - every caller gets the error; the slot lives on
                 err = exc if isinstance(exc, Exception) else InferenceError(repr(exc))
-                for c in group:
-                    c.error = err
-            for c in group:
-                c.done.set()
+                self._fail({id(c): c for c, _s, _n in pieces}.values(), err)
 
-    def _run(self, group: list[_Call]) -> None:
-        rows = sum(c.rows for c in group)
+    def _run(self, pieces: list[tuple[_Call, int, int]]) -> None:
+        rows = sum(n for _c, _s, n in pieces)
         target = bucket_for(rows, self.buckets)
-        if len(group) == 1 and target == rows:
-            feeds = group[0].feeds
+        if len(pieces) == 1 and target == rows:
+            call, start, n = pieces[0]
+            feeds = call.piece(start, n)
         else:
-            feeds = stack_rows([c.feeds for c in group], target)
+            feeds = stack_rows([c.piece(s, n) for c, s, n in pieces], target)
         outputs = self.runner.infer(feeds)
         self.on_batch(rows)
-        for c in group:
-            c.ran_rows = rows
-        if len(group) == 1 and target == rows:
-            group[0].outputs = outputs
-            return
         offset = 0
-        for c in group:
-            part = {}
-            for name, arr in outputs.items():
-                if arr.ndim == 0 or arr.shape[0] < rows:
-                    raise InferenceError(f"output {name!r} has shape {list(arr.shape)}: cannot split "
-                                         f"{rows} merged rows back per caller")
-                part[name] = arr[offset:offset + c.rows]
-            c.outputs = part
-            offset += c.rows
+        finished = []
+        with self._cond:
+            for c, start, n in pieces:
+                part = {}
+                for name, arr in outputs.items():
+                    if arr.ndim == 0 or arr.shape[0] < rows:
+                        raise InferenceError(f"output {name!r} has shape {list(arr.shape)}: cannot split "
+                                             f"{rows} merged rows back per caller")
+                    part[name] = arr[offset:offset + n]
+                offset += n
+                c.parts.append((start, part))
+                c.finished_rows += n
+                c.ran_rows = max(c.ran_rows, rows)
+                if c.finished_rows == c.rows and not c.done.is_set():
+                    finished.append(c)
+        for c in finished:
+            if len(c.parts) == 1:
+                c.outputs = c.parts[0][1]
+            else:
+                ordered = [p for _s, p in sorted(c.parts, key=lambda sp: sp[0])]
+                c.outputs = {name: np.concatenate([p[name] for p in ordered]) for name in ordered[0]}
+            c.done.set()
+
+    def _fail(self, calls, err: BaseException) -> None:
+        """Answer `calls` with `err` (a call cut across slots fails once, and its rows still queued go)."""
+        with self._cond:
+            failing = [c for c in calls if not c.done.is_set()]
+            self._queue = collections.deque(c for c in self._queue if c not in failing)
+        for c in failing:
+            c.error = err
+            c.done.set()
 
     def close(self, timeout: float = 10.0) -> None:
         """Run what is queued, then stop the slots."""
