@@ -11,7 +11,7 @@ import multiprocessing as mp
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 import pytest
@@ -167,6 +167,29 @@ class _Held:
         del self.runner.infer
 
 
+def _queue_behind_a_held_call(coalescer, held, parts):
+    """Part 0 takes the only slot and is held there; the other parts queue behind it one at a time
+    (a known arrival order); then the gate opens. Returns (futures, outputs, rows ran) when all ended."""
+    got, ran = [None] * len(parts), [None] * len(parts)
+
+    def call(i):
+        outputs, ran[i] = coalescer.run({"input": parts[i]}, parts[i].shape[0])
+        got[i] = outputs["logits"]
+
+    with ThreadPoolExecutor(len(parts)) as pool:
+        futures = [pool.submit(call, 0)]
+        assert held.entered.wait(10)  # the only slot is busy with part 0
+        for i in range(1, len(parts)):
+            futures.append(pool.submit(call, i))
+            end = time.monotonic() + 10
+            while len(coalescer._queue) < i and time.monotonic() < end:
+                time.sleep(0.01)
+        held.opened.set()
+        wait(futures, 30)
+    held.restore()
+    return futures, got, ran
+
+
 def test_host_merges_waiting_batches_into_one_call_and_splits_them_back(classifier_onnx, tmp_path, media):
     h = HostInProcess(_config(tmp_path, classifier_onnx, instances=1))
     try:
@@ -176,23 +199,9 @@ def test_host_merges_waiting_batches_into_one_call_and_splits_them_back(classifi
         expected = [model.runner.infer({"input": p})["logits"] for p in parts]
         coalescer = h.host.coalescer("imagenet")
         held = _Held(model.runner)
-        got, ran = [None] * len(parts), [None] * len(parts)
-
-        def call(i):
-            outputs, ran[i] = coalescer.run({"input": parts[i]}, parts[i].shape[0])
-            got[i] = outputs["logits"]
-
-        with ThreadPoolExecutor(len(parts)) as pool:
-            first = pool.submit(call, 0)
-            assert held.entered.wait(10)  # the only slot is busy with part 0
-            rest = [pool.submit(call, i) for i in (1, 2, 3)]
-            end = time.monotonic() + 10
-            while len(coalescer._queue) < 3 and time.monotonic() < end:
-                time.sleep(0.01)
-            held.opened.set()
-            for f in [first, *rest]:
-                f.result(30)
-        held.restore()
+        futures, got, ran = _queue_behind_a_held_call(coalescer, held, parts)
+        for f in futures:
+            f.result()
         # 1 row alone, then the three waiting calls (1 + 2 + 1 rows) as one call of 4.
         assert held.calls == [1, 4]
         assert ran == [1, 4, 4, 4]  # each caller learns the rows it really ran with (its responses say so)
@@ -222,34 +231,17 @@ def test_host_cuts_rows_to_fill_a_bucket_rather_than_pad_much(classifier_onnx, t
         expected = [model.runner.infer({"input": p})["logits"] for p in parts]
         held = _Held(model.runner)
         held.fail_call = 2 if fail_last else None
-        got, ran = [None] * len(parts), [None] * len(parts)
+        futures, got, ran = _queue_behind_a_held_call(coalescer, held, parts)
+        for f in futures[:3]:
+            f.result()
+        if fail_last:
+            from edgeinfer.errors import InferenceError
 
-        def call(i):
-            outputs, ran[i] = coalescer.run({"input": parts[i]}, parts[i].shape[0])
-            got[i] = outputs["logits"]
-
-        with ThreadPoolExecutor(len(parts)) as pool:
-            first = pool.submit(call, 0)
-            assert held.entered.wait(10)
-            rest = []
-            for i in (1, 2, 3):  # one at a time: arrival order is known
-                rest.append(pool.submit(call, i))
-                end = time.monotonic() + 10
-                while len(coalescer._queue) < i and time.monotonic() < end:
-                    time.sleep(0.01)
-            held.opened.set()
-            if fail_last:
-                from edgeinfer.errors import InferenceError
-
-                for f in [first, *rest[:2]]:
-                    f.result(30)
-                with pytest.raises(InferenceError, match="illegal memory access"):
-                    rest[2].result(30)
-                got[3], ran[3] = expected[3], 8  # checked above: it failed as a whole
-            else:
-                for f in [first, *rest]:
-                    f.result(30)
-        held.restore()
+            with pytest.raises(InferenceError, match="illegal memory access"):
+                futures[3].result()
+            got[3], ran[3] = expected[3], 8  # it failed as a whole: nothing of it to compare
+        else:
+            futures[3].result()
         assert held.calls == [1, 8, 1]  # no padding at all
         assert ran == [1, 8, 8, 8]  # the cut call reports the larger of its two runner calls
         assert h.batch_sizes() == ({1.0: 1, 8.0: 1} if fail_last else {1.0: 2, 8.0: 1})

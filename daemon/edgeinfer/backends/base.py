@@ -165,3 +165,24 @@ class Runner(abc.ABC):
 
     def deactivate_impl(self) -> None:  # pragma: no cover - default no-op
         pass
+
+
+class DescribedRunner(Runner):
+    """A runner whose inputs, outputs and info are fixed once loaded: the subclass sets
+    `_inputs`, `_outputs` and `_info` in its constructor."""
+
+    _inputs: list[TensorSpec]
+    _outputs: list[TensorSpec]
+    _info: RunnerInfo
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    @property
+    def info(self) -> RunnerInfo:
+        return self._info

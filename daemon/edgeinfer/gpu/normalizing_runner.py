@@ -29,7 +29,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from ..backends.base import Runner, RunnerInfo, TensorSpec
+from ..backends.base import DescribedRunner, Runner, RunnerInfo, TensorSpec
 from ..errors import InferenceError
 from .slots import Slot, SlotPool
 
@@ -52,7 +52,7 @@ def why_not_on_gpu(runner: Runner, input_cfg) -> Optional[str]:
     return None
 
 
-class GpuNormalizingRunner(Runner):
+class GpuNormalizingRunner(DescribedRunner):
     """Wraps an ONNX Runtime CUDA runner; the image input `image_name` becomes uint8 [N, H, W, C].
 
     Args:
@@ -77,6 +77,7 @@ class GpuNormalizingRunner(Runner):
         self.channels = c
         self._inputs = [TensorSpec(s.name, np.dtype(np.uint8), (n, h, w, c)) if s.name == image_name else s
                         for s in runner.inputs]
+        self._outputs = list(runner.outputs)
         slots = max(1, int(runner.info.max_concurrency or 1))
         self._io = runner.io_binding or CudaIoBinding(runner.session, runner.inputs, runner.outputs, slots)
         self.device = self._io.device
@@ -90,19 +91,6 @@ class GpuNormalizingRunner(Runner):
         # takes one of the IO binding's own slots as well.
         self._stages: SlotPool[Slot] = SlotPool(slots, functools.partial(Slot, self.device))
         self.active = runner.active  # the loader activated the inner runner; deactivate() must reach it
-
-    # -- description ------------------------------------------------------------------
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self.inner.outputs
-
-    @property
-    def info(self) -> RunnerInfo:
-        return self._info
 
     # -- inference ------------------------------------------------------------------------
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

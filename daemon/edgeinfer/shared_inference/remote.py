@@ -22,7 +22,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from ..backends.base import Runner, RunnerInfo, TensorSpec
+from ..backends.base import DescribedRunner, Runner, RunnerInfo, TensorSpec
 from ..errors import ModelNotReady
 from .wire import ModelDescription, SharedBuffer, bytes_needed, output_bytes, raise_reply
 
@@ -132,7 +132,7 @@ class RemoteModels:
             ch.close()
 
 
-class RemoteRunner(Runner):
+class RemoteRunner(DescribedRunner):
     """The host's runner for one model, seen from a front-end process.
 
     Reports the host runner's inputs, outputs and info, with two changes:
@@ -153,18 +153,6 @@ class RemoteRunner(Runner):
         self._info = info
         self._last = threading.local()
         self.active = True  # the host activated it; nothing to do here
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
-    @property
-    def info(self) -> RunnerInfo:
-        return self._info
 
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = next((feeds[s.name].shape[0] for s in self._inputs

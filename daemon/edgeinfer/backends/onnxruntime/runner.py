@@ -22,7 +22,7 @@ import numpy as np
 
 from ...errors import InferenceError
 from ...gpu.slots import Slot, SlotPool
-from ..base import Runner, RunnerInfo, TensorSpec
+from ..base import DescribedRunner, RunnerInfo, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class CudaIoBinding:
 AUTO_IO_BINDING = False
 
 
-class OnnxRuntimeRunner(Runner):
+class OnnxRuntimeRunner(DescribedRunner):
     """An ONNX Runtime session as a Runner.
 
     Args:
@@ -211,18 +211,6 @@ class OnnxRuntimeRunner(Runner):
             if arr is not None and arr.ndim > 0:
                 return self._pinned.get(int(arr.shape[0]), self.session)
         return self.session
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
-    @property
-    def info(self) -> RunnerInfo:
-        return self._info
 
     @property
     def io_binding(self) -> Optional[CudaIoBinding]:

@@ -22,7 +22,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from ...errors import BackendLoadError, InferenceError, InvalidInput
-from ..base import Runner, RunnerInfo, TensorSpec
+from ..base import DescribedRunner, RunnerInfo, TensorSpec
 from . import compat, cuda_buffers
 from .profiles import ShapeRange, select_profile
 
@@ -82,7 +82,7 @@ def _nbytes(shape: Sequence[int], dtype: np.dtype) -> int:
     return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if len(shape) else dtype.itemsize
 
 
-class TensorRTRunner(Runner):
+class TensorRTRunner(DescribedRunner):
     """Runner over one ICudaEngine. Construct with a deserialized engine; activate() allocates.
 
     Args:
@@ -134,19 +134,6 @@ class TensorRTRunner(Runner):
                                 max_batch=max_batch, max_concurrency=instances, details=info_details)
         self._pool: "queue.Queue[_Instance]" = queue.Queue()
         self._all: list[_Instance] = []
-
-    # -- description ------------------------------------------------------
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
-
-    @property
-    def info(self) -> RunnerInfo:
-        return self._info
 
     # -- lifecycle --------------------------------------------------------
     def activate_impl(self) -> None:
