@@ -323,7 +323,8 @@ def gpu_targets(run: dict) -> list:
 
 def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concurrency: list[int], max_batch: int,
                  ceiling_batches: list[int], warmup: float = 2.0, variants: str = "", rounds: int = 1,
-                 loop: str = "asyncio", ceiling_pools: Optional[list[int]] = None) -> dict:
+                 loop: str = "asyncio", ceiling_pools: Optional[list[int]] = None,
+                 daemon_metrics: bool = False) -> dict:
     """variants: comma list of WORKERS[xPROCESSES[s]][:ALGO[:BUCKETS[:NORM[:INSTANCES]]]] (e.g. "16,8x2,16:heuristic:32",
     "16:::gpu", "5x3s"), one daemon run (and its ceiling) each. PROCESSES: [server] processes, with "s":
     [server] inference = "shared" (PROCESSES front-ends and one inference process); ALGO: [onnxruntime]
@@ -363,7 +364,9 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
         config = Config(server=ServerConfig(workers=workers, stream_window=16, processes=processes,
                                             inference="shared" if shared else "per-process"), models=[m],
                         source="gpu_bench.py")
-        config.metrics.enabled = False
+        # --daemon-metrics: endpoints on 9400.. (front-ends) and 9400 + processes (a shared inference
+        # process), for scripts/watch_stages.py; off, benchmarks never fight over the port.
+        config.metrics.enabled = daemon_metrics
         config.cache.dir = str(work / "cache")
         specs.append(RunSpec(f"ort-cuda-b{max_batch}-w{workers}" + (f"-p{processes}" if processes > 1 else "")
                              + ("-shared" if shared else "")
@@ -375,7 +378,7 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
         runs=specs, images=media, concurrency=concurrency,
         modes=["unary"], duration_s=duration, warmup_s=warmup, payload="jpeg", trivial=False, echo=False,
         ceiling_batches=ceiling_batches, client_processes=min(32, max(concurrency)), work_dir=work,
-        rounds=rounds, loop=loop, ceiling_pools=list(ceiling_pools or []),
+        rounds=rounds, loop=loop, ceiling_pools=list(ceiling_pools or []), daemon_metrics=daemon_metrics,
         title="edgeinfer GPU benchmark: ResNet-50 on ONNX Runtime CUDA EP", command="scripts/gpu_bench.py",
         targets=gpu_targets)
     results = run_benchmark(settings)
@@ -420,6 +423,9 @@ def main() -> int:
     ap.add_argument("--loop", default="asyncio", help="event loop of daemon and clients: asyncio, uvloop, auto")
     ap.add_argument("--ceiling-pools", default="",
                     help="batched ceiling: preprocessing pool sizes to try, e.g. 5,8,16 (default: each variant's workers and one per core)")
+    ap.add_argument("--daemon-metrics", action="store_true",
+                    help="leave the daemon's metrics endpoints on (127.0.0.1:9400 + process index; see "
+                         "scripts/watch_stages.py)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path("/tmp/edgeinfer-gpu-bench")
@@ -445,7 +451,8 @@ def main() -> int:
                                              [int(c) for c in args.concurrency.split(",")],
                                              args.max_batch, [int(b) for b in args.ceiling_batch.split(",")],
                                              args.warmup, args.variants, args.rounds, args.loop,
-                                             [int(x) for x in args.ceiling_pools.split(",") if x]))]
+                                             [int(x) for x in args.ceiling_pools.split(",") if x],
+                                             args.daemon_metrics))]
     failed = False
     for name, step in steps:
         if name in skip:

@@ -75,6 +75,23 @@ class HostInProcess:
                     last = s.value
         return sizes
 
+    def stage_seconds(self, model="imagenet"):
+        """{stage: (sum of seconds, count)} of the host's latency histogram."""
+        text = generate_latest(self.metrics.registry).decode()
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            if fam.name != "edgeinfer_request_latency_seconds":
+                continue
+            for s in fam.samples:
+                if s.labels.get("model") != model:
+                    continue
+                total, count = out.get(s.labels["stage"], (0.0, 0.0))
+                if s.name.endswith("_sum"):
+                    out[s.labels["stage"]] = (s.value, count)
+                elif s.name.endswith("_count"):
+                    out[s.labels["stage"]] = (total, s.value)
+        return out
+
     def close(self):
         for f in self.front_ends:
             f.close()
@@ -173,8 +190,9 @@ def _queue_behind_a_held_call(coalescer, held, parts):
     got, ran = [None] * len(parts), [None] * len(parts)
 
     def call(i):
-        outputs, ran[i] = coalescer.run({"input": parts[i]}, parts[i].shape[0])
-        got[i] = outputs["logits"]
+        merged = coalescer.run({"input": parts[i]}, parts[i].shape[0])
+        got[i], ran[i] = merged.outputs["logits"], merged.ran_rows
+        assert merged.wait_s >= 0 and merged.run_s > 0
 
     with ThreadPoolExecutor(len(parts)) as pool:
         futures = [pool.submit(call, 0)]
@@ -283,6 +301,12 @@ def test_concurrent_front_end_requests_are_batched_and_correct(front_end, host, 
     assert max(r.batch_size for r in results) > 1, "8 concurrent clients never shared a batch"
     assert max(r.batch_size for r in results) <= 8  # the host's merged rows, bounded by max_batch
     assert sum(host.batch_sizes().values()) > before  # the rows ran on the host's runner
+    # The host times each front-end call: waiting for a slot + the runner call + writing back
+    # fit inside its receive-to-reply total.
+    stages = host.stage_seconds()
+    assert stages["total"][1] >= 8  # calls (front-end batches), not requests
+    assert stages["queue"][0] + stages["inference"][0] + stages["postprocess"][0] <= stages["total"][0] * 1.01
+    assert stages["inference"][0] > 0
 
 
 def test_big_tensor_batches_grow_the_channel_buffer(front_end, host):

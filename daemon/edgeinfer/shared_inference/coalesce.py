@@ -24,7 +24,8 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from typing import Callable, Mapping, Optional
+import time
+from typing import Callable, Mapping, NamedTuple, Optional
 
 import numpy as np
 
@@ -40,11 +41,20 @@ log = logging.getLogger(__name__)
 MAX_PADDED_SHARE = 0.25
 
 
+class Merged(NamedTuple):
+    """What a caller gets back from Coalescer.run."""
+
+    outputs: dict[str, np.ndarray]  # its own rows
+    ran_rows: int                   # real rows of the (largest) runner call they ran in
+    wait_s: float                   # queued until a slot took its first rows
+    run_s: float                    # from then until its last rows had run
+
+
 class _Call:
     """One front-end batch: `rows` rows, run as one or more pieces."""
 
     __slots__ = ("feeds", "rows", "signature", "done", "outputs", "error", "ran_rows", "taken", "parts",
-                 "finished_rows")
+                 "finished_rows", "queued", "started", "ended")
 
     def __init__(self, feeds: Mapping[str, np.ndarray], rows: int):
         self.feeds = feeds
@@ -57,6 +67,8 @@ class _Call:
         self.taken = 0              # rows handed to slots so far
         self.parts: list[tuple[int, dict[str, np.ndarray]]] = []  # (first row, outputs) per piece
         self.finished_rows = 0
+        self.queued = time.perf_counter()
+        self.started = self.ended = 0.0
 
     def piece(self, start: int, count: int) -> dict[str, np.ndarray]:
         if start == 0 and count == self.rows:
@@ -91,10 +103,13 @@ class Coalescer:
         for t in self._threads:
             t.start()
 
-    def run(self, feeds: Mapping[str, np.ndarray], rows: int) -> tuple[dict[str, np.ndarray], int]:
-        """This caller's outputs (its `rows` rows) and the real rows of the runner call they ran in.
+    @property
+    def slots(self) -> int:
+        return len(self._threads)
 
-        Raises the runner's error, or ModelNotReady when closed."""
+    def run(self, feeds: Mapping[str, np.ndarray], rows: int) -> Merged:
+        """Block until this caller's `rows` rows have run; raises the runner's error, or ModelNotReady
+        when closed."""
         call = _Call(feeds, rows)
         with self._cond:
             if self._closing:
@@ -104,7 +119,7 @@ class Coalescer:
         call.done.wait()
         if call.error is not None:
             raise call.error
-        return call.outputs, call.ran_rows
+        return Merged(call.outputs, call.ran_rows, call.started - call.queued, call.ended - call.started)
 
     # -- forming a batch (under the lock) ------------------------------------------------------
     def _size_locked(self, available: int) -> int:
@@ -121,15 +136,18 @@ class Coalescer:
         head = self._queue[0]
         if head.signature is None:  # ragged batch axis: runs alone, whole
             self._queue.popleft()
-            head.taken = head.rows
+            head.taken, head.started = head.rows, time.perf_counter()
             return [(head, 0, head.rows)]
         same = [c for c in self._queue if c.signature == head.signature]
         available = min(self.max_batch, sum(c.rows - c.taken for c in same))
         need = self._size_locked(available)
         pieces = []
+        now = time.perf_counter()
         for c in same:
             if need == 0:
                 break
+            if c.taken == 0:
+                c.started = now
             count = min(c.rows - c.taken, need)
             pieces.append((c, c.taken, count))
             c.taken += count
@@ -160,6 +178,7 @@ class Coalescer:
         else:
             feeds = stack_rows([c.piece(s, n) for c, s, n in pieces], target)
         outputs = self.runner.infer(feeds)
+        ended = time.perf_counter()
         self.on_batch(rows)
         offset = 0
         finished = []
@@ -175,6 +194,7 @@ class Coalescer:
                 c.parts.append((start, part))
                 c.finished_rows += n
                 c.ran_rows = max(c.ran_rows, rows)
+                c.ended = ended
                 if c.finished_rows == c.rows and not c.done.is_set():
                     finished.append(c)
         for c in finished:

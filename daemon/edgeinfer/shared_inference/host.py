@@ -7,10 +7,16 @@ gate, GPU normalization, warm-up of every bucket); a front-end asking to
 describe a model still loading waits for it.
 
 The host holds no gRPC server. It reports to the supervisor like a front-end
-does (ticks, "error"), serves its own metrics endpoint (the merged batch
-sizes, GPU memory, RSS) on the metrics port + the number of front-ends, stops
+does (ticks, "error"), serves its own metrics endpoint on the metrics port +
+the number of front-ends, stops
 on SIGTERM (the supervisor sends it after the front-ends have drained) and
 on its own when the supervisor disappears.
+
+Its metrics use the daemon's names with the host's meaning: a request is one
+front-end call; latency stage queue = waiting for a free slot, inference =
+its rows' runner call(s), postprocess = writing outputs back, total =
+received to reply. The batch-size histogram counts the merged runner calls.
+GPU memory and utilization, RSS as in any daemon.
 """
 from __future__ import annotations
 
@@ -92,7 +98,7 @@ class InferenceHost:
                 c = Coalescer(name, runner, max_batch, batch_buckets(cfg, runner, max_batch), on_batch)
                 self._coalescers[name] = c
                 log.info("model %s: merging front-end batches up to %d rows on %d slot(s)",
-                         name, max_batch, len(c._threads))
+                         name, max_batch, c.slots)
             return c
 
     # -- per channel ----------------------------------------------------------------------
@@ -130,16 +136,32 @@ class InferenceHost:
                 buffer.close()
 
     def _infer(self, buffer: Optional[SharedBuffer], name: str, layout, rows: int, free_at: int) -> tuple:
+        received = time.perf_counter()
         if buffer is None:
             raise ModelNotReady("channel has no buffer yet")
-        coalescer = self.coalescer(name)
-        outputs, ran_rows = coalescer.run(buffer.read(layout), rows)
+        try:
+            merged = self.coalescer(name).run(buffer.read(layout), rows)
+        except Exception as exc:
+            if self.metrics is not None:
+                code = getattr(exc, "code", None)
+                self.metrics.observe_request(name, code.name if code is not None else "INTERNAL")
+            raise
+        outputs = merged.outputs
+        written = time.perf_counter()
         # Into the buffer after the inputs when they fit (the front-end reserved room for
         # fixed-shape outputs); otherwise (outputs with dynamic dimensions) pickled inline.
         if free_at + bytes_needed(outputs) <= buffer.nbytes:
             layout_out, _ = buffer.write(outputs, free_at)
-            return ("ok", layout_out, ran_rows)
-        return ("ok-inline", {n: np.ascontiguousarray(a) for n, a in outputs.items()}, ran_rows)
+            reply = ("ok", layout_out, merged.ran_rows)
+        else:
+            reply = ("ok-inline", {n: np.ascontiguousarray(a) for n, a in outputs.items()}, merged.ran_rows)
+        if self.metrics is not None:
+            # At the host a "request" is one front-end call: queue = waiting for a slot, inference =
+            # its rows' runner call(s), postprocess = writing the outputs back, total = received to reply.
+            done = time.perf_counter()
+            self.metrics.observe_ok(name, (_us(merged.wait_s), 0, _us(merged.run_s), _us(done - written),
+                                           _us(done - received)))
+        return reply
 
     # -- shutdown -------------------------------------------------------------------------
     def wait_channels(self, timeout: float) -> bool:
@@ -160,6 +182,10 @@ class InferenceHost:
         for conn in self._conns:
             _shutdown(conn)
         self.registry.close()
+
+
+def _us(seconds: float) -> int:
+    return max(0, int(seconds * 1e6))
 
 
 def _shutdown(conn) -> None:
