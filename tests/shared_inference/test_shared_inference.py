@@ -234,35 +234,37 @@ def test_host_merges_waiting_batches_into_one_call_and_splits_them_back(classifi
 
 
 @pytest.mark.parametrize("fail_last", [False, True], ids=["ok", "last-call-fails"])
-def test_host_cuts_rows_to_fill_a_bucket_rather_than_pad_much(classifier_onnx, tmp_path, fail_last):
-    """Buckets 1, 2, 4, 8, 16: three waiting batches of 3 rows would be 9 rows padded to 16 (44% padding).
-    The host runs 8 rows exactly (the third batch cut after 2 rows) and then its last row; every caller
-    gets exactly its own rows back, the cut one assembled from both runner calls. When the second runner
-    call fails, the cut call gets the error although 2 of its rows ran; the others keep their answers."""
-    h = HostInProcess(_config(tmp_path, classifier_onnx, instances=1, max_batch=16, pad_to_buckets="on"))
+def test_host_cuts_rows_to_fill_a_bucket_rather_than_pad_mostly(classifier_onnx, tmp_path, fail_last):
+    """Buckets [4, 16]: two waiting batches of 3 rows would be 6 rows padded to 16 (63% padding). The host
+    runs 4 rows exactly (the second batch cut after 1 row) and then that batch's last 2 rows (padded to 4);
+    every caller gets exactly its own rows back, the cut one assembled from both runner calls. When the
+    second runner call fails, the cut call gets the error although 1 of its rows ran."""
+    cfg = _config(tmp_path, classifier_onnx, instances=1, max_batch=16, pad_to_buckets="on")
+    cfg.models[0].batching.buckets = [4, 16]
+    h = HostInProcess(cfg)
     try:
         model = h.host.registry.get("imagenet")
         coalescer = h.host.coalescer("imagenet")
-        assert coalescer.buckets == [1, 2, 4, 8, 16]
+        assert coalescer.buckets == [4, 16]
         rng = np.random.default_rng(3)
-        parts = [rng.standard_normal((n, 3, 224, 224)).astype(np.float32) for n in (1, 3, 3, 3)]
+        parts = [rng.standard_normal((n, 3, 224, 224)).astype(np.float32) for n in (1, 3, 3)]
         expected = [model.runner.infer({"input": p})["logits"] for p in parts]
         held = _Held(model.runner)
         held.fail_call = 2 if fail_last else None
         futures, got, ran = _queue_behind_a_held_call(coalescer, held, parts)
-        for f in futures[:3]:
+        for f in futures[:2]:
             f.result()
         if fail_last:
             from edgeinfer.errors import InferenceError
 
             with pytest.raises(InferenceError, match="illegal memory access"):
-                futures[3].result()
-            got[3], ran[3] = expected[3], 8  # it failed as a whole: nothing of it to compare
+                futures[2].result()
+            got[2], ran[2] = expected[2], 4  # it failed as a whole: nothing of it to compare
         else:
-            futures[3].result()
-        assert held.calls == [1, 8, 1]  # no padding at all
-        assert ran == [1, 8, 8, 8]  # the cut call reports the larger of its two runner calls
-        assert h.batch_sizes() == ({1.0: 1, 8.0: 1} if fail_last else {1.0: 2, 8.0: 1})
+            futures[2].result()
+        assert held.calls == [4, 4, 4]  # what the runner ran: 1 row padded, 4 exact, 2 padded
+        assert ran == [1, 4, 4]  # the cut call reports the larger of its two runner calls
+        assert h.batch_sizes() == ({1.0: 1, 4.0: 1} if fail_last else {1.0: 1, 2.0: 1, 4.0: 1})
         for g, e in zip(got, expected):
             assert g.shape == e.shape
             assert np.array_equal(g.argmax(axis=1), e.argmax(axis=1))
