@@ -211,3 +211,20 @@ def test_default_ceiling_pools_include_one_thread_per_core(monkeypatch):
     assert session.default_ceiling_pools(5) == [5, 16]
     assert session.default_ceiling_pools(16) == [16]
     assert session.default_ceiling_pools(0) == [1, 16]
+
+
+def test_default_ceiling_models_add_the_default_instance_count():
+    """A config that allows fewer concurrent runtime calls than the default cannot weaken its own ceiling:
+    the batched ceiling also tries the default (H100, session 5: 1 ORT instance, ceiling ~30% lower)."""
+    from edgeinfer.bench import session
+    from edgeinfer.config import ModelConfig
+
+    one = ModelConfig(name="m", onnx="m.onnx")
+    one.onnxruntime.instances = 1
+    models = session.default_ceiling_models(one)
+    assert [m.onnxruntime.instances for m in models] == [1, 2]
+    assert models[0] is one and one.onnxruntime.instances == 1  # the config itself is not changed
+    assert [m.tensorrt.instances for m in models] == [2, 2]
+    four = ModelConfig(name="m", onnx="m.onnx")
+    four.onnxruntime.instances = 4
+    assert session.default_ceiling_models(four) == [four]  # more than the default: only as configured

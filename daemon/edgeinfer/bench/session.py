@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..config import Config
+from ..config import Config, ModelConfig, OnnxRuntimeConfig, TensorRTConfig
 from . import analysis, environment
 from .ceiling import CeilingSpec, run_ceiling
 from .daemon_proc import DaemonProcess
@@ -183,6 +183,23 @@ def default_ceiling_pools(workers: int) -> list[int]:
     return sorted({max(1, workers), os.cpu_count() or workers})
 
 
+def default_ceiling_models(model: ModelConfig) -> list[ModelConfig]:
+    """The model as configured and, when it allows fewer concurrent runtime calls than the backends'
+    default ([onnxruntime] / [tensorrt] instances), also with the default: a batched ceiling tries both.
+
+    Same reason as default_ceiling_pools, on another axis: on the H100 (session 5) a config with one
+    ORT instance had a ceiling of 2,381-2,450 img/s against 3,302-3,583 with the default two, and its
+    daemon "passed" against the weaker one.
+    """
+    raised = copy.deepcopy(model)
+    changed = False
+    for table, default in (("onnxruntime", OnnxRuntimeConfig().instances), ("tensorrt", TensorRTConfig().instances)):
+        sub = getattr(raised, table)
+        if sub.instances < default:
+            sub.instances, changed = default, True
+    return [model, raised] if changed else [model]
+
+
 def _ceiling_points(label: str, config: Config, payloads: dict[str, Payload], settings: BenchSettings,
                     progress: Progress) -> tuple[list[dict], dict[str, str]]:
     points, served = [], {}
@@ -193,13 +210,14 @@ def _ceiling_points(label: str, config: Config, payloads: dict[str, Payload], se
         variants.append((above, workers))
     pools = sorted(set(settings.ceiling_pools)) or default_ceiling_pools(workers)
     for name, payload in payloads.items():
+        models = default_ceiling_models(config.model(name))
         for batch in settings.ceiling_batches:
             # A batch > 1 ceiling sets its own threads (concurrency // batch): no capped variant,
-            # but one point per preprocessing pool size.
-            runs = [(lv, cap, None) for lv, cap in variants] if batch == 1 else \
-                [(variants[0][0], None, pool) for pool in pools]
-            for levels, cap, pool in runs:
-                spec = CeilingSpec(model=config.model(name), server=config.server, cache_dir=config.cache.dir,
+            # but one point per preprocessing pool size and runtime instance count.
+            runs = [(lv, cap, None, models[0]) for lv, cap in variants] if batch == 1 else \
+                [(variants[0][0], None, pool, m) for pool in pools for m in models]
+            for levels, cap, pool, model_cfg in runs:
+                spec = CeilingSpec(model=model_cfg, server=config.server, cache_dir=config.cache.dir,
                                    requests=payload.requests, concurrency=levels, duration_s=settings.duration_s,
                                    warmup_s=settings.warmup_s, batch=batch, label=f"{label} {name}",
                                    threads_cap=cap, pool=pool)
@@ -213,6 +231,9 @@ def _ceiling_points(label: str, config: Config, payloads: dict[str, Payload], se
                     # The share covers the whole ceiling run (model load and every concurrency).
                     how = f"in-process, {p.threads} threads" + (
                         f" x batch {batch}, preprocessing on {p.pool} threads" if batch > 1 else "")
+                    if len(models) > 1 and batch > 1:
+                        how += ", configured runtime instances" if model_cfg is models[0] else \
+                            ", default runtime instances"
                     d = _point(label, "ceiling", name, how, p.concurrency, p.summary,
                                other_cpu_pct=share.other_pct, request_bytes=payload.mean_bytes,
                                stage_us=p.stage_us, threads=p.threads, pool=p.pool)
