@@ -325,11 +325,13 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
                  ceiling_batches: list[int], warmup: float = 2.0, variants: str = "", rounds: int = 1,
                  loop: str = "asyncio", ceiling_pools: Optional[list[int]] = None,
                  daemon_metrics: bool = False) -> dict:
-    """variants: comma list of WORKERS[xPROCESSES[s]][:ALGO[:BUCKETS[:NORM[:INSTANCES]]]] (e.g. "16,8x2,16:heuristic:32",
+    """variants: comma list of WORKERS[xPROCESSES[s]][:ALGO[:BUCKETS[:NORM[:INSTANCES[:MERGE_US]]]]]
+    (e.g. "16,8x2,16:heuristic:32",
     "16:::gpu", "5x3s"), one daemon run (and its ceiling) each. PROCESSES: [server] processes, with "s":
     [server] inference = "shared" (PROCESSES front-ends and one inference process); ALGO: [onnxruntime]
     cudnn_conv_algo_search; BUCKETS: [batching] buckets, sizes joined by "+" (e.g. 8+32); NORM: [models.input]
-    normalize_on (cpu or gpu); INSTANCES: [onnxruntime] instances (concurrent runs; default 2).
+    normalize_on (cpu or gpu); INSTANCES: [onnxruntime] instances (concurrent runs; default 2); MERGE_US:
+    [batching] merge_delay_us with preferred size 8 (shared mode: a free host slot waits for 8 rows).
     """
     from edgeinfer.bench.cli import summary_text
     from edgeinfer.bench.report import write_report
@@ -351,7 +353,7 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
     )
     specs = []
     for v in (variants.split(",") if variants else [str(cpus)]):
-        workers_text, algo, buckets, norm, instances = (v.split(":") + ["", "", "", ""])[:5]
+        workers_text, algo, buckets, norm, instances, merge_us = (v.split(":") + [""] * 5)[:6]
         workers_text, _, procs_text = workers_text.partition("x")
         shared = procs_text.endswith("s")
         workers, processes = int(workers_text), int(procs_text.rstrip("s") or 1)
@@ -360,7 +362,9 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
             input=dataclasses.replace(model.input, normalize_on=norm or "cpu"),
             onnxruntime=dataclasses.replace(model.onnxruntime, cudnn_conv_algo_search=algo or "auto",
                                             instances=int(instances or model.onnxruntime.instances)),
-            batching=dataclasses.replace(model.batching, buckets=[int(b) for b in buckets.split("+") if b]))
+            batching=dataclasses.replace(model.batching, buckets=[int(b) for b in buckets.split("+") if b],
+                                         merge_delay_us=int(merge_us or 0),
+                                         preferred_batch_sizes=[8] if merge_us else []))
         config = Config(server=ServerConfig(workers=workers, stream_window=16, processes=processes,
                                             inference="shared" if shared else "per-process"), models=[m],
                         source="gpu_bench.py")
@@ -373,7 +377,8 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
                              + f"-{algo or 'auto'}"
                              + (f"-buckets{buckets}" if buckets else "")
                              + (f"-norm{norm}" if norm else "")
-                             + (f"-i{instances}" if instances else ""), config=config))
+                             + (f"-i{instances}" if instances else "")
+                             + (f"-merge{merge_us}us" if merge_us else ""), config=config))
     settings = BenchSettings(
         runs=specs, images=media, concurrency=concurrency,
         modes=["unary"], duration_s=duration, warmup_s=warmup, payload="jpeg", trivial=False, echo=False,

@@ -273,6 +273,38 @@ def test_host_cuts_rows_to_fill_a_bucket_rather_than_pad_mostly(classifier_onnx,
         h.close()
 
 
+def test_a_free_slot_waits_for_the_preferred_rows_up_to_merge_delay(classifier_onnx, tmp_path):
+    """[batching] merge_delay_us: with preferred size 4, a lone 2-row batch waits at the host (the slot is
+    free) until another 2 rows arrive, then both run as one call; a lone batch runs once the delay ends."""
+    cfg = _config(tmp_path, classifier_onnx, instances=1, max_batch=8)
+    cfg.models[0].batching.preferred_batch_sizes = [4]
+    cfg.models[0].batching.merge_delay_us = 30_000_000  # far longer than the test: only rows end the wait
+    h = HostInProcess(cfg)
+    try:
+        model = h.host.registry.get("imagenet")
+        coalescer = h.host.coalescer("imagenet")
+        assert (coalescer.fill_rows, coalescer.fill_delay_s) == (4, 30.0)
+        held = _Held(model.runner)
+        held.opened.set()
+        x = np.random.default_rng(4).standard_normal((2, 3, 224, 224)).astype(np.float32)
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(coalescer.run, {"input": x}, 2)
+            time.sleep(0.5)
+            assert held.calls == [] and not first.done()  # a slot is free, but 2 rows < 4
+            second = pool.submit(coalescer.run, {"input": x}, 2)
+            a, b = first.result(30), second.result(30)
+        assert held.calls == [4] and a.ran_rows == b.ran_rows == 4
+        assert a.wait_s >= 0.4  # it waited for the second batch
+        np.testing.assert_allclose(a.outputs["logits"], b.outputs["logits"], atol=1e-4)
+
+        coalescer.fill_delay_s = 0.2  # a lone batch: the delay ends the wait
+        alone = coalescer.run({"input": x}, 2)
+        assert held.calls == [4, 2] and alone.ran_rows == 2 and alone.wait_s >= 0.19
+        held.restore()
+    finally:
+        h.close()
+
+
 # -- a front-end daemon on the host -----------------------------------------------------------
 
 def test_front_end_answers_as_the_standalone_daemon(front_end, local, media):

@@ -91,15 +91,20 @@ class Coalescer:
         max_batch: most rows per runner call (the front-ends use the same bound).
         buckets: batch sizes to pad to (edgeinfer.batching.batch_buckets of the real runner).
         on_batch: called with the real rows of each runner call (metrics).
+        fill_rows, fill_delay_s: a free slot waits up to fill_delay_s (from the oldest
+            waiting call's arrival) while fewer than fill_rows rows wait; 0 s = never waits.
     """
 
     def __init__(self, name: str, runner: Runner, max_batch: int, buckets: list[int],
-                 on_batch: Callable[[int], None] = lambda _n: None):
+                 on_batch: Callable[[int], None] = lambda _n: None, fill_rows: int = 1,
+                 fill_delay_s: float = 0.0):
         self.name = name
         self.runner = runner
         self.max_batch = max(1, max_batch)
         self.buckets = buckets
         self.on_batch = on_batch
+        self.fill_rows = min(max(1, fill_rows), self.max_batch)
+        self.fill_delay_s = fill_delay_s
         self._queue: collections.deque[_Call] = collections.deque()  # calls with rows not yet taken
         self._cond = threading.Condition()
         self._closing = False
@@ -161,13 +166,25 @@ class Coalescer:
         self._queue = collections.deque(c for c in self._queue if c.taken < c.rows)
         return pieces
 
+    def _waiting_rows_locked(self) -> int:
+        head = self._queue[0]
+        return sum(c.rows - c.taken for c in self._queue if c.signature == head.signature)
+
     def _slot(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                if not self._queue:
-                    return
+                while True:
+                    if not self._queue:
+                        if self._closing:
+                            return
+                        self._cond.wait()
+                        continue
+                    if self.fill_delay_s <= 0 or self._closing or self._waiting_rows_locked() >= self.fill_rows:
+                        break
+                    left = self._queue[0].queued + self.fill_delay_s - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)  # woken by each new call
                 pieces = self._take_locked()
             try:
                 self._run(pieces)

@@ -95,7 +95,10 @@ class InferenceHost:
                 cfg = model.cfg.batching
                 max_batch = effective_max_batch(cfg, runner)
                 on_batch = (lambda n: self.metrics.observe_batch(name, n)) if self.metrics else (lambda _n: None)
-                c = Coalescer(name, runner, max_batch, batch_buckets(cfg, runner, max_batch), on_batch)
+                preferred = [s for s in cfg.preferred_batch_sizes if s <= max_batch]
+                c = Coalescer(name, runner, max_batch, batch_buckets(cfg, runner, max_batch), on_batch,
+                              fill_rows=min(preferred) if preferred else max_batch,
+                              fill_delay_s=cfg.merge_delay_us / 1e6)
                 self._coalescers[name] = c
                 log.info("model %s: merging front-end batches up to %d rows on %d slot(s)",
                          name, max_batch, c.slots)
