@@ -131,6 +131,15 @@ def stack_rows(parts: Sequence[Mapping[str, np.ndarray]], target: int) -> dict[s
     return out
 
 
+def start_slots(target: Callable[[], None], name: str, n: int) -> list[threading.Thread]:
+    """`n` daemon threads named name-0.. running `target`: the slots of a batcher (or the shared
+    inference host's coalescer), one runner call in flight each."""
+    threads = [threading.Thread(target=target, name=f"{name}-{i}", daemon=True) for i in range(max(1, n))]
+    for t in threads:
+        t.start()
+    return threads
+
+
 def signature_of(feeds: Mapping[str, np.ndarray]) -> Optional[tuple]:
     """What must be equal for two requests to share a batch; None = cannot share (ragged batch axis)."""
     if any(a.ndim == 0 for a in feeds.values()) or len({a.shape[0] for a in feeds.values()}) > 1:
@@ -213,11 +222,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._forming = threading.Lock()
         self._closing = False
-        n = slots if slots is not None else max(1, int(runner.info.max_concurrency or 1))
-        self._threads = [threading.Thread(target=self._slot, name=f"batch-{model.name}-{i}", daemon=True)
-                         for i in range(n)]
-        for t in self._threads:
-            t.start()
+        n = slots if slots is not None else int(runner.info.max_concurrency or 1)
+        self._threads = start_slots(self._slot, f"batch-{model.name}", n)
 
     @property
     def slots(self) -> int:

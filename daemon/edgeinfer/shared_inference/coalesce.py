@@ -36,7 +36,7 @@ from typing import Callable, Mapping, NamedTuple, Optional
 import numpy as np
 
 from ..backends.base import Runner
-from ..batching import bucket_for, signature_of, stack_rows
+from ..batching import bucket_for, signature_of, stack_rows, start_slots
 from ..errors import InferenceError, ModelNotReady
 
 log = logging.getLogger(__name__)
@@ -108,11 +108,7 @@ class Coalescer:
         self._queue: collections.deque[_Call] = collections.deque()  # calls with rows not yet taken
         self._cond = threading.Condition()
         self._closing = False
-        n = max(1, int(runner.info.max_concurrency or 1))
-        self._threads = [threading.Thread(target=self._slot, name=f"merge-{name}-{i}", daemon=True)
-                         for i in range(n)]
-        for t in self._threads:
-            t.start()
+        self._threads = start_slots(self._slot, f"merge-{name}", int(runner.info.max_concurrency or 1))
 
     @property
     def slots(self) -> int:
