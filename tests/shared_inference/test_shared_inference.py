@@ -430,3 +430,31 @@ def test_front_end_runner_does_not_pad_the_host_pads():
     # Two batches per host slot in flight: the next is merged at the host while one runs.
     assert runner.info.max_concurrency == 4 and runner.info.details["inference_process"] == "shared (pid 123)"
     assert d.info.pads_batches is False  # the description itself is not changed
+
+
+def test_outputs_with_dynamic_dimensions_come_back_inline(centerface_onnx, classifier_onnx, tmp_path, media,
+                                                           start_daemon):
+    """CenterFace's outputs have dynamic height and width: the front-end cannot reserve room for them, so
+    the host sends them inline; detections equal the standalone daemon's."""
+    face = {"name": "faces", "onnx": str(centerface_onnx), "backends": ["onnxruntime"], "warmup_runs": 1,
+            "input": {"resize": "letterbox", "size": [640, 480], "pad_value": 0},
+            "batching": {"max_batch": 4},
+            "postprocess": {"task": "centerface", "score_threshold": 0.5, "nms_iou_threshold": 0.3}}
+    h = HostInProcess(_config(tmp_path, classifier_onnx, extra_models=[face]))
+    try:
+        remote = start_daemon(_config(tmp_path, classifier_onnx, extra_models=[face]), remote=h.remote())
+        local_cfg = _config(tmp_path, classifier_onnx, extra_models=[face])
+        local_cfg.server.inference = "per-process"
+        local = start_daemon(local_cfg)
+        photo = (media / "astronaut.png").read_bytes()
+        with Client(remote.address, timeout=60) as a, Client(local.address, timeout=60) as b:
+            got, want = a.infer("faces", photo), b.infer("faces", photo)
+        assert len(got.detections) == len(want.detections) >= 1
+        for d, e in zip(got.detections, want.detections):
+            np.testing.assert_allclose(d.box, e.box, atol=0.5)
+            assert abs(d.score - e.score) < 1e-3
+        remote.stop()
+        local.stop()
+    finally:
+        h.close()
+
