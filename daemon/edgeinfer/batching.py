@@ -131,6 +131,14 @@ def stack_rows(parts: Sequence[Mapping[str, np.ndarray]], target: int) -> dict[s
     return out
 
 
+def check_splittable(outputs: Mapping[str, np.ndarray], rows: int) -> None:
+    """Raise InferenceError unless every output has `rows` rows to hand back per request."""
+    for name, arr in outputs.items():
+        if arr.ndim == 0 or arr.shape[0] != rows:
+            raise InferenceError(f"output {name!r} has shape {list(arr.shape)}: cannot split a batch of "
+                                 f"{rows} rows back per request (no batch dimension)")
+
+
 def start_slots(target: Callable[[], None], name: str, n: int) -> list[threading.Thread]:
     """`n` daemon threads named name-0.. running `target`: the slots of a batcher (or the shared
     inference host's coalescer), one runner call in flight each."""
@@ -355,7 +363,7 @@ class Batcher:
             if self.buckets:
                 outputs = {name: arr[:rows] for name, arr in outputs.items()}
             if len(batch) > 1:
-                self._check_splittable(outputs, rows)
+                check_splittable(outputs, rows)
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
             for p in batch:
                 p.deliver(None, exc)
@@ -379,13 +387,6 @@ class Batcher:
                 total_us=_us(finished - p.submitted),
                 batch_size=ran_rows)
             p.deliver(Prediction(answer, timing, p.prepared.image_size, info.backend, info.precision), None)
-
-    @staticmethod
-    def _check_splittable(outputs: Mapping[str, np.ndarray], rows: int) -> None:
-        for name, arr in outputs.items():
-            if arr.ndim == 0 or arr.shape[0] != rows:
-                raise InferenceError(f"output {name!r} has shape {list(arr.shape)}: cannot split a batch of "
-                                     f"{rows} rows back per request (no batch dimension)")
 
     # -- shutdown ------------------------------------------------------------------------
     def close(self, timeout: float = 10.0) -> None:

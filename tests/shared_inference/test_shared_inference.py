@@ -422,7 +422,7 @@ def test_front_end_runner_does_not_pad_the_host_pads():
     from edgeinfer.shared_inference.wire import ModelDescription
 
     spec = TensorSpec("x", np.dtype(np.float32), (-1, 4))
-    d = ModelDescription(state="ready", reason="", load_seconds=0.0, inputs=[spec], outputs=[spec],
+    d = ModelDescription(state="ready", reason="", inputs=[spec], outputs=[spec],
                          info=RunnerInfo("onnxruntime", "fp32", "cuda:0", max_concurrency=2), host_pid=123)
     runner = RemoteRunner("m", d, models=None)
     cfg = BatchingConfig(max_batch=16, pad_to_buckets="on")
@@ -458,3 +458,33 @@ def test_outputs_with_dynamic_dimensions_come_back_inline(centerface_onnx, class
     finally:
         h.close()
 
+
+
+def test_an_output_without_a_batch_axis_comes_back_whole(tmp_path):
+    """A raw model whose output is a scalar (no batch axis) runs unbatched; the host hands the runner's
+    output back as it is, without trying to split it per caller."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgeinfer.config import parse_config
+
+    graph = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0)], "sum",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("total", TensorProto.FLOAT, [])])
+    path = tmp_path / "sum.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # what every onnxruntime we support loads
+    onnx.save(model, path)
+    cfg = parse_config({"server": {"inference": "shared", "listen": "127.0.0.1:0"}, "metrics": {"enabled": False},
+                        "cache": {"dir": str(tmp_path)},
+                        "models": [{"name": "sum", "onnx": str(path), "backends": ["onnxruntime"],
+                                    "postprocess": {"task": "raw"}}]}, source="test_shared_inference")
+    h = HostInProcess(cfg)
+    try:
+        remote = h.remote()
+        runner = remote.runner("sum", remote.describe("sum"))
+        out = runner.infer({"x": np.arange(4, dtype=np.float32)[None]})
+        assert out["total"].shape == () and float(out["total"]) == 6.0
+        remote.close()
+    finally:
+        h.close()

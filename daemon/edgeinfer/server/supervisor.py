@@ -82,6 +82,14 @@ def child_config(config: Config, index: int, listen: str) -> Config:
 HOST_NAME = "edgeinfer-inference"
 
 
+def prepare_child(tag: str, log_level: int) -> None:
+    """First step in any child of the supervisor: systemd talks to the supervisor only (it accepts
+    the main PID), and log lines say which process wrote them."""
+    os.environ.pop("NOTIFY_SOCKET", None)
+    os.environ.pop("WATCHDOG_USEC", None)
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)-7s [{tag}] %(name)s: %(message)s")
+
+
 def _child(config: Config, index: int, events, all_loaded, loop_kind: str, log_level: int,
            channels=None) -> None:
     """Body of child `index`: a Daemon on the shared port, reporting to the supervisor.
@@ -92,9 +100,7 @@ def _child(config: Config, index: int, events, all_loaded, loop_kind: str, log_l
     from ..eventloop import run
     from .app import Daemon
 
-    os.environ.pop("NOTIFY_SOCKET", None)
-    os.environ.pop("WATCHDOG_USEC", None)
-    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)-7s [{index}] %(name)s: %(message)s")
+    prepare_child(str(index), log_level)
     parent = os.getppid()
 
     async def serve() -> None:
@@ -199,10 +205,10 @@ class Supervisor:
         per_front = CHANNELS_PER_MODEL * max(1, len(self.config.models))
         pairs = [[self._ctx.Pipe(duplex=True) for _ in range(per_front)] for _ in range(self.count)]
         host_ends = [h for front in pairs for h, _f in front]
-        host_config = child_config(self.config, 0, self.listen)
+        # Index `count`: its metrics serve on the metrics port + the number of front-ends.
         p = self._ctx.Process(target=host_main, name=HOST_NAME,
-                              args=(host_config, host_ends, self._events, self.count, self.count, log_level,
-                                    min(self.tick_s, 1.0)))
+                              args=(child_config(self.config, self.count, self.listen), host_ends, self._events,
+                                    self.count, log_level, min(self.tick_s, 1.0)))
         p.start()
         self._procs.append(p)
         for conn in host_ends:

@@ -36,7 +36,7 @@ from typing import Callable, Mapping, NamedTuple, Optional
 import numpy as np
 
 from ..backends.base import Runner
-from ..batching import bucket_for, signature_of, stack_rows, start_slots
+from ..batching import bucket_for, check_splittable, signature_of, stack_rows, start_slots
 from ..errors import InferenceError, ModelNotReady
 
 log = logging.getLogger(__name__)
@@ -199,17 +199,19 @@ class Coalescer:
         outputs = self.runner.infer(feeds)
         ended = time.perf_counter()
         self.on_batch(rows)
-        offset = 0
+        if len(pieces) == 1 and target == rows:  # one whole call, unpadded: its outputs as they are
+            split = [outputs]
+        else:
+            if target != rows:
+                outputs = {name: arr[:rows] for name, arr in outputs.items()}
+            check_splittable(outputs, rows)
+            split, offset = [], 0
+            for _c, _s, n in pieces:
+                split.append({name: arr[offset:offset + n] for name, arr in outputs.items()})
+                offset += n
         finished = []
         with self._cond:
-            for c, start, n in pieces:
-                part = {}
-                for name, arr in outputs.items():
-                    if arr.ndim == 0 or arr.shape[0] < rows:
-                        raise InferenceError(f"output {name!r} has shape {list(arr.shape)}: cannot split "
-                                             f"{rows} merged rows back per caller")
-                    part[name] = arr[offset:offset + n]
-                offset += n
+            for (c, start, n), part in zip(pieces, split):
                 c.parts.append((start, part))
                 c.finished_rows += n
                 c.ran_rows = max(c.ran_rows, rows)

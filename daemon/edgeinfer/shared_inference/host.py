@@ -20,7 +20,6 @@ GPU memory and utilization, RSS as in any daemon.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import signal
@@ -35,10 +34,10 @@ import numpy as np
 from ..batching import batch_buckets, effective_max_batch
 from ..config import Config
 from ..errors import ModelNotReady
-from ..listen import join_listen, parse_listen
 from ..metrics import Metrics, MetricsEndpoint
 from ..pipeline.model import ModelState, ServedModel
 from ..registry import ModelRegistry
+from ..server.errors import status_of
 from .coalesce import Coalescer
 from .wire import ModelDescription, SharedBuffer, bytes_needed, error_reply
 
@@ -76,12 +75,13 @@ class InferenceHost:
         model = self.registry.get(name)
         self._wait_loaded(model)
         runner = model.runner
-        d = ModelDescription(state=model.state.value, reason=model.state_reason, load_seconds=model.load_seconds,
+        d = ModelDescription(state=model.state.value, reason=model.state_reason,
                              attempts=list(model.attempts), accuracy=list(model.accuracy),
                              image_input=model.image_input, normalize_on_gpu=model.normalize_on_gpu,
                              host_pid=os.getpid())
         if runner is not None and model.state is ModelState.READY:
-            d.inputs, d.outputs, d.info = list(runner.inputs), list(runner.outputs), copy.deepcopy(runner.info)
+            # The channel pickles it: the front-end gets its own copy of info.
+            d.inputs, d.outputs, d.info = list(runner.inputs), list(runner.outputs), runner.info
         return d
 
     def coalescer(self, name: str) -> Coalescer:
@@ -145,9 +145,9 @@ class InferenceHost:
         try:
             merged = self.coalescer(name).run(buffer.read(layout), rows)
         except Exception as exc:
+            code, _message = status_of(exc)  # logs an unexpected error with its traceback
             if self.metrics is not None:
-                code = getattr(exc, "code", None)
-                self.metrics.observe_request(name, code.name if code is not None else "INTERNAL")
+                self.metrics.observe_request(name, code.name)
             raise
         outputs = merged.outputs
         written = time.perf_counter()
@@ -200,13 +200,11 @@ def _shutdown(conn) -> None:
         pass
 
 
-def host_main(config: Config, channels, events, index: int, front_ends: int, log_level: int,
-              tick_s: float = 1.0) -> None:
-    """Body of the inference host process (started by the supervisor)."""
-    os.environ.pop("NOTIFY_SOCKET", None)
-    os.environ.pop("WATCHDOG_USEC", None)
-    logging.basicConfig(level=log_level,
-                        format="%(asctime)s %(levelname)-7s [inference] %(name)s: %(message)s")
+def host_main(config: Config, channels, events, index: int, log_level: int, tick_s: float = 1.0) -> None:
+    """Body of the inference host process (started by the supervisor, with its child_config)."""
+    from ..server.supervisor import prepare_child
+
+    prepare_child("inference", log_level)
     parent = os.getppid()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -216,11 +214,7 @@ def host_main(config: Config, channels, events, index: int, front_ends: int, log
         metrics.declare_models(m.name for m in config.models)
         endpoint = None
         if config.metrics.enabled:
-            host, port = parse_listen(config.metrics.listen)
-            mcfg = copy.deepcopy(config.metrics)
-            if port:
-                mcfg.listen = join_listen(host, port + front_ends)
-            endpoint = MetricsEndpoint(metrics.registry, mcfg)
+            endpoint = MetricsEndpoint(metrics.registry, config.metrics)
             try:
                 endpoint.start()
             except (OSError, ValueError) as exc:

@@ -123,7 +123,6 @@ class ModelDescription:
 
     state: str                 # ModelState value
     reason: str
-    load_seconds: float
     attempts: list = field(default_factory=list)
     accuracy: list = field(default_factory=list)
     inputs: list = field(default_factory=list)     # [TensorSpec]: what the runner takes, as the host serves it
