@@ -108,8 +108,7 @@ class GpuNormalizingRunner(DescribedRunner):
                 n, h, w, c = src.shape
                 out = stage.buffer("dev", name + ":float", n * c * h * w * 4)
                 dst = DeviceArray(out, np.float32, (n, c, h, w))
-                self.kernel.launch(DeviceArray(src.buffer, np.uint8, src.shape), dst, self.norm, self.swap_rb,
-                                   stage.stream)
+                self.kernel.launch(src, dst, self.norm, self.swap_rb, stage.stream)
                 device_feeds[name] = dst
             # run_device reads the inputs on ORT's stream: ours must be done first.
             stage.stream.synchronize()

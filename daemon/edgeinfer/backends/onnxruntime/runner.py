@@ -84,7 +84,7 @@ class CudaIoBinding:
             device_feeds = {name: slot.upload("in:" + name, arr) for name, arr in feeds.items()}
             # The inputs must be on the device before ORT's own stream reads them.
             slot.stream.synchronize()
-            return self._run_bound(slot, {n: (a.ptr, a.dtype, a.shape) for n, a in device_feeds.items()}, session)
+            return self._run_bound(slot, device_feeds, session)
         finally:
             self._slots.release(slot)
 
@@ -98,19 +98,19 @@ class CudaIoBinding:
         use_device(self.device)
         slot = self._slots.acquire()
         try:
-            return self._run_bound(slot, {n: (a.ptr, a.dtype, a.shape) for n, a in feeds.items()}, session)
+            return self._run_bound(slot, feeds, session)
         finally:
             self._slots.release(slot)
 
-    def _run_bound(self, slot: Slot, device_feeds: dict[str, tuple[int, np.dtype, tuple]],
-                   session=None) -> dict[str, np.ndarray]:
+    def _run_bound(self, slot: Slot, device_feeds: Mapping[str, "object"], session=None) -> dict[str, np.ndarray]:
+        """Bind `device_feeds` (gpu.memory.DeviceArray by input name) and our output buffers; run."""
         session = session if session is not None else self.session
         binding = session.io_binding()
         batch = None
-        for name, (ptr, dtype, shape) in device_feeds.items():
-            binding.bind_input(name, "cuda", self.device, np.dtype(dtype).type, list(shape), ptr)
+        for name, a in device_feeds.items():
+            binding.bind_input(name, "cuda", self.device, a.dtype.type, list(a.shape), a.ptr)
             if self.inputs[name].dynamic_batch:
-                batch = shape[0]
+                batch = a.shape[0]
         ours: list[tuple[str, object, object, np.dtype, tuple]] = []
         for spec in self.outputs:
             shape = tuple(batch if (i == 0 and d == -1 and batch is not None) else d for i, d in enumerate(spec.shape))
