@@ -313,18 +313,23 @@ def diagnose_runner(work: Path, algos: list[str]) -> dict:
 def gpu_targets(run: dict) -> list:
     from edgeinfer.bench.analysis import Target
 
-    levels = {p["concurrency"] for p in run["points"] if p["target"] == "daemon"}
-    if not levels:  # the model did not load: nothing was measured
-        return []
-    c = 32 if 32 in levels else max(levels)  # the issue's target is stated at 32 clients
-    return [Target(f"{name}: daemon >= 85% of in-process ceiling (unary, c={c}, GPU)", "daemon/ceiling", name,
-                   "unary", c, 0.85) for name in run["models"]]
+    daemon = [p for p in run["points"] if p["target"] == "daemon"]
+    targets = []
+    for mode in ("unary", "stream"):
+        levels = {p["concurrency"] for p in daemon if p["mode"] == mode}
+        if not levels:  # not measured (or the model did not load)
+            continue
+        c = 32 if 32 in levels else max(levels)  # the issue's target is stated at 32 clients
+        how = "unary" if mode == "unary" else "InferStream"
+        targets += [Target(f"{name}: daemon >= 85% of in-process ceiling ({how}, c={c}, GPU)", "daemon/ceiling",
+                           name, mode, c, 0.85) for name in run["models"]]
+    return targets
 
 
 def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concurrency: list[int], max_batch: int,
                  ceiling_batches: list[int], warmup: float = 2.0, variants: str = "", rounds: int = 1,
                  loop: str = "asyncio", ceiling_pools: Optional[list[int]] = None,
-                 daemon_metrics: bool = False) -> dict:
+                 daemon_metrics: bool = False, modes: tuple[str, ...] = ("unary",), stream_window: int = 1) -> dict:
     """variants: comma list of WORKERS[xPROCESSES[s]][:ALGO[:BUCKETS[:NORM[:INSTANCES[:MERGE_US]]]]]
     (e.g. "16,8x2,16:heuristic:32",
     "16:::gpu", "5x3s"), one daemon run (and its ceiling) each. PROCESSES: [server] processes, with "s":
@@ -332,6 +337,8 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
     cudnn_conv_algo_search; BUCKETS: [batching] buckets, sizes joined by "+" (e.g. 8+32); NORM: [models.input]
     normalize_on (cpu or gpu); INSTANCES: [onnxruntime] instances (concurrent runs; default 2); MERGE_US:
     [batching] merge_delay_us with preferred size 8 (shared mode: a free host slot waits for 8 rows).
+    modes: "unary" and/or "stream" (InferStream: each of the c clients keeps `stream_window` frames in
+    flight on its own stream; with 1, c streams hold as many images in flight as c unary clients).
     """
     from edgeinfer.bench.cli import summary_text
     from edgeinfer.bench.report import write_report
@@ -381,7 +388,7 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
                              + (f"-merge{merge_us}us" if merge_us else ""), config=config))
     settings = BenchSettings(
         runs=specs, images=media, concurrency=concurrency,
-        modes=["unary"], duration_s=duration, warmup_s=warmup, payload="jpeg", trivial=False, echo=False,
+        modes=list(modes), stream_window=stream_window, duration_s=duration, warmup_s=warmup, payload="jpeg", trivial=False, echo=False,
         ceiling_batches=ceiling_batches, client_processes=min(32, max(concurrency)), work_dir=work,
         rounds=rounds, loop=loop, ceiling_pools=list(ceiling_pools or []), daemon_metrics=daemon_metrics,
         title="edgeinfer GPU benchmark: ResNet-50 on ONNX Runtime CUDA EP", command="scripts/gpu_bench.py",
@@ -391,7 +398,7 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
     print(summary_text(results), flush=True)
     for run in results["runs"]:
         for d in (p for p in run["points"] if p["target"] == "daemon"):
-            row(f"ResNet-50 daemon {run['label']} c={d['concurrency']} (gRPC, JPEG, batching max {max_batch})",
+            row(f"ResNet-50 daemon {run['label']} {d['mode']} c={d['concurrency']} (gRPC, JPEG, batching max {max_batch})",
                 "info", f"{d['throughput']:.0f} img/s, P50 {d['p50_ms']:.1f} ms, P99 {d['p99_ms']:.1f} ms, "
                 f"errors {d['errors']}, served on {run['models']['resnet50'].get('served_on')}; daemon means "
                 + ", ".join(f"{k} {v:.0f}" for k, v in (d.get("server_timing_us") or {}).items()))
@@ -428,6 +435,8 @@ def main() -> int:
     ap.add_argument("--loop", default="asyncio", help="event loop of daemon and clients: asyncio, uvloop, auto")
     ap.add_argument("--ceiling-pools", default="",
                     help="batched ceiling: preprocessing pool sizes to try, e.g. 5,8,16 (default: each variant's workers and one per core)")
+    ap.add_argument("--modes", default="unary", help="daemon client modes: unary, stream or unary,stream")
+    ap.add_argument("--stream-window", type=int, default=1, help="stream mode: frames in flight per stream")
     ap.add_argument("--daemon-metrics", action="store_true",
                     help="leave the daemon's metrics endpoints on (127.0.0.1:9400 + process index; see "
                          "scripts/watch_stages.py)")
@@ -457,7 +466,8 @@ def main() -> int:
                                              args.max_batch, [int(b) for b in args.ceiling_batch.split(",")],
                                              args.warmup, args.variants, args.rounds, args.loop,
                                              [int(x) for x in args.ceiling_pools.split(",") if x],
-                                             args.daemon_metrics))]
+                                             args.daemon_metrics, tuple(args.modes.split(",")),
+                                             args.stream_window))]
     failed = False
     for name, step in steps:
         if name in skip:

@@ -2,10 +2,14 @@
 #   ROUNDS=2 VARIANTS="8x4s:::gpu:2:1000,8x4s:::gpu" bash scripts/device/run_variants.sh
 # carrying .gpu/part-05 and .gpu/extra. The ResNet-50 benchmark of the working tree, with
 # nvidia-smi dmon alongside; report, JSON and dmon log come back in $OUT.
+# EXTRA="--modes unary,stream" adds InferStream points (one frame in flight per stream).
+# GIL_PROBE=1 (needs EXTRA=--daemon-metrics, 4 front-ends, py-spy in .gpu/extra/whl): who holds
+# the GIL in the host and one front-end during each daemon point (scripts/device/gil_probe.py).
 source scripts/device/setup.sh
-export PYTHONPATH=/tmp/site:$PWD/daemon:$PWD/clients
+export PYTHONPATH=/tmp/site:$PWD/daemon:$PWD/clients PATH=/tmp/site/bin:$PATH
 nvidia-smi dmon -s u -d 1 -o T > $OUT/dmon.txt & DM=$!
+if [ -n "${GIL_PROBE:-}" ]; then python3 scripts/device/gil_probe.py --out $OUT/gil > $OUT/gil-probe.log 2>&1 & GP=$!; fi
 python3 scripts/gpu_bench.py $BENCH --out /tmp/out-v --rounds ${ROUNDS:-1} --variants "$VARIANTS" ${EXTRA:-} 2>&1 \
   | grep -E "gpu_bench\]" | grep -E "daemon|ceiling|MISS|PASS" | grep -v "^|"
-kill $DM
+kill $DM ${GP:-}
 cp /tmp/out-v/gpu-resnet50.json /tmp/out-v/gpu-resnet50.md $OUT/

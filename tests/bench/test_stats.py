@@ -76,6 +76,19 @@ def test_ratios_pair_points_of_the_same_model_mode_and_concurrency():
     assert ("trivial", "stream/unary", 8) not in by  # no stream point at 8: no ratio invented
 
 
+def test_stream_points_meet_the_ceiling_with_as_many_images_in_flight():
+    run = {"label": "r", "models": {"resnet50": {}}, "points": [
+        _pt("ceiling", "resnet50", "in-process", 32, 3600.0, 8.9, batch=8),
+        dict(_pt("daemon", "resnet50", "stream", 32, 3240.0, 9.8), in_flight=32),   # 32 streams x 1 frame
+        dict(_pt("daemon", "resnet50", "stream", 2, 3000.0, 9.0), in_flight=32),    # 2 streams x 16 frames
+        dict(_pt("daemon", "resnet50", "stream", 8, 2000.0, 9.0), in_flight=128),   # no ceiling at 128
+    ]}
+    ratios = [r for r in analysis.compute_ratios(run, []) if r["name"] == "daemon/ceiling"]
+    by = {r["concurrency"]: r["value"] for r in ratios}
+    assert by == {32: pytest.approx(0.9), 2: pytest.approx(3000 / 3600)}
+    assert all(r["mode"] == "stream" for r in ratios)
+
+
 def test_targets_pass_miss_and_not_measured():
     run = _run()
     echo = [_pt("echo", "trivial", "unary", 1, 1000.0, 1.0), _pt("echo", "trivial", "unary", 8, 1000.0, 7.0)]

@@ -64,3 +64,23 @@ def test_rows_fall_back_per_item_so_one_failure_stays_its_own(logits, classifier
     assert isinstance(answers[1], ValueError)
     np.testing.assert_array_equal(answers[0].outputs["y"], [[0.0, 1.0]])
     np.testing.assert_array_equal(answers[2].outputs["y"], [[4.0, 5.0]])
+
+
+@pytest.mark.parametrize("values", ["distinct", "few levels", "rounded"])
+def test_top_k_orders_as_a_full_stable_sort(values):
+    """top_k skips the full sort; it must still answer what argsort(-scores, stable)[:, :k] does,
+    ties at the cut and inside the top k included (quantized and saturated scores tie)."""
+    from edgeinfer.pipeline.postprocess.classify import top_k
+
+    rng = np.random.default_rng(7)
+    for _ in range(400):
+        rows, n = int(rng.integers(1, 10)), int(rng.integers(1, 50))
+        k = int(rng.integers(1, n + 3))
+        if values == "distinct":
+            scores = rng.standard_normal((rows, n))
+        elif values == "few levels":
+            scores = rng.integers(0, 3, (rows, n)).astype(np.float64)
+        else:
+            scores = np.round(rng.standard_normal((rows, n)), 1)
+        want = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(top_k(scores, k), want)

@@ -31,12 +31,14 @@ def compute_ratios(run: dict, echo_points: list[dict]) -> list[dict]:
     ceilings = [p for p in run["points"] if p["target"] == "ceiling"]
     for d in daemon:
         base = dict(run=run["label"], model=d["model"], mode=d["mode"], concurrency=d["concurrency"])
+        # The ceiling keeps as many images in flight as the clients do: c unary clients, or c
+        # streams x their window (a stream point with window 1 is c clients of the stream API).
+        c = _find(ceilings, model=d["model"], concurrency=d.get("in_flight", d["concurrency"]))
+        if c is not None:
+            out.append(dict(base, name="daemon/ceiling", value=ratio(d["throughput"], c["throughput"]),
+                            numerator=d["throughput"], denominator=c["throughput"],
+                            latency_p50_ratio=ratio(d["p50_ms"], c["p50_ms"])))
         if d["mode"] == "unary":
-            c = _find(ceilings, model=d["model"], concurrency=d["concurrency"])
-            if c is not None:
-                out.append(dict(base, name="daemon/ceiling", value=ratio(d["throughput"], c["throughput"]),
-                                numerator=d["throughput"], denominator=c["throughput"],
-                                latency_p50_ratio=ratio(d["p50_ms"], c["p50_ms"])))
             s = _find(daemon, model=d["model"], mode="stream", concurrency=d["concurrency"])
             if s is not None:
                 out.append(dict(base, name="stream/unary", mode="stream", value=ratio(s["throughput"], d["throughput"]),

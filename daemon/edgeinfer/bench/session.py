@@ -163,7 +163,10 @@ def _daemon_points(label: str, address: str, payloads: dict[str, Payload], setti
                          f"errors {res.summary.errors}; cores: {_cores(usage)}")
                 if res.first_errors:
                     notes.append(f"{spec.label}: first errors: {'; '.join(res.first_errors[:2])}")
+                # Images in flight: what a closed loop's throughput follows (see ceiling.py), and
+                # what a stream point's ceiling is matched on.
                 points.append(_point(label, "daemon", name, mode, c, res.summary, cpu=usage,
+                                     in_flight=c * window if mode == "stream" else c,
                                      other_cpu_pct=usage.get("others_pct"),
                                      request_bytes=res.request_bytes,
                                      response_bytes=res.response_bytes, processes=res.processes,
