@@ -330,13 +330,14 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
                  ceiling_batches: list[int], warmup: float = 2.0, variants: str = "", rounds: int = 1,
                  loop: str = "asyncio", ceiling_pools: Optional[list[int]] = None,
                  daemon_metrics: bool = False, modes: tuple[str, ...] = ("unary",), stream_window: int = 1) -> dict:
-    """variants: comma list of WORKERS[xPROCESSES[s]][:ALGO[:BUCKETS[:NORM[:INSTANCES[:MERGE_US]]]]]
+    """variants: comma list of WORKERS[xPROCESSES[s]][:ALGO[:BUCKETS[:NORM[:INSTANCES[:MERGE_US[:DELAY_US]]]]]]
     (e.g. "16,8x2,16:heuristic:32",
     "16:::gpu", "5x3s"), one daemon run (and its ceiling) each. PROCESSES: [server] processes, with "s":
     [server] inference = "shared" (PROCESSES front-ends and one inference process); ALGO: [onnxruntime]
     cudnn_conv_algo_search; BUCKETS: [batching] buckets, sizes joined by "+" (e.g. 8+32); NORM: [models.input]
     normalize_on (cpu or gpu); INSTANCES: [onnxruntime] instances (concurrent runs; default 2); MERGE_US:
-    [batching] merge_delay_us with preferred size 8 (shared mode: a free host slot waits for 8 rows).
+    [batching] merge_delay_us with preferred size 8 (shared mode: a free host slot waits for 8 rows);
+    DELAY_US: [batching] max_queue_delay_us, the front-end's fill delay (default 2000).
     modes: "unary" and/or "stream" (InferStream: each of the c clients keeps `stream_window` frames in
     flight on its own stream; with 1, c streams hold as many images in flight as c unary clients).
     """
@@ -360,7 +361,7 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
     )
     specs = []
     for v in (variants.split(",") if variants else [str(cpus)]):
-        workers_text, algo, buckets, norm, instances, merge_us = (v.split(":") + [""] * 5)[:6]
+        workers_text, algo, buckets, norm, instances, merge_us, fe_delay_us = (v.split(":") + [""] * 6)[:7]
         workers_text, _, procs_text = workers_text.partition("x")
         shared = procs_text.endswith("s")
         workers, processes = int(workers_text), int(procs_text.rstrip("s") or 1)
@@ -371,6 +372,7 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
                                             instances=int(instances or model.onnxruntime.instances)),
             batching=dataclasses.replace(model.batching, buckets=[int(b) for b in buckets.split("+") if b],
                                          merge_delay_us=int(merge_us or 0),
+                                         max_queue_delay_us=int(fe_delay_us or model.batching.max_queue_delay_us),
                                          preferred_batch_sizes=[8] if merge_us else []))
         config = Config(server=ServerConfig(workers=workers, stream_window=16, processes=processes,
                                             inference="shared" if shared else "per-process"), models=[m],
@@ -385,7 +387,8 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
                              + (f"-buckets{buckets}" if buckets else "")
                              + (f"-norm{norm}" if norm else "")
                              + (f"-i{instances}" if instances else "")
-                             + (f"-merge{merge_us}us" if merge_us else ""), config=config))
+                             + (f"-merge{merge_us}us" if merge_us else "")
+                             + (f"-delay{fe_delay_us}us" if fe_delay_us else ""), config=config))
     settings = BenchSettings(
         runs=specs, images=media, concurrency=concurrency,
         modes=list(modes), stream_window=stream_window, duration_s=duration, warmup_s=warmup, payload="jpeg", trivial=False, echo=False,

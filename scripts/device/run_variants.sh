@@ -6,9 +6,13 @@
 # GIL_PROBE=1 (needs EXTRA=--daemon-metrics, 4 front-ends, py-spy in .gpu/extra/whl): who holds
 # the GIL in the host and one front-end during each daemon point (scripts/device/gil_probe.py).
 source scripts/device/setup.sh
-export PYTHONPATH=/tmp/site:$PWD/daemon:$PWD/clients PATH=/tmp/site/bin:$PATH
+export PYTHONPATH=/tmp/site:$PWD/daemon:$PWD/clients
 nvidia-smi dmon -s u -d 1 -o T > $OUT/dmon.txt & DM=$!
-if [ -n "${GIL_PROBE:-}" ]; then python3 scripts/device/gil_probe.py --out $OUT/gil > $OUT/gil-probe.log 2>&1 & GP=$!; fi
+if [ -n "${GIL_PROBE:-}" ]; then
+  # py-spy gets a target of its own: pip skips bin/ in a target that already has one.
+  [ -x /tmp/pyspy/bin/py-spy ] || python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .gpu/extra/whl/py_spy*.whl
+  export PATH=/tmp/pyspy/bin:$PATH
+  python3 scripts/device/gil_probe.py --out $OUT/gil > $OUT/gil-probe.log 2>&1 & GP=$!; fi
 python3 scripts/gpu_bench.py $BENCH --out /tmp/out-v --rounds ${ROUNDS:-1} --variants "$VARIANTS" ${EXTRA:-} 2>&1 \
   | grep -E "gpu_bench\]" | grep -E "daemon|ceiling|MISS|PASS" | grep -v "^|"
 kill $DM ${GP:-}

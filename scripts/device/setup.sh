@@ -2,7 +2,7 @@
 # parts must already be in /tmp/wheelparts, see docs/NOTES.md), links the assets, sets $BENCH.
 if [ ! -d /tmp/site/onnxruntime ] || [ ! -d /tmp/site/grpc_health ]; then
   cp .gpu/part-05/* /tmp/wheelparts/ && bash /tmp/wheelparts/join-and-install.sh >/dev/null 2>&1
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/extra/whl/*.whl
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site $(ls .gpu/extra/whl/*.whl | grep -v py_spy)
 fi
 export PYTHONUNBUFFERED=1
 mkdir -p /tmp/assets assets && cp -r .gpu/extra/models .gpu/extra/media /tmp/assets/ && ln -sfn /tmp/assets/models assets/models && ln -sfn /tmp/assets/media assets/media

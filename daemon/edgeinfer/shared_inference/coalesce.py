@@ -18,12 +18,17 @@ two runner calls is answered when its last row has run. The front-end's
 runner (RemoteRunner) says the host pads, so front-ends send their rows
 unpadded.
 
-Why padding is mostly cheap (H100, ResNet-50, ORT CUDA EP, two slots): the
-host's runner calls of ~5 rows (padded to 8) took 4.2-5.2 ms, about what the
-in-process ceiling's exact batches of 8 take. At these sizes a call costs the
-same whatever its rows, while a cut leaves rows for a call of their own. A
-25% limit (cutting 5 rows into 4 + 1) measured no better than merging whole
-calls.
+Padding is not free once the GPU is busy. Session 5 (H100) saw the host's calls
+of ~5 rows padded to 8 take about what the ceiling's exact batches of 8 take,
+and concluded that a call costs the same whatever its rows. Under full load the
+padded rows do take GPU time: with the default power-of-two buckets merged calls
+of 5-6 rows ran as 8 and 9-10 as 16. Denser buckets, `[batching] buckets = [2,
+4, 5, 6, 7, 8, 9, 10, 11, 12, 16, 32]`, raised the daemon from 0.67-0.76 to
+0.77-0.82 of the ceiling in three same-call comparisons (H200, ResNet-50, 32
+clients; docs/benchmarks/gpu-2026-11-21-session7.md). The price is one ONNX
+Runtime session per size and instance (OnnxRuntimeConfig.session_per_batch_size).
+A 25% cut limit (cutting 5 rows into 4 + 1) measured no better than merging
+whole calls (session 5).
 """
 from __future__ import annotations
 
