@@ -237,8 +237,8 @@ class BatchingConfig:
     # powers of two and max_batch. E.g. [max_batch] runs one shape only. Padded
     # rows cost GPU time under load: with the shared inference process (merged
     # batches of any size) [2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 16, 32] served
-    # ResNet-50 ~10% faster than the powers of two on an H200 (session 7), at one
-    # ONNX Runtime session per size and instance.
+    # ResNet-50 at 0.05-0.15 more of the in-process ceiling than the powers of two
+    # on an H200 (session 7), at one ONNX Runtime session per size and instance.
     buckets: list[int] = field(default_factory=list)
     # [server] inference = "shared" only: how long a free slot of the inference process
     # may wait, from the oldest waiting front-end batch's arrival, for the merged rows to
