@@ -3,8 +3,9 @@
 # carrying .gpu/part-05 and .gpu/extra. The ResNet-50 benchmark of the working tree, with
 # nvidia-smi dmon alongside; report, JSON and dmon log come back in $OUT.
 # EXTRA="--modes unary,stream" adds InferStream points (one frame in flight per stream).
-# GIL_PROBE=1 (needs EXTRA=--daemon-metrics, 4 front-ends, py-spy in .gpu/extra/whl): who holds
-# the GIL in the host and one front-end during each daemon point (scripts/device/gil_probe.py).
+# GIL_PROBE=1: who holds the GIL in the host and one front-end during each daemon point
+# (scripts/device/gil_probe.py). Needs EXTRA=--daemon-metrics and py-spy in .gpu/extra/whl.
+# The host's metrics port is 9400 + the number of front-ends: HOST_PORT (default 9404, for 4).
 source scripts/device/setup.sh
 export PYTHONPATH=/tmp/site:$PWD/daemon:$PWD/clients
 nvidia-smi dmon -s u -d 1 -o T > $OUT/dmon.txt & DM=$!
@@ -12,7 +13,7 @@ if [ -n "${GIL_PROBE:-}" ]; then
   # py-spy gets a target of its own: pip skips bin/ in a target that already has one.
   [ -x /tmp/pyspy/bin/py-spy ] || python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .gpu/extra/whl/py_spy*.whl
   export PATH=/tmp/pyspy/bin:$PATH
-  python3 scripts/device/gil_probe.py --out $OUT/gil > $OUT/gil-probe.log 2>&1 & GP=$!; fi
+  python3 scripts/device/gil_probe.py --out $OUT/gil --host-port ${HOST_PORT:-9404} > $OUT/gil-probe.log 2>&1 & GP=$!; fi
 python3 scripts/gpu_bench.py $BENCH --out /tmp/out-v --rounds ${ROUNDS:-1} --variants "$VARIANTS" ${EXTRA:-} 2>&1 \
   | grep -E "gpu_bench\]" | grep -E "daemon|ceiling|MISS|PASS" | grep -v "^|"
 kill $DM ${GP:-}
