@@ -55,7 +55,8 @@ log = logging.getLogger(__name__)
 Deliver = Callable[[Optional[Prediction], Optional[BaseException]], None]
 
 
-def _us(seconds: float) -> int:
+def elapsed_us(seconds: float) -> int:
+    """A stage's duration for metrics and Timing: whole microseconds, never negative."""
     return max(0, int(seconds * 1e6))
 
 
@@ -276,7 +277,7 @@ class Batcher:
                 self.gate.release()
                 self.on_deadline()
                 p.deliver(None, DeadlineExpired(
-                    f"the request's deadline passed after {_us(now - p.submitted) / 1000:.1f} ms "
+                    f"the request's deadline passed after {elapsed_us(now - p.submitted) / 1000:.1f} ms "
                     f"waiting for a batch of model {self.model.name!r}; it was not run"))
             elif p.abandoned():
                 self.gate.release()
@@ -379,12 +380,12 @@ class Batcher:
                 continue
             timing = Timing(
                 # Waiting for a worker before preprocess + waiting for the batch to run.
-                queue_us=_us(p.picked - p.submitted) + _us(start - p.enqueued),
+                queue_us=elapsed_us(p.picked - p.submitted) + elapsed_us(start - p.enqueued),
                 preprocess_us=p.prepared.preprocess_us,
                 # The whole batch's run and postprocessing: what this request waited on.
-                inference_us=_us(done - start),
-                postprocess_us=_us(finished - done),
-                total_us=_us(finished - p.submitted),
+                inference_us=elapsed_us(done - start),
+                postprocess_us=elapsed_us(finished - done),
+                total_us=elapsed_us(finished - p.submitted),
                 batch_size=ran_rows)
             p.deliver(Prediction(answer, timing, p.prepared.image_size, info.backend, info.precision), None)
 

@@ -31,7 +31,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..batching import batch_buckets, effective_max_batch
+from ..batching import batch_buckets, effective_max_batch, elapsed_us
 from ..config import Config
 from ..errors import ModelNotReady
 from ..metrics import Metrics, MetricsEndpoint
@@ -162,8 +162,8 @@ class InferenceHost:
             # At the host a "request" is one front-end call: queue = waiting for a slot, inference =
             # its rows' runner call(s), postprocess = writing the outputs back, total = received to reply.
             done = time.perf_counter()
-            self.metrics.observe_ok(name, (_us(merged.wait_s), 0, _us(merged.run_s), _us(done - written),
-                                           _us(done - received)))
+            self.metrics.observe_ok(name, (elapsed_us(merged.wait_s), 0, elapsed_us(merged.run_s),
+                                           elapsed_us(done - written), elapsed_us(done - received)))
         return reply
 
     # -- shutdown -------------------------------------------------------------------------
@@ -185,10 +185,6 @@ class InferenceHost:
         for conn in self._conns:
             _shutdown(conn)
         self.registry.close()
-
-
-def _us(seconds: float) -> int:
-    return max(0, int(seconds * 1e6))
 
 
 def _shutdown(conn) -> None:

@@ -22,7 +22,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from ..backends.base import DescribedRunner, Runner, RunnerInfo, TensorSpec
+from ..backends.base import DescribedRunner, RunnerInfo, TensorSpec
 from ..errors import ModelNotReady
 from .wire import ModelDescription, SharedBuffer, bytes_needed, output_bytes, raise_reply
 
