@@ -1,0 +1,74 @@
+"""scripts/cpu_per_request.py's helpers: per-thread CPU from /proc, and the per-request table."""
+from __future__ import annotations
+
+import collections
+import importlib.util
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cpr():
+    spec = importlib.util.spec_from_file_location("cpu_per_request", ROOT / "scripts" / "cpu_per_request.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_thread_cpu_charges_a_busy_thread_to_its_name(cpr):
+    stop = threading.Event()
+    started = threading.Event()
+
+    def spin():
+        started.set()
+        x = 0
+        while not stop.is_set():
+            x += 1
+
+    t = threading.Thread(target=spin, name="spinner")
+    t.start()
+    started.wait()
+    try:
+        names = {t.native_id: "spinner"}
+        before = cpr.thread_cpu(os.getpid(), names)
+        time.sleep(0.5)
+        after = cpr.thread_cpu(os.getpid(), names)
+    finally:
+        stop.set()
+        t.join()
+    busy = after["spinner"] - before.get("spinner", 0.0)
+    assert busy >= 0.1  # it spun (it shares the GIL with this sleeping thread only)
+    assert "native" in after  # every unnamed thread, this one included, lands there
+    assert after["native"] - before.get("native", 0.0) < busy
+
+
+def test_process_cpu_counts_a_busy_child_and_none_once_it_is_gone(cpr):
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.8)
+        assert cpr.process_cpu(child.pid) >= 0.2
+    finally:
+        child.kill()
+        child.wait(10)
+    with pytest.raises(OSError):
+        cpr.process_cpu(child.pid)  # reaped: gone from /proc
+    assert cpr._safe_cpu(child.pid) == 0.0
+
+
+def test_rows_are_cores_and_ms_per_request_busiest_first(cpr):
+    before = collections.Counter({"infer": 10.0, "MainThread": 1.0, "idle": 5.0})
+    after = collections.Counter({"infer": 26.0, "MainThread": 1.6, "idle": 5.0, "native": 2.0})
+    table = cpr.rows(before, after, seconds=8.0, rate=100.0)
+    assert [r[0] for r in table] == ["infer", "native", "MainThread", "total"]  # idle (0 cores) left out
+    infer = table[0]
+    assert infer[1] == pytest.approx(2.0) and infer[2] == pytest.approx(20.0)  # 16 s / 8 s; 2 cores / 100 req/s
+    assert table[-1][1] == pytest.approx(2.0 + 0.25 + 0.075)
+    assert table[-1][2] == pytest.approx(23.25)
