@@ -71,15 +71,6 @@ class ServerConfig:
     # (edgeinfer/shared_inference). One CUDA context and bigger batches on a GPU;
     # the inference process serves metrics on the metrics port + processes.
     inference: Literal["per-process", "shared"] = "per-process"
-    # "shared" only: the inference process's nice value relative to the front-ends
-    # (negative = ahead of them for a core). Its slot and channel threads feed the
-    # GPU for every front-end, and a decode thread that holds their core delays all
-    # of them. H200, ResNet-50, 32 clients, 6 front-ends: -10 won 5 of 6 alternating
-    # rounds against 0, median 0.90 against 0.88 of the in-process ceiling
-    # (docs/benchmarks/gpu-2026-11-21-session8.md). Lowering a nice value needs
-    # CAP_SYS_NICE or an RLIMIT_NICE that allows it: systemd/edgeinfer.service sets
-    # LimitNICE=-10. Without either the process says so in the log and runs at 0.
-    inference_nice: int = field(default=-10, metadata=_check(lambda v: -20 <= v <= 19, "a nice value in -20..19"))
     # Threads doing decode/preprocess/inference/postprocess off the event loop.
     workers: int = field(default=4, metadata=_positive)
     max_message_bytes: int = field(default=32 * 1024 * 1024, metadata=_positive)

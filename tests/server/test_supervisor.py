@@ -30,12 +30,12 @@ def _free_ports(n: int = 2) -> int:
     raise RuntimeError(f"no {n} consecutive free ports")
 
 
-def _config(tmp_path, trivial_onnx, metrics_port=0, processes=2, inference="per-process", **server):
+def _config(tmp_path, trivial_onnx, metrics_port=0, processes=2, inference="per-process"):
     from edgeinfer.config import parse_config
 
     return parse_config({
         "server": {"listen": "127.0.0.1:0", "workers": 2, "processes": processes, "grace_period_s": 1.0,
-                   "inference": inference, **server},
+                   "inference": inference},
         "metrics": {"enabled": bool(metrics_port), "listen": f"127.0.0.1:{metrics_port or 9400}"},
         "cache": {"dir": str(tmp_path)},
         "models": [{"name": "trivial", "onnx": str(trivial_onnx), "backends": ["onnxruntime"],
@@ -218,66 +218,6 @@ def test_a_dead_inference_host_stops_the_service_non_zero(tmp_path, trivial_onnx
     while any(_alive(p) for p in fronts) and time.monotonic() < end:
         time.sleep(0.1)
     assert not any(_alive(p) for p in fronts)
-
-
-def _thread_nices(pid: int) -> set[int]:
-    """The nice value of every thread of `pid` (field 19 of /proc/<pid>/task/<tid>/stat)."""
-    out = set()
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/stat") as f:
-            out.add(int(f.read().rsplit(")", 1)[1].split()[16]))
-    return out
-
-
-def test_the_inference_process_runs_at_its_own_nice_value_in_every_thread(tmp_path, trivial_onnx):
-    """[server] inference_nice moves the host, all its threads (ORT's, the slots', the channels'),
-    and not the front-ends. +3 needs no privilege, so the test runs anywhere."""
-    own = os.getpriority(os.PRIO_PROCESS, 0)
-    r = Running(_config(tmp_path, trivial_onnx, inference="shared", inference_nice=3))
-    try:
-        with Client(r.listen, timeout=30) as c:  # the host's slot and channel threads exist by now
-            c.infer("trivial", tensors={"x": np.zeros((1, 64), np.float32)})
-        host = next(p for p in r.sup._procs if p.name == "edgeinfer-inference").pid
-        assert _thread_nices(host) == {min(19, own + 3)}
-        for front in (p for p in r.sup.pids if p != host):
-            assert _thread_nices(front) == {own}
-    finally:
-        r.stop()
-    assert r.rc == 0
-
-
-def test_a_refused_nice_value_is_logged_and_the_host_runs_on(monkeypatch, caplog):
-    from edgeinfer.shared_inference import host
-
-    def refuse(_which, _who, _prio):
-        raise PermissionError(1, "Operation not permitted")
-
-    monkeypatch.setattr(host.os, "setpriority", refuse)
-    with caplog.at_level("WARNING", logger="edgeinfer.shared_inference.host"):
-        assert host.adjust_priority(-10) is None
-    assert "nice -10 refused" in caplog.text and "LimitNICE=-10" in caplog.text
-    assert host.adjust_priority(0) == os.getpriority(os.PRIO_PROCESS, 0)  # 0: nothing to ask for
-
-
-def test_inference_nice_must_be_a_nice_value():
-    from edgeinfer.config import ConfigError, parse_config
-
-    assert parse_config({"server": {"inference_nice": -20}}, source="t").server.inference_nice == -20
-    with pytest.raises(ConfigError, match="inference_nice"):
-        parse_config({"server": {"inference_nice": -21}}, source="t")
-
-
-def test_the_unit_lets_the_default_inference_nice_through():
-    """systemd/edgeinfer.service's LimitNICE must allow [server] inference_nice's default without
-    CAP_SYS_NICE (the unit's CapabilityBoundingSet is empty)."""
-    from pathlib import Path
-
-    from edgeinfer.config import ServerConfig
-
-    unit = (Path(__file__).resolve().parents[2] / "systemd" / "edgeinfer.service").read_text()
-    limit = next(line.split("=", 1)[1].strip() for line in unit.splitlines() if line.startswith("LimitNICE="))
-    assert limit.startswith(("-", "+")), "a nice value, not a raw rlimit"
-    assert int(limit) <= ServerConfig().inference_nice
 
 
 def test_shared_inference_needs_a_tcp_port():

@@ -196,41 +196,11 @@ def _shutdown(conn) -> None:
         pass
 
 
-def adjust_priority(increment: int) -> Optional[int]:
-    """Move this process's nice value by `increment` ([server] inference_nice); the new value, or None
-    when the system refuses (no CAP_SYS_NICE and RLIMIT_NICE too low): then it stays as it was.
-
-    On Linux a nice value belongs to a thread and new threads take their creator's. So every
-    thread that exists already is moved (imports start some, e.g. OpenBLAS's pool), and the
-    threads started later inherit the value.
-    """
-    current = os.getpriority(os.PRIO_PROCESS, 0)
-    if increment == 0:
-        return current
-    target = max(-20, min(19, current + increment))
-    try:
-        tids = [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:  # no /proc: this thread only
-        tids = [0]
-    for tid in tids:
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, target)
-        except ProcessLookupError:  # a thread that ended meanwhile
-            continue
-        except OSError as exc:
-            log.warning("inference process: nice %+d refused (%s); it runs at the front-ends' priority. "
-                        "Allow it with LimitNICE=%d in the systemd unit, or CAP_SYS_NICE.",
-                        increment, exc.strerror or exc, increment)
-            return None
-    return target
-
-
 def host_main(config: Config, channels, events, index: int, log_level: int, tick_s: float = 1.0) -> None:
     """Body of the inference host process (started by the supervisor, with its child_config)."""
     from ..server.supervisor import prepare_child
 
     prepare_child("inference", log_level)
-    adjust_priority(config.server.inference_nice)
     parent = os.getppid()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
