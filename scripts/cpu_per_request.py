@@ -28,9 +28,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "daemon"), str(ROOT / "clients")]  # also from a checkout without the venv's install
+from edgeinfer.bench.environment import tree_cpu_seconds  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def thread_cpu(pid: int, names: dict[int, str]) -> collections.Counter:
@@ -47,12 +51,6 @@ def thread_cpu(pid: int, names: dict[int, str]) -> collections.Counter:
     return out
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds so far of the whole process `pid` (all threads)."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
 def py_spy_names(pid: int) -> dict[int, str]:
     """tid -> Python thread name ("infer_3" -> "infer"), from `py-spy dump`; {} without py-spy."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -63,14 +61,19 @@ def py_spy_names(pid: int) -> dict[int, str]:
             for m in re.finditer(r'^Thread (\d+) \(\w+\): "(.*)"$', text, re.M)}
 
 
-def rows(before: collections.Counter, after: collections.Counter, seconds: float, rate: float) -> list[tuple]:
-    """(name, cores, ms per request) per thread name, busiest first, then ("total", ...)."""
+def rows(before: collections.Counter, after: collections.Counter, seconds: float, rate: float,
+         extra: Optional[dict[str, float]] = None) -> list[tuple]:
+    """(name, cores, ms per request) per thread name, busiest first, then each of `extra`
+    (name -> cores measured elsewhere, e.g. the clients), then ("total", ...) over all of them."""
     out, total = [], 0.0
     for name in sorted(after, key=lambda k: -(after[k] - before.get(k, 0.0))):
         cores = (after[name] - before.get(name, 0.0)) / seconds
         total += cores
         if cores > 0.005:
             out.append((name, cores, 1000 * cores / rate))
+    for name, cores in (extra or {}).items():
+        total += cores
+        out.append((name, cores, 1000 * cores / rate))
     out.append(("total", total, 1000 * total / rate))
     return out
 
@@ -95,49 +98,22 @@ def measure_daemon(args) -> None:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(3)  # past the warm-up; the worker threads exist by now
         names = py_spy_names(server.pid)
-        clients = _children(bench.pid)
-        t0, c0 = thread_cpu(server.pid, names), sum(_safe_cpu(c) for c in clients)
+        # The bench process and its client processes (the bench itself only waits meanwhile).
+        t0, c0 = thread_cpu(server.pid, names), tree_cpu_seconds(bench.pid)
         time.sleep(args.duration)
-        t1, c1 = thread_cpu(server.pid, names), sum(_safe_cpu(c) for c in clients)
+        t1, c1 = thread_cpu(server.pid, names), tree_cpu_seconds(bench.pid)
         err = bench.communicate()[1]
         found = re.findall(rf"c={args.concurrency}: ([\d.]+)/s", err)
         if not found:
             raise SystemExit(f"the bench printed no rate:\n{err[-2000:]}")
         rate = float(found[-1])
-        table = rows(t0, t1, args.duration, rate)
-        clients_cores = (c1 - c0) / args.duration
-        table.insert(-1, ("clients", clients_cores, 1000 * clients_cores / rate))
-        total = table[-1]
-        table[-1] = ("total", total[1] + clients_cores, total[2] + 1000 * clients_cores / rate)
-        _print("daemon", rate, table)
+        _print("daemon", rate, rows(t0, t1, args.duration, rate, extra={"clients": (c1 - c0) / args.duration}))
     finally:
         server.terminate()
         server.wait(30)
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                ppid = int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            if ppid == pid:
-                out.append(int(p))
-                out.extend(_children(int(p)))
-    return out
-
-
-def _safe_cpu(pid: int) -> float:
-    try:
-        return process_cpu(pid)
-    except OSError:
-        return 0.0
-
-
 def measure_ceiling(args) -> None:
-    sys.path[:0] = [str(ROOT / "daemon"), str(ROOT / "clients")]
     from edgeinfer.bench.ceiling import _run_point
     from edgeinfer.bench.workload import find_images, image_payload
     from edgeinfer.config import load_config

@@ -4,8 +4,6 @@ from __future__ import annotations
 import collections
 import importlib.util
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -50,19 +48,6 @@ def test_thread_cpu_charges_a_busy_thread_to_its_name(cpr):
     assert after["native"] - before.get("native", 0.0) < busy
 
 
-def test_process_cpu_counts_a_busy_child_and_none_once_it_is_gone(cpr):
-    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.8)
-        assert cpr.process_cpu(child.pid) >= 0.2
-    finally:
-        child.kill()
-        child.wait(10)
-    with pytest.raises(OSError):
-        cpr.process_cpu(child.pid)  # reaped: gone from /proc
-    assert cpr._safe_cpu(child.pid) == 0.0
-
-
 def test_rows_are_cores_and_ms_per_request_busiest_first(cpr):
     before = collections.Counter({"infer": 10.0, "MainThread": 1.0, "idle": 5.0})
     after = collections.Counter({"infer": 26.0, "MainThread": 1.6, "idle": 5.0, "native": 2.0})
@@ -72,3 +57,7 @@ def test_rows_are_cores_and_ms_per_request_busiest_first(cpr):
     assert infer[1] == pytest.approx(2.0) and infer[2] == pytest.approx(20.0)  # 16 s / 8 s; 2 cores / 100 req/s
     assert table[-1][1] == pytest.approx(2.0 + 0.25 + 0.075)
     assert table[-1][2] == pytest.approx(23.25)
+    # Cores measured elsewhere (the clients) come after the threads and count in the total.
+    with_clients = cpr.rows(before, after, seconds=8.0, rate=100.0, extra={"clients": 0.05})
+    assert [r[0] for r in with_clients] == ["infer", "native", "MainThread", "clients", "total"]
+    assert with_clients[-1][1] == pytest.approx(2.0 + 0.25 + 0.075 + 0.05)
