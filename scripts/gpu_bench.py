@@ -329,7 +329,8 @@ def gpu_targets(run: dict) -> list:
 def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concurrency: list[int], max_batch: int,
                  ceiling_batches: list[int], warmup: float = 2.0, variants: str = "", rounds: int = 1,
                  loop: str = "asyncio", ceiling_pools: Optional[list[int]] = None,
-                 daemon_metrics: bool = False, modes: tuple[str, ...] = ("unary",), stream_window: int = 1) -> dict:
+                 daemon_metrics: bool = False, modes: tuple[str, ...] = ("unary",), stream_window: int = 1,
+                 interleave: bool = False) -> dict:
     """variants: comma list of WORKERS[xPROCESSES[s]][:ALGO[:BUCKETS[:NORM[:INSTANCES[:MERGE_US[:DELAY_US]]]]]]
     (e.g. "16,8x2,16:heuristic:32",
     "16:::gpu", "5x3s"), one daemon run (and its ceiling) each. PROCESSES: [server] processes, with "s":
@@ -342,7 +343,7 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
     flight on its own stream; with 1, c streams hold as many images in flight as c unary clients).
     """
     from edgeinfer.bench.cli import summary_text
-    from edgeinfer.bench.report import write_report
+    from edgeinfer.bench.report import interval_text, write_report
     from edgeinfer.bench.session import BenchSettings, RunSpec, run_benchmark
     from edgeinfer.config import (BatchingConfig, Config, InputConfig, ModelConfig, OnnxRuntimeConfig,
                                   PostprocessConfig, ServerConfig)
@@ -393,7 +394,8 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
         runs=specs, images=media, concurrency=concurrency,
         modes=list(modes), stream_window=stream_window, duration_s=duration, warmup_s=warmup, payload="jpeg", trivial=False, echo=False,
         ceiling_batches=ceiling_batches, client_processes=min(32, max(concurrency)), work_dir=work,
-        rounds=rounds, loop=loop, ceiling_pools=list(ceiling_pools or []), daemon_metrics=daemon_metrics,
+        rounds=rounds, interleave=interleave, loop=loop, ceiling_pools=list(ceiling_pools or []),
+        daemon_metrics=daemon_metrics,
         title="edgeinfer GPU benchmark: ResNet-50 on ONNX Runtime CUDA EP", command="scripts/gpu_bench.py",
         targets=gpu_targets)
     results = run_benchmark(settings)
@@ -414,7 +416,8 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
     for t in results.get("median_targets", []):
         row(f"{t['run']}: {t['title']}, median of {t['rounds']} rounds",
             "PASS" if t["passed"] else ("MISS" if t["passed"] is False else "n/a"),
-            f"median {t['median']:.3f}; rounds " + ", ".join(f"{v:.3f}" for v in t["values"])
+            f"median {t['median']:.3f}, interval {interval_text(t)}; rounds "
+            + ", ".join(f"{v:.3f}" for v in t["values"])
             if t["median"] is not None else "")
     return {"results_json": str(paths["json"]), "targets": results["targets"]}
 
@@ -435,6 +438,9 @@ def main() -> int:
                     help="cudnn_conv_algo_search modes the diagnose step compares")
     ap.add_argument("--skip", default="", help="comma list of kernel,iobinding,diagnose,resnet")
     ap.add_argument("--rounds", type=int, default=1, help="repeat every variant, round by round; median verdict")
+    ap.add_argument("--interleave", action="store_true",
+                    help="with --rounds: every variant's daemon and the ceiling stay loaded and take one slice "
+                         "each per round, back to back (--duration/--warmup per slice): an A/B in one call")
     ap.add_argument("--loop", default="asyncio", help="event loop of daemon and clients: asyncio, uvloop, auto")
     ap.add_argument("--ceiling-pools", default="",
                     help="batched ceiling: preprocessing pool sizes to try, e.g. 5,8,16 (default: each variant's workers and one per core)")
@@ -470,7 +476,7 @@ def main() -> int:
                                              args.warmup, args.variants, args.rounds, args.loop,
                                              [int(x) for x in args.ceiling_pools.split(",") if x],
                                              args.daemon_metrics, tuple(args.modes.split(",")),
-                                             args.stream_window))]
+                                             args.stream_window, args.interleave))]
     failed = False
     for name, step in steps:
         if name in skip:

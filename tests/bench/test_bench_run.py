@@ -228,3 +228,92 @@ def test_default_ceiling_models_add_the_default_instance_count():
     four = ModelConfig(name="m", onnx="m.onnx")
     four.onnxruntime.instances = 4
     assert session.default_ceiling_models(four) == [four]  # more than the default: only as configured
+
+
+def test_interleaved_rounds_pair_each_daemon_slice_with_its_own_ceiling_and_echo(dev_config, media, start_daemon,
+                                                                                 tmp_path):
+    """--interleave: daemons, ceiling and echo stay loaded; each round of a point is a slice of each, back to
+    back, odd rounds reversed; a ceiling job alike for two runs is measured once per round for both; ratios use
+    the ceiling of the same round and point; the median comes with an interval."""
+    from edgeinfer.bench.cli import summary_text
+
+    cfg = copy.deepcopy(dev_config)
+    cfg.cache.dir = str(tmp_path / "cache")
+    cfg.models = [trivial_model_config(build_trivial_onnx(tmp_path / "trivial.onnx"))]
+    daemon = start_daemon(cfg)
+    lines: list[str] = []
+    settings = BenchSettings(runs=[RunSpec("a", config=cfg, address=daemon.address),
+                                   RunSpec("b", config=cfg, address=daemon.address)], images=media,
+                             concurrency=[1], modes=["unary", "stream"], duration_s=0.3, warmup_s=0.1,
+                             stream_window=2, echo_concurrency=[1], ceiling_batches=[1, 2], ceiling_pools=[1],
+                             rounds=3, interleave=True, work_dir=tmp_path)
+    results = run_benchmark(settings, progress=lines.append)
+    assert [r["label"] for r in results["runs"]] == ["a#1", "b#1", "a#2", "b#2", "a#3", "b#3"]
+    assert [line for line in lines if line.startswith("[bench] round")] == [
+        f"[bench] round {k}/3: a, b trivial {pair}" for pair in ("unary c=1", "stream c=1") for k in (1, 2, 3)]
+    measured = [line for line in lines if " ceiling trivial " in line or " daemon trivial unary" in line]
+    # round 1: daemon a, daemon b, then each ceiling job once (both runs configure it alike)
+    assert [line.split(":")[0].split()[1] for line in measured[:4]] == ["a", "b", "a#1", "a#1"]
+    for k, run in enumerate(results["runs"]):
+        rnd = k // 2
+        unary = [p["target"] for p in run["points"] if p["pair"] == "unary c=1"]
+        # batch 1 and batch 2 ceilings next to each daemon slice; odd rounds go the other way
+        assert unary == (["daemon", "ceiling", "ceiling"] if rnd % 2 == 0 else ["ceiling", "ceiling", "daemon"])
+        assert all(p["run"] == run["label"] for p in run["points"])
+        stream_ceilings = [p for p in run["points"] if p["pair"] == "stream c=1" and p["target"] == "ceiling"]
+        assert {p["concurrency"] for p in stream_ceilings} == {2}  # 1 stream x window 2 images in flight
+        echoes = [p for p in results["echo"] if p["run"] == run["label"]]
+        assert sorted(p["pair"] for p in echoes) == ["stream c=1", "unary c=1"]
+        for p in run["points"] + echoes:
+            assert p["errors"] == 0 and p["count"] > 0, p
+        for r in (r for r in results["ratios"] if r["run"] == run["label"] and r["name"] == "daemon/ceiling"):
+            pair = f"{r['mode']} c={r['concurrency']}"
+            best = max(p["throughput"] for p in run["points"] if p["target"] == "ceiling" and p["pair"] == pair)
+            assert r["denominator"] == best
+    a2, b2 = results["runs"][2], results["runs"][3]
+    assert [p["throughput"] for p in a2["points"] if p["target"] == "ceiling"] == \
+        [p["throughput"] for p in b2["points"] if p["target"] == "ceiling"]  # one measurement, both runs
+    medians = {(t["run"], t["title"]): t for t in results["median_targets"]}
+    echo_c1 = medians[("a", "trivial: unary within 15% of bare echo (c=1)")]
+    assert len(echo_c1["values"]) == 3
+    low, high = echo_c1["interval"]
+    assert low == min(echo_c1["values"]) and high == max(echo_c1["values"])  # 3 rounds: min-max, 75%
+    assert echo_c1["interval_coverage"] == pytest.approx(0.75)
+    assert "interval" in summary_text(results)
+    # b against a, round by round
+    paired = next(d for d in results["paired"] if d["title"] == echo_c1["title"])
+    b_values = medians[("b", echo_c1["title"])]["values"]
+    assert paired["run"] == "b" and paired["against"] == "a"
+    assert paired["differences"] == pytest.approx([vb - va for va, vb in zip(echo_c1["values"], b_values)])
+    text = report.write_report(results, tmp_path / "out", "interleaved", plots=False)["markdown"].read_text()
+    assert "interleaved point by point" in text and "(75%)" in text and "## Runs compared round by round" in text
+
+
+def test_median_interval_brackets_the_median_with_order_statistics():
+    from edgeinfer.bench.analysis import median_interval
+
+    assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0, 0.75)
+    low, high, cover = median_interval([float(v) for v in range(10)])
+    assert (low, high) == (1.0, 8.0) and cover == pytest.approx(1 - 2 * 11 / 1024)
+    # more rounds, a tighter interval at the same confidence
+    low, high, cover = median_interval([float(v) for v in range(20)])
+    assert (low, high) == (5.0, 14.0) and cover >= 0.90
+    with pytest.raises(ValueError):
+        median_interval([])
+
+
+def test_paired_differences_compare_each_run_with_the_first_round_by_round():
+    from edgeinfer.bench.analysis import paired_differences
+
+    def t(run, value, title="x"):
+        return {"run": run, "title": title, "value": value}
+
+    targets = [t("a#1", 0.80), t("b#1", 0.70), t("c#1", 0.85),
+               t("a#2", 0.90), t("b#2", 0.95), t("c#2", 0.86),
+               t("a#3", 0.85), t("b#3", 0.75), t("c#3", None)]
+    out = {d["run"]: d for d in paired_differences(targets)}
+    assert set(out) == {"b", "c"} and out["b"]["against"] == "a"
+    assert out["b"]["differences"] == pytest.approx([-0.10, 0.05, -0.10])
+    assert out["b"]["median"] == pytest.approx(-0.10) and out["b"]["wins"] == 1
+    assert out["c"]["differences"] == pytest.approx([0.05, -0.04])  # round 3 of c was not measured
+    assert paired_differences([t("a#1", 0.8), t("a#2", 0.9)]) == []  # one run: nothing to compare

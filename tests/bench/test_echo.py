@@ -42,3 +42,26 @@ def test_load_generator_reports_an_unreachable_target():
                     warmup_s=0.0, label="nowhere", connect_timeout_s=1)
     with pytest.raises(RuntimeError, match="nowhere: client process failed"):
         run_load(spec, progress=None)
+
+
+def test_load_clients_stay_connected_and_measure_slice_after_slice(echo):
+    """The interleaved bench keeps one set of clients open and alternates short slices with the ceiling."""
+    from edgeinfer.bench.loadgen import LoadClients
+
+    for mode, method in (("unary", unary_method(16)), ("stream", stream_method(16))):
+        spec = LoadSpec(echo.address, method, mode, [b"z" * 40], concurrency=3, processes=2,
+                        duration_s=0.3, warmup_s=0.1, stream_window=2, label=f"slices {mode}")
+        with LoadClients(spec) as clients:
+            procs = list(clients._procs)
+            pids = [p.pid for p in procs]
+            first = clients.run_slice(progress=None)
+            second = clients.run_slice(warmup_s=0.0, duration_s=0.6, progress=None)
+            assert [p.pid for p in clients._procs] == pids and all(p.is_alive() for p in clients._procs)
+        assert first.processes == second.processes == 2
+        for res in (first, second):
+            assert res.summary.errors == 0 and res.summary.count > 10, mode
+        # each slice's rate is over its own window
+        assert second.summary.duration_s == pytest.approx(0.6)
+        assert second.summary.throughput == pytest.approx(second.summary.count / 0.6)
+        assert len(second.latencies_s) == second.summary.count
+        assert not any(p.is_alive() for p in procs)  # "stop" ended them

@@ -5,6 +5,7 @@ same mode, same concurrency), so machine drift between runs cancels out.
 """
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from typing import Iterable, Optional
@@ -33,7 +34,9 @@ def compute_ratios(run: dict, echo_points: list[dict]) -> list[dict]:
         base = dict(run=run["label"], model=d["model"], mode=d["mode"], concurrency=d["concurrency"])
         # The ceiling keeps as many images in flight as the clients do: c unary clients, or c
         # streams x their window (a stream point with window 1 is c clients of the stream API).
-        c = _find(ceilings, model=d["model"], concurrency=d.get("in_flight", d["concurrency"]))
+        # An interleaved round pairs each daemon point with the ceiling measured next to it.
+        paired = {"pair": d["pair"]} if "pair" in d else {}
+        c = _find(ceilings, model=d["model"], concurrency=d.get("in_flight", d["concurrency"]), **paired)
         if c is not None:
             out.append(dict(base, name="daemon/ceiling", value=ratio(d["throughput"], c["throughput"]),
                             numerator=d["throughput"], denominator=c["throughput"],
@@ -118,10 +121,34 @@ def base_label(run_label: str) -> str:
     return run_label.rsplit("#", 1)[0] if "#" in run_label else run_label
 
 
+def median_interval(values: list[float], confidence: float = 0.90) -> tuple[float, float, float]:
+    """A distribution-free interval for the median of `values`: (low, high, its coverage).
+
+    The k-th smallest and k-th largest values bracket the true median with probability
+    1 - 2 * P(Binomial(n, 1/2) < k); k is the largest that still covers `confidence`.
+    With too few values for that (n < 5 at 90%), min and max, with their own coverage.
+    """
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("no values")
+
+    def coverage(k: int) -> float:
+        below = sum(math.comb(n, i) for i in range(k)) / 2 ** n
+        return 1.0 - 2.0 * below
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= confidence:
+        k += 1
+    return xs[k - 1], xs[n - k], coverage(k)
+
+
 def median_targets(targets: list[dict], rounds: int) -> list[dict]:
     """One verdict per run and target over its rounds: the median ratio against the goal.
 
-    `targets`: TargetResult dicts of every round (run labels "<label>#<round>").
+    `targets`: TargetResult dicts of every round (run labels "<label>#<round>"). Each verdict
+    also carries a ~90% interval for the median (median_interval): a verdict whose interval
+    straddles the goal is not settled by this many rounds.
     """
     groups: dict[tuple[str, str], list[dict]] = {}
     for t in targets:
@@ -130,7 +157,44 @@ def median_targets(targets: list[dict], rounds: int) -> list[dict]:
     for (run, title), ts in groups.items():
         values = [t["value"] for t in ts if t["value"] is not None]
         median = float(statistics.median(values)) if values else None
+        low, high, cover = median_interval(values) if values else (None, None, None)
         out.append(dict(run=run, title=title, threshold=ts[0]["threshold"], values=values, rounds=rounds,
                         median=median, passed=None if median is None else median >= ts[0]["threshold"],
-                        passed_rounds=sum(v >= ts[0]["threshold"] for v in values)))
+                        passed_rounds=sum(v >= ts[0]["threshold"] for v in values),
+                        interval=None if low is None else [low, high], interval_coverage=cover))
+    return out
+
+
+def paired_differences(targets: list[dict]) -> list[dict]:
+    """Each run against the first, round by round: an A/B from the same rounds.
+
+    `targets`: TargetResult dicts of every round. For every target and every run after
+    the first, the differences of their ratios in the same round (run minus first), the
+    median difference with its interval (median_interval) and the rounds the run won.
+    Meaningful for interleaved rounds, where each round's runs were measured seconds apart.
+    """
+    by_run: dict[str, dict[tuple[str, str], float]] = {}
+    order: list[str] = []
+    for t in targets:
+        if t["value"] is None or "#" not in t["run"]:
+            continue
+        run, rnd = base_label(t["run"]), t["run"].rsplit("#", 1)[1]
+        if run not in by_run:
+            order.append(run)
+        by_run.setdefault(run, {})[(t["title"], rnd)] = t["value"]
+    out = []
+    if len(order) < 2:
+        return out
+    first = by_run[order[0]]
+    titles = list(dict.fromkeys(title for title, _ in first))
+    for run in order[1:]:
+        for title in titles:
+            diffs = [by_run[run][(title, rnd)] - v for (t, rnd), v in first.items()
+                     if t == title and (title, rnd) in by_run[run]]
+            if not diffs:
+                continue
+            low, high, cover = median_interval(diffs)
+            out.append(dict(run=run, against=order[0], title=title, differences=diffs,
+                            median=float(statistics.median(diffs)), interval=[low, high],
+                            interval_coverage=cover, wins=sum(d > 0 for d in diffs)))
     return out

@@ -146,7 +146,15 @@ def _run_point(model, items, options, concurrency: int, batch: int, duration_s: 
     return CeilingPoint(concurrency, batch, summarize(lat, duration_s, sum(errors)), lat, stage_us)
 
 
+def point_threads(concurrency: int, batch: int, threads_cap: Optional[int]) -> int:
+    """Threads of a ceiling point that stands for `concurrency` clients (see the module's docstring)."""
+    if batch > 1:  # c images in flight, as c clients keep
+        return max(1, concurrency // batch)
+    return min(concurrency, threads_cap) if threads_cap else concurrency
+
+
 def _child(spec: CeilingSpec, conn) -> None:
+    """Load the model once, then measure one point per ("point", ...) command until "stop"."""
     import logging
 
     from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2 as pb
@@ -155,6 +163,7 @@ def _child(spec: CeilingSpec, conn) -> None:
     from ..server.converters import request_input, request_options
 
     logging.basicConfig(level=logging.WARNING)
+    pools: dict[int, ThreadPoolExecutor] = {}
     try:
         model = ServedModel(spec.model, spec.server, Path(spec.cache_dir) if spec.cache_dir else None)
         model.load()
@@ -165,29 +174,101 @@ def _child(spec: CeilingSpec, conn) -> None:
         options = request_options(msgs[0])
         info = model.runner.info
         conn.send(("loaded", f"{info.backend}/{info.precision} on {info.device}"))
-        pool = ThreadPoolExecutor(max_workers=spec.pool_size) if spec.batch > 1 else None
-        for c in spec.concurrency:
-            if spec.batch > 1:  # c images in flight, as c clients keep
-                threads = max(1, c // spec.batch)
-            else:
-                threads = min(c, spec.threads_cap) if spec.threads_cap else c
-            label = f"[bench] {spec.label} ceiling c={c} threads={threads}" + \
-                (f" batch={spec.batch}" if spec.batch > 1 else "")
+        while True:
+            command = conn.recv()
+            if command[0] != "point":
+                break
+            _, c, threads, batch, pool_size, duration_s, warmup_s, quiet = command
+            pool = pools.setdefault(pool_size, ThreadPoolExecutor(max_workers=pool_size)) if batch > 1 else None
+            label = f"[bench] {spec.label} ceiling c={c} threads={threads}" + (f" batch={batch}" if batch > 1 else "")
 
             def progress(line: str, _label=label) -> None:
                 print(f"{_label}: {line}", file=sys.stderr, flush=True)
 
-            point = _run_point(model, items, options, threads, spec.batch, spec.duration_s, spec.warmup_s, progress,
-                               pool)
+            point = _run_point(model, items, options, threads, batch, duration_s, warmup_s,
+                               None if quiet else progress, pool)
             point.concurrency, point.threads = c, threads
-            point.pool = spec.pool_size if spec.batch > 1 else 0
+            point.pool = pool_size if batch > 1 else 0
             conn.send(("point", point))
-        if pool is not None:
+        for pool in pools.values():
             pool.shutdown()
         model.unload()
         conn.send(("done", None))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         report_failure(conn, exc)
+
+
+class CeilingProcess:
+    """The served model loaded once in a child process, measured point by point.
+
+    `run_ceiling` measures a spec's points in one go; the interleaved benchmark
+    keeps the process loaded (idle between points) and alternates short points
+    with the daemon's slices, so both see the same machine.
+
+    Raises:
+        RuntimeError: the model did not load, the child failed or did not answer in `timeout_s`.
+    """
+
+    def __init__(self, spec: CeilingSpec, timeout_s: float = 900.0):
+        self.spec = spec
+        self.timeout_s = timeout_s
+        self.device = ""
+        self._proc = None
+        self._conn = None
+
+    def __enter__(self) -> "CeilingProcess":
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_child, args=(self.spec, child), name="edgeinfer-bench-ceiling", daemon=True)
+        self._proc.start()
+        try:
+            self.device = self._expect("loaded")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _expect(self, kind: str, timeout_s: Optional[float] = None):
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        name = self.spec.model.name
+        if not self._conn.poll(timeout_s):
+            raise RuntimeError(f"ceiling for {name} did not answer within {timeout_s:.0f}s")
+        try:
+            what, value = self._conn.recv()
+        except EOFError:
+            raise RuntimeError(f"ceiling for {name} died (exit code {self._proc.exitcode})") from None
+        if what != kind:
+            raise RuntimeError(f"ceiling for {name} failed: {value}")
+        return value
+
+    def point(self, concurrency: int, batch: Optional[int] = None, threads_cap: Optional[int] = None,
+              pool: Optional[int] = None, duration_s: Optional[float] = None, warmup_s: Optional[float] = None,
+              quiet: bool = False) -> CeilingPoint:
+        """Measure one point (the spec's batch, cap, pool and durations unless given)."""
+        spec = self.spec
+        batch = spec.batch if batch is None else batch
+        threads = point_threads(concurrency, batch, spec.threads_cap if threads_cap is None else threads_cap)
+        pool_size = pool or spec.pool_size
+        duration_s = spec.duration_s if duration_s is None else duration_s
+        warmup_s = spec.warmup_s if warmup_s is None else warmup_s
+        self._conn.send(("point", concurrency, threads, batch, pool_size, duration_s, warmup_s, quiet))
+        return self._expect("point")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.send(("stop",))
+                self._expect("done", timeout_s=30)
+            except (OSError, RuntimeError):
+                pass
+        if self._proc is not None:
+            self._proc.join(10)
+            if self._proc.is_alive():
+                self._proc.terminate()
+        self._proc = self._conn = None
 
 
 def run_ceiling(spec: CeilingSpec, timeout_s: float = 900.0) -> tuple[str, list[CeilingPoint]]:
@@ -198,27 +279,5 @@ def run_ceiling(spec: CeilingSpec, timeout_s: float = 900.0) -> tuple[str, list[
     Raises:
         RuntimeError: the model did not load or the child failed.
     """
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_child, args=(spec, child), name="edgeinfer-bench-ceiling", daemon=True)
-    proc.start()
-    points: list[CeilingPoint] = []
-    device = ""
-    try:
-        while True:
-            if not parent.poll(timeout_s):
-                raise RuntimeError(f"ceiling for {spec.model.name} did not answer within {timeout_s:.0f}s")
-            what, value = parent.recv()
-            if what == "loaded":
-                device = value
-            elif what == "point":
-                points.append(value)
-            elif what == "done":
-                break
-            else:
-                raise RuntimeError(f"ceiling for {spec.model.name} failed: {value}")
-    finally:
-        proc.join(10)
-        if proc.is_alive():
-            proc.terminate()
-    return device, points
+    with CeilingProcess(spec, timeout_s) as ceiling:
+        return ceiling.device, [ceiling.point(c) for c in spec.concurrency]

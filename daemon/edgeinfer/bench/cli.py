@@ -72,6 +72,10 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                         "(default: [server] workers and one per CPU core)")
     p.add_argument("--rounds", type=int, default=1,
                    help="measure every run this many times, alternating runs; targets use the median round")
+    p.add_argument("--interleave", action="store_true",
+                   help="with --rounds: keep daemon, ceiling and echo loaded and alternate one short slice of "
+                        "each per round, point by point, so machine drift cancels in each ratio "
+                        "(--duration and --warmup are then per slice)")
     p.add_argument("--ceiling-batch", type=_int_list, default=[1],
                    help="batch sizes for the ceiling (best one counts), e.g. 1,8 for a batching daemon")
     p.add_argument("--stream-window", type=int, default=0,
@@ -120,7 +124,8 @@ def cmd_bench(args) -> int:
         duration_s=args.duration, warmup_s=args.warmup, payload=args.payload,
         models=[m for m in args.models.split(",") if m], trivial=not args.no_trivial,
         ceiling=not args.no_ceiling, ceiling_batches=args.ceiling_batch, echo=not args.no_echo,
-        echo_concurrency=args.echo_concurrency, rounds=args.rounds, ceiling_pools=args.ceiling_pools, stream_window=args.stream_window,
+        echo_concurrency=args.echo_concurrency, rounds=args.rounds, interleave=args.interleave,
+        ceiling_pools=args.ceiling_pools, stream_window=args.stream_window,
         client_processes=args.client_procs, loop=args.loop[0], daemon_metrics=args.daemon_metrics,
         profile=args.profile,
         title=args.title,
@@ -139,6 +144,8 @@ def cmd_bench(args) -> int:
 
 def summary_text(results: dict) -> str:
     """The ratios and targets, short, for the terminal."""
+    from .report import interval_text
+
     lines = ["ratios (throughput, same run):"]
     for r in results["ratios"]:
         v = "-" if r["value"] is None else f"{r['value']:.3f}"
@@ -149,7 +156,11 @@ def summary_text(results: dict) -> str:
             verdict = "not measured" if t["passed"] is None else ("PASS" if t["passed"] else "MISS")
             value = "-" if t["median"] is None else f"{t['median']:.2f}"
             each = ", ".join(f"{v:.2f}" for v in t["values"])
-            lines.append(f"  {verdict:<5} {t['run']}: {t['title']}: {value} [{each}] (goal {t['threshold']:.2f})")
+            lines.append(f"  {verdict:<5} {t['run']}: {t['title']}: {value}, interval {interval_text(t)} "
+                         f"[{each}] (goal {t['threshold']:.2f})")
+    for d in results.get("paired", []):
+        lines.append(f"  {d['run']} - {d['against']}: {d['title']}: median {d['median']:+.3f} "
+                     f"({d['interval'][0]:+.3f} to {d['interval'][1]:+.3f}), ahead {d['wins']}/{len(d['differences'])}")
     if results["targets"]:
         lines.append("targets:")
         for t in results["targets"]:

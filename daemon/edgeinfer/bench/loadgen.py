@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import os
-import queue as queue_mod
 import sys
 import time
 from collections import deque
@@ -222,32 +221,19 @@ async def _stream_slot(channel, spec: LoadSpec, rec: _Recorder, offset: int) -> 
         rec.error(time.monotonic(), f"stream: {exc.code().name}: {exc.details()}")
 
 
-async def _child_main(slot: int, spec: LoadSpec, share: int, base: int, counter, events, start_at) -> dict:
-    import grpc
-
-    ready_q, go = events
-    options = [("grpc.max_receive_message_length", _MAX_MESSAGE), ("grpc.max_send_message_length", _MAX_MESSAGE)]
+async def _run_slice(spec: LoadSpec, channel, call, counter, slot: int, share: int, base: int,
+                     start_at: float, warmup_s: float, duration_s: float) -> dict:
+    """One measured slice on an open channel: `warmup_s` unmeasured from `start_at`, then `duration_s`."""
     rec = _Recorder(spec, counter, slot)
-    async with grpc.aio.insecure_channel(spec.address, options=options) as channel:
-        await asyncio.wait_for(channel.channel_ready(), timeout=spec.connect_timeout_s)
-        if spec.mode == "unary":
-            call = channel.unary_unary(spec.method)
-            # One call before the clock starts: connection and HTTP/2 settings are set up.
-            try:
-                await call(spec.requests[0], timeout=spec.call_timeout_s)
-            except grpc.RpcError as exc:
-                rec.first_errors.append(f"first call: {exc.code().name}: {exc.details()}")
-        ready_q.put(("ready", slot))
-        await asyncio.get_running_loop().run_in_executor(None, go.wait)
-        rec.window_start = start_at.value + spec.warmup_s
-        rec.window_end = rec.window_start + spec.duration_s
-        while time.monotonic() < start_at.value:
-            await asyncio.sleep(0.001)
-        offsets = [base + k for k in range(share)]  # global slot n starts at request n
-        if spec.mode == "unary":
-            await asyncio.gather(*(_unary_slot(call, spec, rec, o) for o in offsets))
-        else:
-            await asyncio.gather(*(_stream_slot(channel, spec, rec, o) for o in offsets))
+    rec.window_start = start_at + warmup_s
+    rec.window_end = rec.window_start + duration_s
+    while time.monotonic() < start_at:
+        await asyncio.sleep(0.001)
+    offsets = [base + k for k in range(share)]  # global slot n starts at request n
+    if spec.mode == "unary":
+        await asyncio.gather(*(_unary_slot(call, spec, rec, o) for o in offsets))
+    else:
+        await asyncio.gather(*(_stream_slot(channel, spec, rec, o) for o in offsets))
     return {
         "slot": slot,
         "latencies": np.asarray(rec.latencies, dtype=np.float64).tobytes(),
@@ -259,16 +245,49 @@ async def _child_main(slot: int, spec: LoadSpec, share: int, base: int, counter,
     }
 
 
-def _child(slot: int, spec: LoadSpec, share: int, base: int, counter, ready_q, go, start_at, result_q) -> None:
+async def _child_main(slot: int, spec: LoadSpec, share: int, base: int, counter, conn) -> None:
+    """Connect, say ready, then run one slice per ("slice", start_at, warmup_s, duration_s) until "stop".
+
+    The channel stays open between slices: an interleaved benchmark alternates short
+    slices of load on the daemon with slices on its ceiling, and reconnecting (or
+    respawning the process) for each would cost more than the slice itself.
+    """
+    import grpc
+
+    options = [("grpc.max_receive_message_length", _MAX_MESSAGE), ("grpc.max_send_message_length", _MAX_MESSAGE)]
+    first_errors: list[str] = []
+    loop = asyncio.get_running_loop()
+    async with grpc.aio.insecure_channel(spec.address, options=options) as channel:
+        await asyncio.wait_for(channel.channel_ready(), timeout=spec.connect_timeout_s)
+        call = channel.unary_unary(spec.method) if spec.mode == "unary" else None
+        if call is not None:
+            # One call before the clock starts: connection and HTTP/2 settings are set up.
+            try:
+                await call(spec.requests[0], timeout=spec.call_timeout_s)
+            except grpc.RpcError as exc:
+                first_errors.append(f"first call: {exc.code().name}: {exc.details()}")
+        conn.send(("ready", slot))
+        while True:
+            command = await loop.run_in_executor(None, conn.recv)
+            if command[0] != "slice":
+                return
+            _, start_at, warmup_s, duration_s = command
+            out = await _run_slice(spec, channel, call, counter, slot, share, base, start_at, warmup_s, duration_s)
+            out["first_errors"] = first_errors + out["first_errors"]
+            first_errors = []
+            conn.send(("result", out))
+
+
+def _child(slot: int, spec: LoadSpec, share: int, base: int, counter, conn) -> None:
     from ..eventloop import run
 
     try:
-        out = run(_child_main(slot, spec, share, base, counter, (ready_q, go), start_at), spec.loop)
+        run(_child_main(slot, spec, share, base, counter, conn), spec.loop)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the point
-        ready_q.put(("failed", slot))
-        result_q.put({"slot": slot, "fatal": f"{type(exc).__name__}: {exc}"})
-        return
-    result_q.put(out)
+        try:
+            conn.send(("fatal", {"slot": slot, "fatal": f"{type(exc).__name__}: {exc}"}))
+        except OSError:
+            pass
 
 
 # -- parent ----------------------------------------------------------------------------
@@ -277,44 +296,121 @@ def _default_progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def run_load(spec: LoadSpec, progress: Optional[Callable[[str], None]] = _default_progress,
-             on_start: Optional[Callable[[], None]] = None) -> LoadResult:
-    """Run one point: start the client processes, measure, collect.
+class LoadClients:
+    """The client processes of one point, connected once and driven slice by slice.
 
-    `on_start` is called when the clients are released (warm-up begins), e.g. to start a profiler.
+    `run_load` is one slice of a fresh set; the interleaved benchmark keeps a set
+    open and alternates its slices with the ceiling's.
 
-    Raises:
+    Raises (from __enter__ and run_slice):
         RuntimeError: a client process could not connect or died.
     """
-    ctx = mp.get_context("spawn")
-    procs_n = spec.process_count()
-    shares = split(spec.concurrency, procs_n)
-    counter = ctx.RawArray("q", procs_n)
-    ready_q, result_q = ctx.Queue(), ctx.Queue()
-    go = ctx.Event()
-    start_at = ctx.RawValue("d", 0.0)
-    bases = [sum(shares[:i]) for i in range(procs_n)]
-    procs = [ctx.Process(target=_child, args=(i, spec, shares[i], bases[i], counter, ready_q, go, start_at, result_q),
-                         name=f"edgeinfer-loadgen-{i}", daemon=True) for i in range(procs_n)]
-    for p in procs:
-        p.start()
-    try:
-        all_ready = _wait_ready(ready_q, procs, timeout=60)
-        start_at.value = time.monotonic() + 0.05
-        go.set()
-        if on_start is not None:
-            on_start()
-        if all_ready:
-            _report_progress(spec, counter, start_at.value, progress)
-        results = _collect(result_q, procs, timeout=spec.call_timeout_s + 30)
-    finally:
-        for p in procs:
+
+    def __init__(self, spec: LoadSpec):
+        self.spec = spec
+        self.processes = spec.process_count()
+        self._shares = split(spec.concurrency, self.processes)
+        self._procs: list = []
+        self._conns: list = []
+        self._counter = None
+        self._fatal: list[str] = []
+
+    def __enter__(self) -> "LoadClients":
+        ctx = mp.get_context("spawn")
+        self._counter = ctx.RawArray("q", self.processes)
+        bases = [sum(self._shares[:i]) for i in range(self.processes)]
+        for i in range(self.processes):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_child, args=(i, self.spec, self._shares[i], bases[i], self._counter, child),
+                               name=f"edgeinfer-loadgen-{i}", daemon=True)
+            proc.start()
+            self._procs.append(proc)
+            self._conns.append(parent)
+        try:
+            self._wait_ready(timeout=60)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for conn in self._conns:
+            try:
+                conn.send(("stop",))
+            except OSError:
+                pass
+        for p in self._procs:
             p.join(timeout=5)
             if p.is_alive():
                 p.terminate()
-    fatal = [r["fatal"] for r in results if "fatal" in r]
-    if fatal:
-        raise RuntimeError(f"{spec.label or spec.address}: client process failed: {fatal[0]}")
+        self._procs, self._conns = [], []
+
+    def _wait_ready(self, timeout: float) -> None:
+        pending = set(range(self.processes))
+        end = time.monotonic() + timeout
+        while pending:
+            for i in sorted(pending):
+                if self._conns[i].poll(0.05):
+                    what, value = self._receive(i)
+                    if what == "fatal":
+                        raise RuntimeError(f"{self.spec.label or self.spec.address}: client process failed: "
+                                           f"{value['fatal']}")
+                    pending.discard(i)
+                elif not self._procs[i].is_alive():
+                    raise RuntimeError(f"client process {i} exited with code {self._procs[i].exitcode}")
+            if pending and time.monotonic() > end:
+                raise RuntimeError(f"client processes {sorted(pending)} not ready after {timeout:.0f}s")
+
+    def _receive(self, i: int):
+        try:
+            return self._conns[i].recv()
+        except EOFError:
+            raise RuntimeError(f"client process {i} died with exit code {self._procs[i].exitcode}") from None
+
+    def run_slice(self, warmup_s: Optional[float] = None, duration_s: Optional[float] = None,
+                  progress: Optional[Callable[[str], None]] = _default_progress,
+                  on_start: Optional[Callable[[], None]] = None) -> LoadResult:
+        """Release every client for `warmup_s` unmeasured + `duration_s` measured (the spec's by default).
+
+        `on_start` is called when the clients are released (warm-up begins), e.g. to start a profiler.
+        """
+        spec = self.spec
+        warmup_s = spec.warmup_s if warmup_s is None else warmup_s
+        duration_s = spec.duration_s if duration_s is None else duration_s
+        start_at = time.monotonic() + 0.05
+        for conn in self._conns:
+            conn.send(("slice", start_at, warmup_s, duration_s))
+        if on_start is not None:
+            on_start()
+        _report_progress(spec, self._counter, start_at, warmup_s, duration_s, progress)
+        results = self._collect(timeout=warmup_s + duration_s + spec.call_timeout_s + 30)
+        fatal = [r["fatal"] for r in results if "fatal" in r]
+        if fatal:
+            raise RuntimeError(f"{spec.label or spec.address}: client process failed: {fatal[0]}")
+        return _combine(spec, results, duration_s, self.processes)
+
+    def _collect(self, timeout: float) -> list[dict]:
+        results: dict[int, dict] = {}
+        end = time.monotonic() + timeout
+        while len(results) < self.processes:
+            for i in range(self.processes):
+                if i in results or not self._conns[i].poll(0.05):
+                    continue
+                _, out = self._receive(i)
+                results[i] = out
+            if len(results) < self.processes and time.monotonic() > end:
+                raise RuntimeError(f"client processes did not report within {timeout:.0f}s") from None
+            dead = [i for i, p in enumerate(self._procs) if i not in results and not p.is_alive()
+                    and not self._conns[i].poll(0)]
+            if dead:
+                raise RuntimeError(f"client process {dead[0]} died with exit code {self._procs[dead[0]].exitcode}")
+        return [results[i] for i in range(self.processes)]
+
+
+def _combine(spec: LoadSpec, results: list[dict], duration_s: float, processes: int) -> LoadResult:
     lat = np.concatenate([np.frombuffer(r["latencies"], dtype=np.float64) for r in results])
     errors = sum(r["errors"] for r in results)
     responses = sum(r["responses"] for r in results)
@@ -327,9 +423,9 @@ def run_load(spec: LoadSpec, progress: Optional[Callable[[str], None]] = _defaul
                                  (float(v) for v in arr)))
         server_timing["samples"] = len(timings)
     return LoadResult(
-        summary=summarize(lat, spec.duration_s, errors),
+        summary=summarize(lat, duration_s, errors),
         latencies_s=lat,
-        processes=procs_n,
+        processes=processes,
         request_bytes=int(sum(len(r) for r in spec.requests) / len(spec.requests)),
         response_bytes=int(sum(r["response_bytes"] for r in results) / responses) if responses else 0,
         server_timing_us=server_timing,
@@ -337,29 +433,21 @@ def run_load(spec: LoadSpec, progress: Optional[Callable[[str], None]] = _defaul
     )
 
 
-def _wait_ready(ready_q, procs, timeout: float) -> bool:
-    """True when every client connected; False when one failed (its result says why)."""
-    pending = set(range(len(procs)))
-    end = time.monotonic() + timeout
-    while pending:
-        try:
-            what, slot = ready_q.get(timeout=0.5)
-        except queue_mod.Empty:
-            if time.monotonic() > end:
-                raise RuntimeError(f"client processes {sorted(pending)} not ready after {timeout:.0f}s") from None
-            dead = [i for i in pending if not procs[i].is_alive()]
-            if dead:
-                raise RuntimeError(f"client process {dead[0]} exited with code {procs[dead[0]].exitcode}") from None
-            continue
-        if what == "failed":
-            return False
-        pending.discard(slot)
-    return True
+def run_load(spec: LoadSpec, progress: Optional[Callable[[str], None]] = _default_progress,
+             on_start: Optional[Callable[[], None]] = None) -> LoadResult:
+    """Run one point: start the client processes, measure one slice, stop them.
+
+    Raises:
+        RuntimeError: a client process could not connect or died.
+    """
+    with LoadClients(spec) as clients:
+        return clients.run_slice(progress=progress, on_start=on_start)
 
 
-def _report_progress(spec: LoadSpec, counter, start: float, progress) -> None:
-    end = start + spec.warmup_s + spec.duration_s
-    last_n, last_t = 0, time.monotonic()
+def _report_progress(spec: LoadSpec, counter, start: float, warmup_s: float, duration_s: float,
+                     progress) -> None:
+    end = start + warmup_s + duration_s
+    last_n, last_t = sum(counter), time.monotonic()
     while True:
         now = time.monotonic()
         if now >= end:
@@ -370,23 +458,7 @@ def _report_progress(spec: LoadSpec, counter, start: float, progress) -> None:
         now = time.monotonic()
         n = sum(counter)
         rate = (n - last_n) / max(now - last_t, 1e-9)
-        phase = "warm-up" if now < start + spec.warmup_s else "measuring"
+        phase = "warm-up" if now < start + warmup_s else "measuring"
         progress(f"[bench] {spec.label or spec.address}: {phase} {min(now - start, end - start):5.1f}/"
                  f"{end - start:.1f}s  {n} done  {rate:8.1f}/s")
         last_n, last_t = n, now
-
-
-def _collect(result_q, procs, timeout: float) -> list[dict]:
-    results: list[dict] = []
-    end = time.monotonic() + timeout
-    while len(results) < len(procs):
-        try:
-            results.append(result_q.get(timeout=0.5))
-        except queue_mod.Empty:
-            if time.monotonic() > end:
-                raise RuntimeError(f"client processes did not report within {timeout:.0f}s") from None
-            have = {r["slot"] for r in results}
-            dead = [i for i, p in enumerate(procs) if i not in have and not p.is_alive() and p.exitcode]
-            if dead:
-                raise RuntimeError(f"client process {dead[0]} died with exit code {procs[dead[0]].exitcode}") from None
-    return results

@@ -19,6 +19,14 @@ PLOT_FILES = {
 }
 
 
+def interval_text(t: dict) -> str:
+    """A median verdict's interval, e.g. "0.84-0.91 (93%)"; "-" where there is none."""
+    if not t.get("interval"):
+        return "-"
+    low, high = t["interval"]
+    return f"{low:.2f}-{high:.2f} ({100 * t['interval_coverage']:.0f}%)"
+
+
 def _f(v: Optional[float], digits: int = 1) -> str:
     return "-" if v is None else f"{v:,.{digits}f}"
 
@@ -110,7 +118,7 @@ def markdown(results: dict, plot_names: Optional[dict[str, str]] = None) -> str:
             "echo: a bare grpc.aio server with the same message sizes and no work.",
             "- CPU over the measured window, from /proc: `server cores` = the daemon or echo process (all "
             "threads, and all processes of a multi-process daemon), `client cores` = the load generator processes, `others' CPU %` = share of all cores "
-            "used by processes outside the benchmark (for the ceiling: over its whole run, model load "
+            "used by processes outside the benchmark (for the ceiling: over its point, warm-up "
             "included). Well above 0, the point was contended: compare only points under similar contention.",
             ""]
     busy = [p for r in results["runs"] for p in r["points"]] + results.get("echo", [])
@@ -121,16 +129,37 @@ def markdown(results: dict, plot_names: Optional[dict[str, str]] = None) -> str:
                 "ratios hold only between points under similar contention.", ""]
     if results.get("median_targets"):
         n = results["settings"].get("rounds")
+        how = ("Rounds were interleaved point by point: daemon, ceiling and echo stayed loaded, and each "
+               "round of a point measured one slice of each, back to back (odd rounds in reverse order), "
+               "so the machine's drift falls on both sides of a ratio."
+               if results["settings"].get("interleave") else
+               "Each round measured every run again (daemon, ceiling, echo), round after round.")
         out += [f"## Targets: median of {n} rounds", "",
-                "Each round measured every run again (daemon, ceiling, echo), round after round; "
-                "the verdict is the median round's ratio.", "",
-                "| run | target | median | each round | goal | rounds passed | result |",
-                "| --- | --- | ---: | --- | ---: | ---: | --- |"]
+                how + " The verdict is the median round's ratio; the interval brackets the median with "
+                "the probability shown (order statistics, no assumption about the distribution). "
+                "An interval that straddles the goal means this many rounds do not settle it.", "",
+                "| run | target | median | interval for the median | each round | goal | rounds passed | result |",
+                "| --- | --- | ---: | --- | --- | ---: | ---: | --- |"]
         for t in results["median_targets"]:
             verdict = "not measured" if t["passed"] is None else ("**pass**" if t["passed"] else "**miss**")
             each = ", ".join(f"{v:.2f}" for v in t["values"])
-            out.append(f"| {t['run']} | {t['title']} | {_f(t['median'], 2)} | {each} | {t['threshold']:.2f} | "
-                       f"{t['passed_rounds']}/{len(t['values'])} | {verdict} |")
+            out.append(f"| {t['run']} | {t['title']} | {_f(t['median'], 2)} | {interval_text(t)} | {each} | "
+                       f"{t['threshold']:.2f} | {t['passed_rounds']}/{len(t['values'])} | {verdict} |")
+        out.append("")
+    if results.get("paired"):
+        out += ["## Runs compared round by round", "",
+                "Each run's ratio minus the first run's, in the same round: the median difference, an "
+                "interval for it, and the rounds the run was ahead. "
+                + ("The runs were interleaved, so each round's difference compares slices seconds apart."
+                   if results["settings"].get("interleave") else
+                   "The rounds were sequential, so a difference also holds whatever the machine did between "
+                   "the runs (minutes apart)."), "",
+                "| run | against | target | median difference | interval | rounds ahead |",
+                "| --- | --- | --- | ---: | --- | ---: |"]
+        for d in results["paired"]:
+            out.append(f"| {d['run']} | {d['against']} | {d['title']} | {d['median']:+.3f} | "
+                       f"{d['interval'][0]:+.3f} to {d['interval'][1]:+.3f} ({100 * d['interval_coverage']:.0f}%) | "
+                       f"{d['wins']}/{len(d['differences'])} |")
         out.append("")
     if results.get("targets"):
         out += ["## Targets" + (" by round" if results.get("median_targets") else ""), "", "| run | target | measured | goal | result | detail |",

@@ -5,9 +5,16 @@ model/mode/concurrency point is driven through it; then the daemon stops and
 the ceiling loads each model in a fresh process; the echo floor comes last,
 with the message sizes the daemon actually sent and answered. Nothing runs
 concurrently with a measured point except that point's own processes.
+
+With `interleave` (and rounds), the order is point by point instead: daemon,
+ceiling and echo all stay loaded, idle but for the one being measured, and
+each round of a point is one short slice of each, back to back. Ratios of a
+noisy machine then compare slices seconds apart, not minutes
+(_interleaved_runs).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime as _dt
@@ -20,10 +27,10 @@ from typing import Callable, Optional
 
 from ..config import Config, ModelConfig, OnnxRuntimeConfig, TensorRTConfig
 from . import analysis, environment
-from .ceiling import CeilingSpec, run_ceiling
+from .ceiling import CeilingProcess, CeilingSpec
 from .daemon_proc import DaemonProcess
 from .echo import EchoServer, stream_method, unary_method
-from .loadgen import INFER_METHOD, STREAM_METHOD, LoadSpec, run_load
+from .loadgen import INFER_METHOD, STREAM_METHOD, LoadClients, LoadSpec
 from ..eventloop import resolve
 from .profile import Sampler
 from .trivial import NAME as TRIVIAL, WIDTH as TRIVIAL_WIDTH, build_trivial_onnx, trivial_model_config
@@ -72,6 +79,10 @@ class BenchSettings:
     # Repeat every run this many times, round by round (run A, run B, run A, run B...), and judge
     # the targets on the median ratio: on a shared or noisy machine one point can be 20% off.
     rounds: int = 1
+    # Interleave the rounds point by point instead (see _interleaved_runs): daemons, ceiling and echo
+    # stay loaded, and each round of a point is one short slice of each, back to back, so the
+    # machine's drift falls on both sides of a ratio. Durations are then per slice.
+    interleave: bool = False
     echo_concurrency: list[int] = field(default_factory=lambda: [1, 8])
     stream_window: int = 0        # 0: the daemon's [server] stream_window
     client_processes: int = 0     # 0: min(concurrency, CPUs)
@@ -125,7 +136,14 @@ def _levels(settings: BenchSettings, mode: str) -> list[int]:
 
 def _measure(spec: LoadSpec, server_pid: Optional[int], settings: BenchSettings, progress: Progress,
              profile: bool = True):
-    """run_load, with the CPU split (server / clients / others) and optionally py-spy over the measured window."""
+    """One point on a fresh set of client processes (see _measure_slice)."""
+    with LoadClients(spec) as clients:
+        return _measure_slice(clients, server_pid, settings, progress, profile)
+
+
+def _measure_slice(clients: LoadClients, server_pid: Optional[int], settings: BenchSettings, progress: Progress,
+                   profile: bool = True):
+    """One slice of load, with the CPU split (server / clients / others) and optionally py-spy over its window."""
     usage_meter = environment.WindowCpu(server_pid)
     sampler = Sampler(server_pid, settings.duration_s) if (profile and settings.profile and server_pid) else None
 
@@ -134,7 +152,7 @@ def _measure(spec: LoadSpec, server_pid: Optional[int], settings: BenchSettings,
         if sampler is not None:
             sampler.start(settings.warmup_s)
 
-    res = run_load(spec, progress, on_start=on_start)
+    res = clients.run_slice(progress=progress, on_start=on_start)
     return res, usage_meter.wait(), (sampler.wait() if sampler else None)
 
 
@@ -145,6 +163,35 @@ def _cores(usage: dict) -> str:
             f"others {usage['others_pct']}% of all")
 
 
+def _daemon_spec(label: str, address: str, name: str, payload: Payload, mode: str, c: int,
+                 settings: BenchSettings, window: int, loop: str) -> LoadSpec:
+    return LoadSpec(address=address, method=INFER_METHOD if mode == "unary" else STREAM_METHOD,
+                    mode=mode, requests=payload.requests, concurrency=c,
+                    duration_s=settings.duration_s, warmup_s=settings.warmup_s,
+                    stream_window=window, processes=settings.client_processes, loop=loop,
+                    response_kind="infer" if mode == "unary" else "stream",
+                    label=f"{label} daemon {name} {mode} c={c}")
+
+
+def _daemon_point(label: str, name: str, spec: LoadSpec, measured, progress: Progress, notes: list[str],
+                  **extra) -> dict:
+    res, usage, profile = measured
+    progress(f"[bench] {spec.label}: {res.summary.throughput:.1f}/s P50 {res.summary.p50_ms or 0:.2f} ms "
+             f"errors {res.summary.errors}; cores: {_cores(usage)}")
+    if res.first_errors:
+        notes.append(f"{spec.label}: first errors: {'; '.join(res.first_errors[:2])}")
+    # Images in flight: what a closed loop's throughput follows (see ceiling.py), and
+    # what a stream point's ceiling is matched on.
+    c = spec.concurrency
+    return _point(label, "daemon", name, spec.mode, c, res.summary, cpu=usage,
+                  in_flight=c * spec.stream_window if spec.mode == "stream" else c,
+                  other_cpu_pct=usage.get("others_pct"),
+                  request_bytes=res.request_bytes,
+                  response_bytes=res.response_bytes, processes=res.processes,
+                  server_timing_us=res.server_timing_us, first_errors=res.first_errors,
+                  profile=profile, **extra)
+
+
 def _daemon_points(label: str, address: str, payloads: dict[str, Payload], settings: BenchSettings,
                    window: int, loop: str, progress: Progress, notes: list[str],
                    daemon_pid: Optional[int] = None) -> list[dict]:
@@ -152,26 +199,9 @@ def _daemon_points(label: str, address: str, payloads: dict[str, Payload], setti
     for name, payload in payloads.items():
         for mode in settings.modes:
             for c in _levels(settings, mode):
-                spec = LoadSpec(address=address, method=INFER_METHOD if mode == "unary" else STREAM_METHOD,
-                                mode=mode, requests=payload.requests, concurrency=c,
-                                duration_s=settings.duration_s, warmup_s=settings.warmup_s,
-                                stream_window=window, processes=settings.client_processes, loop=loop,
-                                response_kind="infer" if mode == "unary" else "stream",
-                                label=f"{label} daemon {name} {mode} c={c}")
-                res, usage, profile = _measure(spec, daemon_pid, settings, progress)
-                progress(f"[bench] {spec.label}: {res.summary.throughput:.1f}/s P50 {res.summary.p50_ms or 0:.2f} ms "
-                         f"errors {res.summary.errors}; cores: {_cores(usage)}")
-                if res.first_errors:
-                    notes.append(f"{spec.label}: first errors: {'; '.join(res.first_errors[:2])}")
-                # Images in flight: what a closed loop's throughput follows (see ceiling.py), and
-                # what a stream point's ceiling is matched on.
-                points.append(_point(label, "daemon", name, mode, c, res.summary, cpu=usage,
-                                     in_flight=c * window if mode == "stream" else c,
-                                     other_cpu_pct=usage.get("others_pct"),
-                                     request_bytes=res.request_bytes,
-                                     response_bytes=res.response_bytes, processes=res.processes,
-                                     server_timing_us=res.server_timing_us, first_errors=res.first_errors,
-                                     profile=profile))
+                spec = _daemon_spec(label, address, name, payload, mode, c, settings, window, loop)
+                points.append(_daemon_point(label, name, spec, _measure(spec, daemon_pid, settings, progress),
+                                            progress, notes))
     return points
 
 
@@ -203,46 +233,130 @@ def default_ceiling_models(model: ModelConfig) -> list[ModelConfig]:
     return [model, raised] if changed else [model]
 
 
+@dataclass
+class _CeilingJob:
+    """One way the ceiling is measured; the best job at a concurrency is the ceiling there."""
+
+    config: Config              # the run's config ([server], [cache])
+    model: ModelConfig          # as configured, or with the backends' default runtime instances
+    batch: int
+    threads_cap: Optional[int]  # batch 1: at most this many threads ([server] workers)
+    pool: Optional[int]         # batch > 1: preprocessing threads
+    levels: list[int]           # the client concurrencies it stands for
+    note: str = ""              # which runtime instance count, where the batched ceiling tries two
+
+
+def _ceiling_jobs(config: Config, name: str, settings: BenchSettings, levels: list[int]) -> list[_CeilingJob]:
+    """Every ceiling variant for `name` at `levels`: batch 1 (also capped at [server] workers where clients
+    outnumber them) and each batch > 1 with every preprocessing pool and runtime instance count."""
+    workers = config.server.workers
+    pools = sorted(set(settings.ceiling_pools)) or default_ceiling_pools(workers)
+    models = default_ceiling_models(config.model(name))
+    notes = ["", ""] if len(models) == 1 else [", configured runtime instances", ", default runtime instances"]
+    jobs = []
+    for batch in settings.ceiling_batches:
+        if batch == 1:
+            jobs.append(_CeilingJob(config, models[0], 1, None, None, list(levels)))
+            above = [c for c in levels if c > workers]
+            if settings.ceiling_at_workers and above:
+                jobs.append(_CeilingJob(config, models[0], 1, workers, None, above))
+        else:
+            jobs += [_CeilingJob(config, m, batch, None, pool, list(levels), note)
+                     for pool in pools for m, note in zip(models, notes)]
+    return jobs
+
+
+class _Ceilings:
+    """Loaded CeilingProcesses of one model: one per distinct model config, started when first needed.
+
+    Runs that configure the model alike share one process (the interleaved bench measures
+    such a job once per round for all of them).
+    """
+
+    def __init__(self, name: str, payload: Payload, settings: BenchSettings):
+        self.name, self.payload, self.settings = name, payload, settings
+        self.devices: dict[int, str] = {}
+        self._models: list[ModelConfig] = []
+        self._stack = contextlib.ExitStack()
+        self._procs: dict[int, CeilingProcess] = {}
+
+    def __enter__(self) -> "_Ceilings":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def _index(self, model: ModelConfig) -> int:
+        for k, m in enumerate(self._models):
+            if m == model:
+                return k
+        self._models.append(model)
+        return len(self._models) - 1
+
+    def key(self, job: _CeilingJob) -> tuple:
+        """Jobs with equal keys measure the same thing."""
+        return self._index(job.model), job.batch, job.threads_cap, job.pool
+
+    def device(self, model: ModelConfig) -> str:
+        """What runs the ceiling of `model` ("" until it is loaded)."""
+        return self.devices.get(self._index(model), "")
+
+    def measure(self, job: _CeilingJob, concurrency: int, label: str, progress: Progress, quiet: bool = False,
+                **extra) -> dict:
+        """One ceiling point of `job` at `concurrency`, as a result row of run `label`."""
+        k = self._index(job.model)
+        if k not in self._procs:
+            cfg = job.config
+            spec = CeilingSpec(model=job.model, server=cfg.server, cache_dir=cfg.cache.dir,
+                               requests=self.payload.requests, concurrency=[], duration_s=self.settings.duration_s,
+                               warmup_s=self.settings.warmup_s, label=f"{label} {self.name}")
+            self._procs[k] = self._stack.enter_context(CeilingProcess(spec))
+            self.devices[k] = self._procs[k].device
+        batch = job.batch
+        with environment.CpuShare() as share:
+            p = self._procs[k].point(concurrency, batch, job.threads_cap, job.pool, quiet=quiet)
+        progress(f"[bench] {label} ceiling {self.name} c={p.concurrency} threads={p.threads} batch={batch}"
+                 + (f" pool={p.pool}" if batch > 1 else "") + ": "
+                 f"{p.summary.throughput:.1f}/s P50 {p.summary.p50_ms or 0:.2f} ms")
+        how = f"in-process, {p.threads} threads" + (
+            f" x batch {batch}, preprocessing on {p.pool} threads" if batch > 1 else "")
+        if batch > 1:
+            how += job.note
+        d = _point(label, "ceiling", self.name, how, p.concurrency, p.summary,
+                   other_cpu_pct=share.other_pct, request_bytes=self.payload.mean_bytes,
+                   stage_us=p.stage_us, threads=p.threads, pool=p.pool, **extra)
+        d["batch"] = batch
+        return d
+
+
 def _ceiling_points(label: str, config: Config, payloads: dict[str, Payload], settings: BenchSettings,
                     progress: Progress) -> tuple[list[dict], dict[str, str]]:
     points, served = [], {}
-    workers = config.server.workers
-    variants: list[tuple[list[int], Optional[int]]] = [(settings.concurrency, None)]
-    above = [c for c in settings.concurrency if c > workers]
-    if settings.ceiling_at_workers and above:
-        variants.append((above, workers))
-    pools = sorted(set(settings.ceiling_pools)) or default_ceiling_pools(workers)
     for name, payload in payloads.items():
-        models = default_ceiling_models(config.model(name))
-        for batch in settings.ceiling_batches:
-            # A batch > 1 ceiling sets its own threads (concurrency // batch): no capped variant,
-            # but one point per preprocessing pool size and runtime instance count.
-            runs = [(lv, cap, None, models[0]) for lv, cap in variants] if batch == 1 else \
-                [(variants[0][0], None, pool, m) for pool in pools for m in models]
-            for levels, cap, pool, model_cfg in runs:
-                spec = CeilingSpec(model=model_cfg, server=config.server, cache_dir=config.cache.dir,
-                                   requests=payload.requests, concurrency=levels, duration_s=settings.duration_s,
-                                   warmup_s=settings.warmup_s, batch=batch, label=f"{label} {name}",
-                                   threads_cap=cap, pool=pool)
-                with environment.CpuShare() as share:
-                    device, pts = run_ceiling(spec)
-                served[name] = device
-                for p in pts:
-                    progress(f"[bench] {label} ceiling {name} c={p.concurrency} threads={p.threads} batch={batch}"
-                             + (f" pool={p.pool}" if batch > 1 else "") + ": "
-                             f"{p.summary.throughput:.1f}/s P50 {p.summary.p50_ms or 0:.2f} ms")
-                    # The share covers the whole ceiling run (model load and every concurrency).
-                    how = f"in-process, {p.threads} threads" + (
-                        f" x batch {batch}, preprocessing on {p.pool} threads" if batch > 1 else "")
-                    if len(models) > 1 and batch > 1:
-                        how += ", configured runtime instances" if model_cfg is models[0] else \
-                            ", default runtime instances"
-                    d = _point(label, "ceiling", name, how, p.concurrency, p.summary,
-                               other_cpu_pct=share.other_pct, request_bytes=payload.mean_bytes,
-                               stage_us=p.stage_us, threads=p.threads, pool=p.pool)
-                    d["batch"] = batch
-                    points.append(d)
+        with _Ceilings(name, payload, settings) as ceilings:
+            jobs = _ceiling_jobs(config, name, settings, settings.concurrency)
+            for job in jobs:
+                points += [ceilings.measure(job, c, label, progress) for c in job.levels]
+            served[name] = ceilings.device(config.model(name))
     return points, served
+
+
+def _echo_spec(label: str, address: str, name: str, payload: Payload, mode: str, c: int, response_bytes: int,
+               settings: BenchSettings, window: int, loop: str) -> LoadSpec:
+    method = unary_method(response_bytes) if mode == "unary" else stream_method(response_bytes)
+    return LoadSpec(address=address, method=method, mode=mode, requests=payload.requests, concurrency=c,
+                    duration_s=settings.duration_s, warmup_s=settings.warmup_s,
+                    stream_window=window, processes=settings.client_processes, loop=loop,
+                    response_kind="none", label=f"{label} echo ({name} sizes) {mode} c={c}")
+
+
+def _echo_point(label: str, name: str, spec: LoadSpec, measured, progress: Progress, **extra) -> dict:
+    res, usage, _ = measured
+    progress(f"[bench] {spec.label}: {res.summary.throughput:.1f}/s "
+             f"P50 {res.summary.p50_ms or 0:.3f} ms; cores: {_cores(usage)}")
+    return _point(label, "echo", name, spec.mode, spec.concurrency, res.summary, cpu=usage,
+                  other_cpu_pct=usage.get("others_pct"), request_bytes=res.request_bytes,
+                  response_bytes=res.response_bytes, processes=res.processes, **extra)
 
 
 def _echo_points(label: str, payloads: dict[str, Payload], daemon_points: list[dict], settings: BenchSettings,
@@ -255,19 +369,9 @@ def _echo_points(label: str, payloads: dict[str, Payload], daemon_points: list[d
                          if p["model"] == name and p["mode"] == mode and p["response_bytes"]]
                 resp = int(sum(sizes) / len(sizes)) if sizes else 256
                 for c in settings.echo_concurrency:
-                    method = unary_method(resp) if mode == "unary" else stream_method(resp)
-                    spec = LoadSpec(address=echo.address, method=method,
-                                    mode=mode, requests=payload.requests, concurrency=c,
-                                    duration_s=settings.duration_s, warmup_s=settings.warmup_s,
-                                    stream_window=window, processes=settings.client_processes, loop=loop,
-                                    response_kind="none", label=f"{label} echo ({name} sizes) {mode} c={c}")
-                    res, usage, _ = _measure(spec, echo.pid, settings, progress, profile=False)
-                    progress(f"[bench] {spec.label}: {res.summary.throughput:.1f}/s "
-                             f"P50 {res.summary.p50_ms or 0:.3f} ms; cores: {_cores(usage)}")
-                    points.append(_point(label, "echo", name, mode, c, res.summary, cpu=usage,
-                                         other_cpu_pct=usage.get("others_pct"),
-                                         request_bytes=res.request_bytes,
-                                         response_bytes=res.response_bytes, processes=res.processes))
+                    spec = _echo_spec(label, echo.address, name, payload, mode, c, resp, settings, window, loop)
+                    points.append(_echo_point(label, name, spec,
+                                              _measure(spec, echo.pid, settings, progress, profile=False), progress))
     return points
 
 
@@ -313,7 +417,10 @@ def run_benchmark(settings: BenchSettings, progress: Progress = _stderr) -> dict
     }
     rounds = max(1, settings.rounds)
     results["settings"]["rounds"] = rounds
-    for k in range(rounds):
+    results["settings"]["interleave"] = settings.interleave
+    if settings.interleave:
+        _interleaved_runs(settings.runs, settings, work_dir, image_paths, results, progress)
+    for k in range(0 if settings.interleave else rounds):
         for rs in settings.runs:
             label = rs.label if rounds == 1 else f"{rs.label}#{k + 1}"
             if rounds > 1:
@@ -321,13 +428,23 @@ def run_benchmark(settings: BenchSettings, progress: Progress = _stderr) -> dict
             _one_run(dataclasses.replace(rs, label=label), settings, work_dir, image_paths, results, progress)
     if rounds > 1:
         results["median_targets"] = analysis.median_targets(results["targets"], rounds)
+        if len(settings.runs) > 1:
+            results["paired"] = analysis.paired_differences(results["targets"])
     return results
 
 
-def _one_run(rs: RunSpec, settings: BenchSettings, work_dir: Path, image_paths, results: dict,
-             progress: Progress) -> None:
-    """Measure one run (daemon, ceiling, echo) and add its points, ratios and targets to `results`."""
-    notes = results["notes"]
+@dataclass
+class _Prepared:
+    """What a run measures: its event loop, config (with the trivial model), payloads and model notes."""
+
+    loop: str
+    config: Optional[Config]
+    payloads: dict[str, Payload]
+    model_info: dict[str, dict]
+    window: int
+
+
+def _prepare(rs: RunSpec, settings: BenchSettings, work_dir: Path, image_paths, notes: list[str]) -> _Prepared:
     loop = resolve(rs.loop or settings.loop)
     config = _with_trivial(rs.config, work_dir) if (rs.config is not None and settings.trivial) else rs.config
     served = _served_models(rs.address) if rs.address else []
@@ -353,20 +470,48 @@ def _one_run(rs: RunSpec, settings: BenchSettings, work_dir: Path, image_paths, 
                             "config": dataclasses.asdict(mcfg)}
     if settings.profile and rs.address:
         notes.append(f"{rs.label}: --profile samples only a daemon the bench started")
-    run = {"label": rs.label, "loop": loop, "config_source": config.source if config else "-",
-           "server": dataclasses.asdict(config.server) if config else {}, "models": model_info, "points": []}
+    return _Prepared(loop, config, payloads, model_info, window)
+
+
+def _new_run(label: str, prep: _Prepared) -> dict:
+    config = prep.config
+    return {"label": label, "loop": prep.loop, "config_source": config.source if config else "-",
+            "server": dataclasses.asdict(config.server) if config else {}, "models": prep.model_info, "points": []}
+
+
+def _drop_unready(daemon: DaemonProcess, prep: _Prepared, label: str, notes: list[str]) -> None:
+    """Note where each model is served; models that did not load are not measured."""
+    for name, (state, reason, device) in daemon.model_states.items():
+        if name in prep.model_info:
+            prep.model_info[name]["served_on"] = device or reason
+        if state != "ready" and name in prep.payloads:
+            notes.append(f"{label}: model {name} is {state}: {reason}; skipped")
+            prep.payloads.pop(name)
+
+
+def _judge(run: dict, results: dict, settings: BenchSettings) -> None:
+    """Add `run` with its ratios (against the echo points of the same label) and target verdicts."""
+    results["runs"].append(run)
+    ratios = analysis.compute_ratios(run, [p for p in results["echo"] if p["run"] == run["label"]])
+    results["ratios"] += ratios
+    targets = settings.targets(run)
+    results["targets"] += [t.as_dict() for t in analysis.evaluate(targets, ratios, run["label"])]
+
+
+def _one_run(rs: RunSpec, settings: BenchSettings, work_dir: Path, image_paths, results: dict,
+             progress: Progress) -> None:
+    """Measure one run (daemon, ceiling, echo) and add its points, ratios and targets to `results`."""
+    notes = results["notes"]
+    prep = _prepare(rs, settings, work_dir, image_paths, notes)
+    loop, config, payloads, model_info, window = prep.loop, prep.config, prep.payloads, prep.model_info, prep.window
+    run = _new_run(rs.label, prep)
     if rs.address:
         run["daemon"] = f"already running at {rs.address}"
         run["points"] += _daemon_points(rs.label, rs.address, payloads, settings, window, loop, progress, notes)
     else:
         progress(f"[bench] {rs.label}: starting the daemon ({', '.join(payloads)}), event loop {loop}")
         with DaemonProcess(config, loop=loop, metrics=settings.daemon_metrics) as daemon:
-            for name, (state, reason, device) in daemon.model_states.items():
-                if name in model_info:
-                    model_info[name]["served_on"] = device or reason
-                if state != "ready" and name in payloads:
-                    notes.append(f"{rs.label}: model {name} is {state}: {reason}; skipped")
-                    payloads.pop(name)
+            _drop_unready(daemon, prep, rs.label, notes)
             run["daemon"] = f"started by the bench (pid {daemon.pid}, loop {loop})"
             run["points"] += _daemon_points(rs.label, daemon.address, payloads, settings, window, loop, progress,
                                             notes, daemon_pid=daemon.pid)
@@ -380,8 +525,133 @@ def _one_run(rs: RunSpec, settings: BenchSettings, work_dir: Path, image_paths, 
         notes.append(f"{rs.label}: no --config, so no in-process ceiling")
     if settings.echo:
         results["echo"] += _echo_points(rs.label, payloads, run["points"], settings, window, loop, progress)
-    results["runs"].append(run)
-    ratios = analysis.compute_ratios(run, [p for p in results["echo"] if p["run"] == rs.label])
-    results["ratios"] += ratios
-    targets = settings.targets(run)
-    results["targets"] += [t.as_dict() for t in analysis.evaluate(targets, ratios, rs.label)]
+    _judge(run, results, settings)
+
+
+@dataclass
+class _Interleaved:
+    """One run of an interleaved benchmark: its daemon, its rounds' results and its echo server."""
+
+    spec: RunSpec
+    prep: _Prepared
+    rounds: list[dict]                 # the run dict of each round ("<label>#k")
+    echoes: list[list[dict]]           # echo points of each round
+    address: str = ""
+    pid: Optional[int] = None
+    echo: Optional[EchoServer] = None
+
+
+def _interleaved_runs(specs: list[RunSpec], settings: BenchSettings, work_dir: Path, image_paths, results: dict,
+                      progress: Progress) -> None:
+    """Every round of every run, interleaved point by point.
+
+    Every run's daemon (or the one at its --address), an echo server per event loop
+    and each model's ceiling processes are started once and stay loaded, idle but for
+    the one being measured; each daemon point keeps its client processes connected.
+    For every (model, mode, concurrency), round k measures one slice of each run's
+    daemon, then the ceiling (every job at the daemon's images in flight, once for
+    runs that configure the model alike) and the echo, and odd rounds go in the
+    reverse order. A drift of the machine during the point then falls on both sides
+    of each ratio, and on each run of an A/B alike. Each round's points form the run
+    "<label>#k", judged as a sequential round is; a point's ratios use only the
+    ceiling measured in the same round of the same point (its "pair"). The echo is
+    measured at the daemon's concurrencies that are also in `echo_concurrency`.
+    """
+    notes = results["notes"]
+    rounds = max(1, settings.rounds)
+    entries = []
+    for rs in specs:
+        prep = _prepare(rs, settings, work_dir, image_paths, notes)
+        labels = [f"{rs.label}#{k + 1}" if rounds > 1 else rs.label for k in range(rounds)]
+        entries.append(_Interleaved(rs, prep, [_new_run(label, prep) for label in labels],
+                                    [[] for _ in range(rounds)]))
+    with contextlib.ExitStack() as stack:
+        echo_servers: dict[str, EchoServer] = {}
+        for e in entries:
+            rs, prep = e.spec, e.prep
+            if rs.address:
+                e.address, how = rs.address, f"already running at {rs.address}"
+            else:
+                progress(f"[bench] {rs.label}: starting the daemon ({', '.join(prep.payloads)}), "
+                         f"event loop {prep.loop}")
+                daemon = stack.enter_context(DaemonProcess(prep.config, loop=prep.loop,
+                                                           metrics=settings.daemon_metrics))
+                _drop_unready(daemon, prep, rs.label, notes)
+                e.address, e.pid, how = daemon.address, daemon.pid, \
+                    f"started by the bench (pid {daemon.pid}, loop {prep.loop})"
+            for run in e.rounds:
+                run["daemon"] = how + f"; interleaved with {len(entries) - 1} other run(s), point by point, " \
+                                      f"{rounds} slices each"
+            if settings.echo:
+                if prep.loop not in echo_servers:
+                    echo_servers[prep.loop] = stack.enter_context(EchoServer(loop=prep.loop))
+                e.echo = echo_servers[prep.loop]
+            if settings.ceiling and prep.config is None:
+                notes.append(f"{rs.label}: no --config, so no in-process ceiling")
+        names = list(dict.fromkeys(name for e in entries for name in e.prep.payloads))
+        for name in names:
+            here = [e for e in entries if name in e.prep.payloads]
+            with _Ceilings(name, here[0].prep.payloads[name], settings) as ceilings:
+                for mode in settings.modes:
+                    for c in _levels(settings, mode):
+                        _interleave_point(here, name, mode, c, settings, ceilings, progress, notes)
+                for e in here:
+                    device = ceilings.device(e.prep.config.model(name)) if e.prep.config is not None else ""
+                    if device:
+                        e.prep.model_info[name].setdefault("served_on", device)
+                        e.prep.model_info[name]["ceiling_on"] = device
+    for k in range(rounds):
+        for e in entries:
+            results["echo"] += e.echoes[k]
+            _judge(e.rounds[k], results, settings)
+
+
+def _interleave_point(entries: list[_Interleaved], name: str, mode: str, c: int, settings: BenchSettings,
+                      ceilings: _Ceilings, progress: Progress, notes: list[str]) -> None:
+    """All rounds of one point for every run, each daemon slice next to the ceiling and echo slices."""
+    pair = f"{mode} c={c}"
+    quiet = lambda _line: None  # noqa: E731 - slices are short; only their results are printed
+    # Ceiling jobs of every run at its images in flight; alike jobs are measured once for all.
+    shared: dict[tuple, tuple[_CeilingJob, int, list[int]]] = {}
+    for i, e in enumerate(entries):
+        if not settings.ceiling or e.prep.config is None:
+            continue
+        in_flight = c * e.prep.window if mode == "stream" else c
+        for job in _ceiling_jobs(e.prep.config, name, settings, [in_flight]):
+            shared.setdefault(ceilings.key(job) + (in_flight,), (job, in_flight, []))[2].append(i)
+    steps = [("daemon", i) for i in range(len(entries))] + [("ceiling", key) for key in shared] + \
+        [("echo", i) for i, e in enumerate(entries) if e.echo is not None and c in settings.echo_concurrency]
+    labels = ", ".join(e.spec.label for e in entries)
+    with contextlib.ExitStack() as stack:
+        clients = []
+        for e in entries:
+            spec = _daemon_spec(e.spec.label, e.address, name, e.prep.payloads[name], mode, c, settings,
+                                e.prep.window, e.prep.loop)
+            clients.append(stack.enter_context(LoadClients(spec)))
+        echo_clients: dict[int, LoadClients] = {}
+        rounds = len(entries[0].rounds)
+        for k in range(rounds):
+            progress(f"[bench] round {k + 1}/{rounds}: {labels} {name} {pair}")
+            for step, what in (steps if k % 2 == 0 else steps[::-1]):
+                if step == "daemon":
+                    e = entries[what]
+                    measured = _measure_slice(clients[what], e.pid, settings, quiet)
+                    e.rounds[k]["points"].append(_daemon_point(e.rounds[k]["label"], name, clients[what].spec,
+                                                               measured, progress, notes, pair=pair))
+                elif step == "ceiling":
+                    job, in_flight, users = shared[what]
+                    first = entries[users[0]].rounds[k]["label"]
+                    point = ceilings.measure(job, in_flight, first, progress, quiet=True, pair=pair)
+                    for i in users:
+                        entries[i].rounds[k]["points"].append(dict(point, run=entries[i].rounds[k]["label"]))
+                else:
+                    e = entries[what]
+                    if what not in echo_clients:  # round 1 measured the daemon first: its answers' size
+                        sizes = [p["response_bytes"] for p in e.rounds[0]["points"]
+                                 if p["target"] == "daemon" and p.get("pair") == pair and p["model"] == name]
+                        espec = _echo_spec(e.spec.label, e.echo.address, name, e.prep.payloads[name], mode, c,
+                                           sizes[0] or 256, settings, e.prep.window, e.prep.loop)
+                        echo_clients[what] = stack.enter_context(LoadClients(espec))
+                    measured = _measure_slice(echo_clients[what], e.echo.pid, settings, quiet, profile=False)
+                    e.echoes[k].append(_echo_point(e.rounds[k]["label"], name, echo_clients[what].spec, measured,
+                                                   progress, pair=pair))
