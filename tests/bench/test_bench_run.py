@@ -11,6 +11,14 @@ from edgeinfer.bench.session import BenchSettings, RunSpec, run_benchmark
 from edgeinfer.bench.trivial import build_trivial_onnx, trivial_model_config
 
 
+def _trivial_config(dev_config, tmp_path):
+    """The dev config serving only the trivial model, with its cache under tmp_path."""
+    cfg = copy.deepcopy(dev_config)
+    cfg.cache.dir = str(tmp_path / "cache")
+    cfg.models = [trivial_model_config(build_trivial_onnx(tmp_path / "trivial.onnx"))]
+    return cfg
+
+
 @pytest.fixture(scope="module")
 def bench_results(dev_config, media, start_daemon, tmp_path_factory):
     work = tmp_path_factory.mktemp("bench")
@@ -154,9 +162,7 @@ def test_bench_starts_a_multi_process_daemon_and_counts_all_its_cores(tmp_path):
 def test_rounds_alternate_runs_and_judge_the_median(dev_config, media, start_daemon, tmp_path):
     import statistics
 
-    cfg = copy.deepcopy(dev_config)
-    cfg.cache.dir = str(tmp_path / "cache")
-    cfg.models = [trivial_model_config(build_trivial_onnx(tmp_path / "trivial.onnx"))]
+    cfg = _trivial_config(dev_config, tmp_path)
     daemon = start_daemon(cfg)
     lines: list[str] = []
     settings = BenchSettings(runs=[RunSpec("a", config=cfg, address=daemon.address),
@@ -184,9 +190,7 @@ def test_batched_ceiling_tries_each_preprocessing_pool_and_labels_it(dev_config,
     """--ceiling-pools: one batched ceiling point per pool size, each saying its pool; ratios use the best."""
     from edgeinfer.bench.analysis import compute_ratios
 
-    cfg = copy.deepcopy(dev_config)
-    cfg.cache.dir = str(tmp_path / "cache")
-    cfg.models = [trivial_model_config(build_trivial_onnx(tmp_path / "trivial.onnx"))]
+    cfg = _trivial_config(dev_config, tmp_path)
     cfg.server.workers = 2
     settings = BenchSettings(runs=[RunSpec("p", config=cfg)], images=media, concurrency=[4], modes=["unary"],
                              duration_s=0.4, warmup_s=0.1, echo=False, ceiling_batches=[2], ceiling_pools=[1, 3],
@@ -237,9 +241,7 @@ def test_interleaved_rounds_pair_each_daemon_slice_with_its_own_ceiling_and_echo
     the ceiling of the same round and point; the median comes with an interval."""
     from edgeinfer.bench.cli import summary_text
 
-    cfg = copy.deepcopy(dev_config)
-    cfg.cache.dir = str(tmp_path / "cache")
-    cfg.models = [trivial_model_config(build_trivial_onnx(tmp_path / "trivial.onnx"))]
+    cfg = _trivial_config(dev_config, tmp_path)
     daemon = start_daemon(cfg)
     lines: list[str] = []
     settings = BenchSettings(runs=[RunSpec("a", config=cfg, address=daemon.address),
