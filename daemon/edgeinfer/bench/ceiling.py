@@ -21,7 +21,6 @@ targets' leftovers do not disturb it.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import sys
 import threading
 import time
@@ -34,7 +33,7 @@ import numpy as np
 
 from ..batching import stack_rows
 from ..config import ModelConfig, ServerConfig
-from .child import report_failure
+from .child import ChildServer, report_failure
 from .stats import Summary, summarize
 
 
@@ -153,7 +152,7 @@ def point_threads(concurrency: int, batch: int, threads_cap: Optional[int]) -> i
     return min(concurrency, threads_cap) if threads_cap else concurrency
 
 
-def _child(spec: CeilingSpec, conn) -> None:
+def _child(conn, spec: CeilingSpec) -> None:
     """Load the model once, then measure one point per ("point", ...) command until "stop"."""
     import logging
 
@@ -176,7 +175,7 @@ def _child(spec: CeilingSpec, conn) -> None:
         conn.send(("loaded", f"{info.backend}/{info.precision} on {info.device}"))
         while True:
             command = conn.recv()
-            if command[0] != "point":
+            if command == "stop":  # ChildServer.stop
                 break
             _, c, threads, batch, pool_size, duration_s, warmup_s, quiet = command
             pool = pools.setdefault(pool_size, ThreadPoolExecutor(max_workers=pool_size)) if batch > 1 else None
@@ -193,56 +192,39 @@ def _child(spec: CeilingSpec, conn) -> None:
         for pool in pools.values():
             pool.shutdown()
         model.unload()
-        conn.send(("done", None))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         report_failure(conn, exc)
 
 
-class CeilingProcess:
+class CeilingProcess(ChildServer):
     """The served model loaded once in a child process, measured point by point.
 
     `run_ceiling` measures a spec's points in one go; the interleaved benchmark
     keeps the process loaded (idle between points) and alternates short points
-    with the daemon's slices, so both see the same machine.
+    with the daemon's slices, so both see the same machine. Started and stopped
+    as the daemon and echo children are (bench/child.py).
 
     Raises:
         RuntimeError: the model did not load, the child failed or did not answer in `timeout_s`.
     """
 
     def __init__(self, spec: CeilingSpec, timeout_s: float = 900.0):
+        super().__init__()
         self.spec = spec
         self.timeout_s = timeout_s
         self.device = ""
-        self._proc = None
-        self._conn = None
 
-    def __enter__(self) -> "CeilingProcess":
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_child, args=(self.spec, child), name="edgeinfer-bench-ceiling", daemon=True)
-        self._proc.start()
-        try:
-            self.device = self._expect("loaded")
-        except BaseException:
-            self.close()
-            raise
+    def start(self) -> "CeilingProcess":
+        name = self.spec.model.name
+        what, value = self._spawn(_child, (self.spec,), "edgeinfer-bench-ceiling", self.timeout_s,
+                                  f"ceiling for {name} did not load")
+        if what != "loaded":
+            raise self._failed(f"ceiling for {name}", value)
+        self.device = value
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _expect(self, kind: str, timeout_s: Optional[float] = None):
-        timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        name = self.spec.model.name
-        if not self._conn.poll(timeout_s):
-            raise RuntimeError(f"ceiling for {name} did not answer within {timeout_s:.0f}s")
-        try:
-            what, value = self._conn.recv()
-        except EOFError:
-            raise RuntimeError(f"ceiling for {name} died (exit code {self._proc.exitcode})") from None
-        if what != kind:
-            raise RuntimeError(f"ceiling for {name} failed: {value}")
-        return value
+    def _stop_timeout(self) -> float:
+        return 30.0  # unloading a GPU model can take a while
 
     def point(self, concurrency: int, batch: Optional[int] = None, threads_cap: Optional[int] = None,
               pool: Optional[int] = None, duration_s: Optional[float] = None, warmup_s: Optional[float] = None,
@@ -255,20 +237,16 @@ class CeilingProcess:
         duration_s = spec.duration_s if duration_s is None else duration_s
         warmup_s = spec.warmup_s if warmup_s is None else warmup_s
         self._conn.send(("point", concurrency, threads, batch, pool_size, duration_s, warmup_s, quiet))
-        return self._expect("point")
-
-    def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.send(("stop",))
-                self._expect("done", timeout_s=30)
-            except (OSError, RuntimeError):
-                pass
-        if self._proc is not None:
-            self._proc.join(10)
-            if self._proc.is_alive():
-                self._proc.terminate()
-        self._proc = self._conn = None
+        name = spec.model.name
+        if not self._conn.poll(self.timeout_s):
+            raise RuntimeError(f"ceiling for {name} did not answer within {self.timeout_s:.0f}s")
+        try:
+            what, value = self._conn.recv()
+        except EOFError:
+            raise RuntimeError(f"ceiling for {name} died (exit code {self._proc.exitcode})") from None
+        if what != "point":
+            raise RuntimeError(f"ceiling for {name} failed: {value}")
+        return value
 
 
 def run_ceiling(spec: CeilingSpec, timeout_s: float = 900.0) -> tuple[str, list[CeilingPoint]]:

@@ -489,6 +489,26 @@ def _drop_unready(daemon: DaemonProcess, prep: _Prepared, label: str, notes: lis
             prep.payloads.pop(name)
 
 
+def _reach_daemon(rs: RunSpec, prep: _Prepared, settings: BenchSettings, stack: contextlib.ExitStack,
+                  progress: Progress, notes: list[str]) -> tuple[str, Optional[int], str]:
+    """The run's daemon: the one at --address, or one started here and stopped with `stack`.
+
+    Returns (address, pid or None, how it runs, for the report).
+    """
+    if rs.address:
+        return rs.address, None, f"already running at {rs.address}"
+    progress(f"[bench] {rs.label}: starting the daemon ({', '.join(prep.payloads)}), event loop {prep.loop}")
+    daemon = stack.enter_context(DaemonProcess(prep.config, loop=prep.loop, metrics=settings.daemon_metrics))
+    _drop_unready(daemon, prep, rs.label, notes)
+    return daemon.address, daemon.pid, f"started by the bench (pid {daemon.pid}, loop {prep.loop})"
+
+
+def _note_ceiling_device(prep: _Prepared, name: str, device: str) -> None:
+    if device:
+        prep.model_info[name].setdefault("served_on", device)
+        prep.model_info[name]["ceiling_on"] = device
+
+
 def _judge(run: dict, results: dict, settings: BenchSettings) -> None:
     """Add `run` with its ratios (against the echo points of the same label) and target verdicts."""
     results["runs"].append(run)
@@ -503,24 +523,17 @@ def _one_run(rs: RunSpec, settings: BenchSettings, work_dir: Path, image_paths, 
     """Measure one run (daemon, ceiling, echo) and add its points, ratios and targets to `results`."""
     notes = results["notes"]
     prep = _prepare(rs, settings, work_dir, image_paths, notes)
-    loop, config, payloads, model_info, window = prep.loop, prep.config, prep.payloads, prep.model_info, prep.window
+    loop, config, payloads, window = prep.loop, prep.config, prep.payloads, prep.window
     run = _new_run(rs.label, prep)
-    if rs.address:
-        run["daemon"] = f"already running at {rs.address}"
-        run["points"] += _daemon_points(rs.label, rs.address, payloads, settings, window, loop, progress, notes)
-    else:
-        progress(f"[bench] {rs.label}: starting the daemon ({', '.join(payloads)}), event loop {loop}")
-        with DaemonProcess(config, loop=loop, metrics=settings.daemon_metrics) as daemon:
-            _drop_unready(daemon, prep, rs.label, notes)
-            run["daemon"] = f"started by the bench (pid {daemon.pid}, loop {loop})"
-            run["points"] += _daemon_points(rs.label, daemon.address, payloads, settings, window, loop, progress,
-                                            notes, daemon_pid=daemon.pid)
+    with contextlib.ExitStack() as stack:
+        address, pid, run["daemon"] = _reach_daemon(rs, prep, settings, stack, progress, notes)
+        run["points"] += _daemon_points(rs.label, address, payloads, settings, window, loop, progress, notes,
+                                        daemon_pid=pid)
     if settings.ceiling and config is not None:
         pts, served_on = _ceiling_points(rs.label, config, payloads, settings, progress)
         run["points"] += pts
         for name, dev in served_on.items():
-            model_info[name].setdefault("served_on", dev)
-            model_info[name]["ceiling_on"] = dev
+            _note_ceiling_device(prep, name, dev)
     elif settings.ceiling:
         notes.append(f"{rs.label}: no --config, so no in-process ceiling")
     if settings.echo:
@@ -569,16 +582,7 @@ def _interleaved_runs(specs: list[RunSpec], settings: BenchSettings, work_dir: P
         echo_servers: dict[str, EchoServer] = {}
         for e in entries:
             rs, prep = e.spec, e.prep
-            if rs.address:
-                e.address, how = rs.address, f"already running at {rs.address}"
-            else:
-                progress(f"[bench] {rs.label}: starting the daemon ({', '.join(prep.payloads)}), "
-                         f"event loop {prep.loop}")
-                daemon = stack.enter_context(DaemonProcess(prep.config, loop=prep.loop,
-                                                           metrics=settings.daemon_metrics))
-                _drop_unready(daemon, prep, rs.label, notes)
-                e.address, e.pid, how = daemon.address, daemon.pid, \
-                    f"started by the bench (pid {daemon.pid}, loop {prep.loop})"
+            e.address, e.pid, how = _reach_daemon(rs, prep, settings, stack, progress, notes)
             for run in e.rounds:
                 run["daemon"] = how + f"; interleaved with {len(entries) - 1} other run(s), point by point, " \
                                       f"{rounds} slices each"
@@ -596,10 +600,8 @@ def _interleaved_runs(specs: list[RunSpec], settings: BenchSettings, work_dir: P
                     for c in _levels(settings, mode):
                         _interleave_point(here, name, mode, c, settings, ceilings, progress, notes)
                 for e in here:
-                    device = ceilings.device(e.prep.config.model(name)) if e.prep.config is not None else ""
-                    if device:
-                        e.prep.model_info[name].setdefault("served_on", device)
-                        e.prep.model_info[name]["ceiling_on"] = device
+                    if e.prep.config is not None:
+                        _note_ceiling_device(e.prep, name, ceilings.device(e.prep.config.model(name)))
     for k in range(rounds):
         for e in entries:
             results["echo"] += e.echoes[k]
