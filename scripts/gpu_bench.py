@@ -22,10 +22,13 @@ all but onnxruntime-gpu, which travels as wheels: shared/device/README.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import glob
 import json
 import os
+import pickle
+import subprocess
 import sys
 import time
 import traceback
@@ -330,23 +333,24 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
                  ceiling_batches: list[int], warmup: float = 2.0, variants: str = "", rounds: int = 1,
                  loop: str = "asyncio", ceiling_pools: Optional[list[int]] = None,
                  daemon_metrics: bool = False, modes: tuple[str, ...] = ("unary",), stream_window: int = 1,
-                 interleave: bool = False) -> dict:
-    """variants: comma list of WORKERS[xPROCESSES[s]][:ALGO[:BUCKETS[:NORM[:INSTANCES[:MERGE_US[:DELAY_US]]]]]]
+                 interleave: bool = False, old_tree: Optional[Path] = None, old_variants: str = "") -> dict:
+    """variants: comma list of WORKERS[xPROCESSES[s]][:ALGO[:BUCKETS[:NORM[:INSTANCES[:MERGE_US[:DELAY_US[:CALLS]]]]]]]
     (e.g. "16,8x2,16:heuristic:32",
     "16:::gpu", "5x3s"), one daemon run (and its ceiling) each. PROCESSES: [server] processes, with "s":
     [server] inference = "shared" (PROCESSES front-ends and one inference process); ALGO: [onnxruntime]
     cudnn_conv_algo_search; BUCKETS: [batching] buckets, sizes joined by "+" (e.g. 8+32); NORM: [models.input]
     normalize_on (cpu or gpu); INSTANCES: [onnxruntime] instances (concurrent runs; default 2); MERGE_US:
     [batching] merge_delay_us with preferred size 8 (shared mode: a free host slot waits for 8 rows);
-    DELAY_US: [batching] max_queue_delay_us, the front-end's fill delay (default 2000).
+    DELAY_US: [batching] max_queue_delay_us, the front-end's fill delay (default 2000); CALLS: [batching]
+    shared_calls_in_flight (a front-end's calls in flight to the shared host; e.g. 16 with DELAY_US 0: one
+    batching stage, the host's).
     modes: "unary" and/or "stream" (InferStream: each of the c clients keeps `stream_window` frames in
     flight on its own stream; with 1, c streams hold as many images in flight as c unary clients).
+    old_tree, old_variants: more runs, "old-" + label, whose daemons run the code of another source tree
+    (e.g. .oldtree from git archive): with --interleave, old code against new in one call.
     """
-    from edgeinfer.bench.cli import summary_text
-    from edgeinfer.bench.report import interval_text, write_report
-    from edgeinfer.bench.session import BenchSettings, RunSpec, run_benchmark
-    from edgeinfer.config import (BatchingConfig, Config, InputConfig, ModelConfig, OnnxRuntimeConfig,
-                                  PostprocessConfig, ServerConfig)
+    from edgeinfer.bench.session import RunSpec
+    from edgeinfer.config import BatchingConfig, InputConfig, ModelConfig, OnnxRuntimeConfig, PostprocessConfig
 
     t0 = time.perf_counter()
     onnx_path = export_resnet50(work / "resnet50.onnx")
@@ -360,36 +364,90 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
         onnxruntime=OnnxRuntimeConfig(providers=list(RESNET_PROVIDERS), instances=2),
         batching=BatchingConfig(max_batch=max_batch, max_queue_delay_us=2000),
     )
-    specs = []
-    for v in (variants.split(",") if variants else [str(cpus)]):
-        workers_text, algo, buckets, norm, instances, merge_us, fe_delay_us = (v.split(":") + [""] * 6)[:7]
-        workers_text, _, procs_text = workers_text.partition("x")
-        shared = procs_text.endswith("s")
-        workers, processes = int(workers_text), int(procs_text.rstrip("s") or 1)
-        m = dataclasses.replace(
-            model,
-            input=dataclasses.replace(model.input, normalize_on=norm or "cpu"),
-            onnxruntime=dataclasses.replace(model.onnxruntime, cudnn_conv_algo_search=algo or "auto",
-                                            instances=int(instances or model.onnxruntime.instances)),
-            batching=dataclasses.replace(model.batching, buckets=[int(b) for b in buckets.split("+") if b],
-                                         merge_delay_us=int(merge_us or 0),
-                                         max_queue_delay_us=int(fe_delay_us or model.batching.max_queue_delay_us),
-                                         preferred_batch_sizes=[8] if merge_us else []))
-        config = Config(server=ServerConfig(workers=workers, stream_window=16, processes=processes,
-                                            inference="shared" if shared else "per-process"), models=[m],
-                        source="gpu_bench.py")
-        # --daemon-metrics: endpoints on 9400.. (front-ends) and 9400 + processes (a shared inference
-        # process), for scripts/watch_stages.py; off, benchmarks never fight over the port.
-        config.metrics.enabled = daemon_metrics
-        config.cache.dir = str(work / "cache")
-        specs.append(RunSpec(f"ort-cuda-b{max_batch}-w{workers}" + (f"-p{processes}" if processes > 1 else "")
-                             + ("-shared" if shared else "")
-                             + f"-{algo or 'auto'}"
-                             + (f"-buckets{buckets}" if buckets else "")
-                             + (f"-norm{norm}" if norm else "")
-                             + (f"-i{instances}" if instances else "")
-                             + (f"-merge{merge_us}us" if merge_us else "")
-                             + (f"-delay{fe_delay_us}us" if fe_delay_us else ""), config=config))
+    specs = [RunSpec(label, config=config)
+             for label, config in (variant_config(v, model, max_batch, work, daemon_metrics)
+                                   for v in (variants.split(",") if variants else [str(cpus)]))]
+    if old_variants and old_tree is None:
+        raise ValueError("--old-variants needs --old-tree")
+    with contextlib.ExitStack() as stack:
+        for v in filter(None, old_variants.split(",")):
+            label, config = variant_config(v, model, max_batch, work, daemon_metrics)
+            address, pid = stack.enter_context(daemon_from_tree(old_tree, config, loop, work / f"old-{len(specs)}"))
+            specs.append(RunSpec("old-" + label, config=config, address=address, pid=pid))
+        return _bench(specs, media, out_dir, duration, concurrency, max_batch, ceiling_batches, warmup, rounds,
+                      loop, ceiling_pools, daemon_metrics, modes, stream_window, interleave, work)
+
+
+def variant_config(v: str, model, max_batch: int, work: Path, daemon_metrics: bool):
+    """(label, Config) of one --variants entry (see bench_resnet)."""
+    from edgeinfer.config import Config, ServerConfig
+
+    workers_text, algo, buckets, norm, instances, merge_us, fe_delay_us, calls = (v.split(":") + [""] * 7)[:8]
+    workers_text, _, procs_text = workers_text.partition("x")
+    shared = procs_text.endswith("s")
+    workers, processes = int(workers_text), int(procs_text.rstrip("s") or 1)
+    m = dataclasses.replace(
+        model,
+        input=dataclasses.replace(model.input, normalize_on=norm or "cpu"),
+        onnxruntime=dataclasses.replace(model.onnxruntime, cudnn_conv_algo_search=algo or "auto",
+                                        instances=int(instances or model.onnxruntime.instances)),
+        batching=dataclasses.replace(model.batching, buckets=[int(b) for b in buckets.split("+") if b],
+                                     merge_delay_us=int(merge_us or 0),
+                                     max_queue_delay_us=int(fe_delay_us or model.batching.max_queue_delay_us),
+                                     preferred_batch_sizes=[8] if merge_us else [],
+                                     shared_calls_in_flight=int(calls or 0)))
+    config = Config(server=ServerConfig(workers=workers, stream_window=16, processes=processes,
+                                        inference="shared" if shared else "per-process"), models=[m],
+                    source="gpu_bench.py")
+    # --daemon-metrics: endpoints on 9400.. (front-ends) and 9400 + processes (a shared inference
+    # process), for scripts/watch_stages.py; off, benchmarks never fight over the port.
+    config.metrics.enabled = daemon_metrics
+    config.cache.dir = str(work / "cache")
+    label = (f"ort-cuda-b{max_batch}-w{workers}" + (f"-p{processes}" if processes > 1 else "")
+             + ("-shared" if shared else "")
+             + f"-{algo or 'auto'}"
+             + (f"-buckets{buckets}" if buckets else "")
+             + (f"-norm{norm}" if norm else "")
+             + (f"-i{instances}" if instances else "")
+             + (f"-merge{merge_us}us" if merge_us else "")
+             + (f"-delay{fe_delay_us}us" if fe_delay_us else "")
+             + (f"-calls{calls}" if calls else ""))
+    return label, config
+
+
+@contextlib.contextmanager
+def daemon_from_tree(tree: Path, config, loop: str, work: Path):
+    """A daemon for `config` running another source tree's code (scripts/device/serve_from_tree.py);
+    yields (address, pid) once its models have loaded, stops it on exit."""
+    work.mkdir(parents=True, exist_ok=True)
+    pickled = work / "config.pickle"
+    pickled.write_bytes(pickle.dumps(config))
+    tree = Path(tree).resolve()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(tree / "daemon"), str(tree / "clients")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "device" / "serve_from_tree.py"),
+                             str(pickled), loop], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline().split()  # "PORT PID" once loaded; nothing if it failed
+        if len(line) != 2:
+            raise RuntimeError(f"the daemon from {tree} did not start (exit {proc.wait(30)})")
+        row(f"daemon from {tree}", "info", f"port {line[0]}, pid {line[1]}")
+        yield f"127.0.0.1:{line[0]}", int(line[1])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(config.server.grace_period_s + 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _bench(specs, media: Path, out_dir: Path, duration: float, concurrency: list[int], max_batch: int,
+           ceiling_batches: list[int], warmup: float, rounds: int, loop: str, ceiling_pools, daemon_metrics: bool,
+           modes, stream_window: int, interleave: bool, work: Path) -> dict:
+    from edgeinfer.bench.cli import summary_text
+    from edgeinfer.bench.report import interval_text, write_report
+    from edgeinfer.bench.session import BenchSettings, run_benchmark
+
     settings = BenchSettings(
         runs=specs, images=media, concurrency=concurrency,
         modes=list(modes), stream_window=stream_window, duration_s=duration, warmup_s=warmup, payload="jpeg", trivial=False, echo=False,
@@ -441,6 +499,9 @@ def main() -> int:
     ap.add_argument("--interleave", action="store_true",
                     help="with --rounds: every variant's daemon and the ceiling stay loaded and take one slice "
                          "each per round, back to back (--duration/--warmup per slice): an A/B in one call")
+    ap.add_argument("--old-tree", type=Path, default=None,
+                    help="a source tree (git archive REV daemon clients scripts) whose daemons --old-variants run")
+    ap.add_argument("--old-variants", default="", help="variants, as --variants, served by --old-tree's code")
     ap.add_argument("--loop", default="asyncio", help="event loop of daemon and clients: asyncio, uvloop, auto")
     ap.add_argument("--ceiling-pools", default="",
                     help="batched ceiling: preprocessing pool sizes to try, e.g. 5,8,16 (default: each variant's workers and one per core)")
@@ -476,7 +537,8 @@ def main() -> int:
                                              args.warmup, args.variants, args.rounds, args.loop,
                                              [int(x) for x in args.ceiling_pools.split(",") if x],
                                              args.daemon_metrics, tuple(args.modes.split(",")),
-                                             args.stream_window, args.interleave))]
+                                             args.stream_window, args.interleave, args.old_tree,
+                                             args.old_variants))]
     failed = False
     for name, step in steps:
         if name in skip:

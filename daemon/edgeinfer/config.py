@@ -247,6 +247,12 @@ class BatchingConfig:
     # preferred size 8): 1,000 us served 2-4% more than 0 in each of 3 same-call
     # comparisons, 2,000 us less (docs/benchmarks/gpu-2026-11-21-session6.md).
     merge_delay_us: int = field(default=0, metadata=_non_negative)
+    # [server] inference = "shared" only: how many calls of this model a front-end keeps
+    # in flight to the inference process (its batcher's slots). 0 = 2 per inference slot,
+    # so front-ends batch first and the host merges their batches. With many (e.g. 16) and
+    # max_queue_delay_us = 0, each request goes to the inference process once
+    # preprocessed and merge_delay_us does all the batching, in one stage.
+    shared_calls_in_flight: int = field(default=0, metadata=_non_negative)
 
 
 @dataclass

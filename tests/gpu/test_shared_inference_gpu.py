@@ -31,7 +31,7 @@ def test_front_end_on_a_cuda_host_answers_as_a_local_cpu_model(ort_cuda, classif
     from edgeinfer.shared_inference.remote import RemoteModels
 
     cfg = _config(classifier_onnx, tmp_path / "host", "gpu", ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    pairs = [mp.get_context("spawn").Pipe(duplex=True) for _ in range(4)]
+    pairs = [mp.get_context("spawn").Pipe(duplex=True) for _ in range(2)]
     host = InferenceHost(cfg)
     host.start([h for h, _ in pairs])
     remote = RemoteModels([f for _, f in pairs])
@@ -51,7 +51,7 @@ def test_front_end_on_a_cuda_host_answers_as_a_local_cpu_model(ort_cuda, classif
             a, b = front.predict(image, Options()), local.predict(image, Options())
             assert [c.index for c in a.result.classes] == [c.index for c in b.result.classes]
             assert np.allclose([c.score for c in a.result.classes], [c.score for c in b.result.classes], atol=1e-3)
-        # A stacked batch through the channel equals one image at a time (ranking; TF32 moves logits).
+        # A stacked batch through the link equals one image at a time (ranking; TF32 moves logits).
         name = front.image_input.name
         together = front.runner.infer({name: np.concatenate([p.feeds[name] for p in prepared])})
         for k, p in enumerate(prepared):
@@ -62,5 +62,5 @@ def test_front_end_on_a_cuda_host_answers_as_a_local_cpu_model(ort_cuda, classif
         front.unload()
         local.unload()
         remote.close()
-        host.wait_channels(10)
+        host.wait_links(10)
         host.close(10)

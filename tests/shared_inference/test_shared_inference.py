@@ -1,4 +1,4 @@
-"""[server] inference = "shared": the inference host, its channels and the front-end's RemoteRunner.
+"""[server] inference = "shared": the inference host, its links and the front-end's RemoteRunner.
 
 Real models, real ONNX Runtime, real socketpairs and memfd buffers, real gRPC.
 The host runs in this process here (its own threads), so a test can hold its
@@ -41,24 +41,30 @@ def _config(tmp_path, classifier_onnx, *, instances=2, max_batch=8, extra_models
 
 
 class HostInProcess:
-    """An InferenceHost on this process's threads and the front-end ends of `n` real channels."""
+    """An InferenceHost on this process's threads; `remote()` links one more front-end to it."""
 
-    def __init__(self, config, n=4):
+    def __init__(self, config):
         from edgeinfer.metrics import Metrics
         from edgeinfer.shared_inference.host import InferenceHost
 
-        ctx = mp.get_context("spawn")
-        pairs = [ctx.Pipe(duplex=True) for _ in range(n)]
         self.metrics = Metrics(process=False)
         self.host = InferenceHost(config, self.metrics)
-        self.host.start([h for h, _ in pairs])
-        self.front_ends = [f for _, f in pairs]
+        self.host.start([])
+        self.remotes = []
         self.host.registry.wait_loaded(120)
 
-    def remote(self):
+    def remote(self, links=1):
+        """A front-end's RemoteModels on `links` real socketpairs of its own."""
         from edgeinfer.shared_inference.remote import RemoteModels
 
-        return RemoteModels(self.front_ends)
+        ends = []
+        for _ in range(links):
+            here, there = mp.get_context("spawn").Pipe(duplex=True)
+            self.host.add_link(here)
+            ends.append(there)
+        r = RemoteModels(ends)
+        self.remotes.append(r)
+        return r
 
     def batch_sizes(self, model="imagenet"):
         """{rows: count} of the host's runner calls, from its metrics exposition."""
@@ -93,9 +99,9 @@ class HostInProcess:
         return out
 
     def close(self):
-        for f in self.front_ends:
-            f.close()
-        self.host.wait_channels(10)
+        for r in self.remotes:
+            r.close()
+        self.host.wait_links(10)
         self.host.close(10)
 
 
@@ -305,6 +311,80 @@ def test_a_free_slot_waits_for_the_preferred_rows_up_to_merge_delay(classifier_o
         h.close()
 
 
+def test_one_link_carries_many_calls_in_flight_and_answers_each_its_own(classifier_onnx, tmp_path):
+    """A front-end's threads share one link: 6 calls of different rows wait at the host at once (its
+    only slot held), run as merged calls, and each caller gets its own rows back, matched by call id,
+    whatever order they finish in; buffers come back to the link's pool for the next calls."""
+    h = HostInProcess(_config(tmp_path, classifier_onnx, instances=1))
+    try:
+        model = h.host.registry.get("imagenet")
+        link = h.remote().link()
+        spec = list(model.runner.outputs)
+        rng = np.random.default_rng(5)
+        parts = [rng.standard_normal((n, 3, 224, 224)).astype(np.float32) for n in (1, 2, 1, 3, 1, 2)]
+        expected = [model.runner.infer({"input": p})["logits"] for p in parts]
+        held = _Held(model.runner)
+        with ThreadPoolExecutor(len(parts)) as pool:
+            futures = [pool.submit(link.infer, "imagenet", {"input": parts[0]}, 1, spec)]
+            assert held.entered.wait(10)  # the only slot holds call 0; the others queue behind it
+            futures += [pool.submit(link.infer, "imagenet", {"input": p}, p.shape[0], spec) for p in parts[1:]]
+            coalescer = h.host.coalescer("imagenet")
+            end = time.monotonic() + 10
+            while len(coalescer._queue) < len(parts) - 1 and time.monotonic() < end:
+                time.sleep(0.01)
+            assert len(coalescer._queue) == len(parts) - 1  # all in flight on the one link at once
+            held.opened.set()
+            answers = [f.result(30) for f in futures]
+        held.restore()
+        assert held.calls == [1, 8, 1]  # call 0 alone; then the 9 waiting rows, at most 8 a call
+        for (outputs, ran), e in zip(answers, expected):
+            assert outputs["logits"].shape == e.shape
+            np.testing.assert_allclose(outputs["logits"], e, atol=1e-2)
+            assert ran in (1, 8)
+        pooled = len(link._free)
+        assert 1 <= pooled <= len(parts)  # one buffer per call that was in flight, all back in the pool
+        again, _ran = link.infer("imagenet", {"input": parts[3]}, 3, spec)  # reuses a pooled buffer
+        np.testing.assert_allclose(again["logits"], expected[3], atol=1e-2)
+        assert len(link._free) == pooled
+    finally:
+        h.close()
+
+
+def test_one_batching_stage_front_end_sends_each_request_and_the_host_merges(
+        classifier_onnx, tmp_path, start_daemon, media):
+    """`shared_calls_in_flight` with no front-end fill delay: the front-end's batcher sends requests as
+    they are preprocessed (calls of 1 row) and the host's merge delay forms the batches of all of them."""
+    cfg = _config(tmp_path, classifier_onnx, instances=1)
+    cfg.models[0].batching.preferred_batch_sizes = [8]
+    cfg.models[0].batching.merge_delay_us = 200_000  # long enough that only 8 rows end the wait
+    cfg.models[0].batching.max_queue_delay_us = 0
+    cfg.models[0].batching.shared_calls_in_flight = 16
+    h = HostInProcess(cfg)
+    try:
+        d = start_daemon(cfg, remote=h.remote())
+        coffee = (media / "coffee.png").read_bytes()
+        runner = d.daemon.registry.get("imagenet").runner
+        assert runner.info.max_concurrency == 16  # the front-end batcher's slots: calls in flight
+        before, calls_before = h.batch_sizes(), h.stage_seconds()["total"][1]  # the front-end's warm-up
+
+        def one(_):
+            with Client(d.address, timeout=60) as c:
+                return c.infer("imagenet", coffee)
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(one, range(8)))
+        assert {r.classes[0].index for r in results} == {ESPRESSO}
+        assert {r.batch_size for r in results} == {8}  # all 8 ran in one merged call at the host
+        after = h.batch_sizes()
+        assert {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)} == {8.0: 1}
+        # The host merged several front-end calls (mostly of 1 row; two requests preprocessed at
+        # the same moment may share one) into that one runner call.
+        assert 2 <= h.stage_seconds()["total"][1] - calls_before <= 8
+        d.stop()
+    finally:
+        h.close()
+
+
 # -- a front-end daemon on the host -----------------------------------------------------------
 
 def test_front_end_answers_as_the_standalone_daemon(front_end, local, media):
@@ -363,13 +443,10 @@ def test_bad_tensors_get_invalid_argument_and_the_host_keeps_serving(front_end, 
 def test_host_checks_what_it_is_sent_too(host):
     """A call that bypassed the front-end's checks still gets a worded InvalidInput back."""
     from edgeinfer.errors import InvalidInput
-    from edgeinfer.shared_inference.remote import Channel
 
-    remote = host.remote()
-    with remote.channel() as ch:
-        assert isinstance(ch, Channel)
-        with pytest.raises(InvalidInput, match="expected dtype float32"):
-            ch.infer("imagenet", {"input": np.zeros((1, 3, 224, 224), np.float64)}, 1, [])
+    link = host.remote().link()
+    with pytest.raises(InvalidInput, match="expected dtype float32"):
+        link.infer("imagenet", {"input": np.zeros((1, 3, 224, 224), np.float64)}, 1, [])
 
 
 def test_a_model_the_host_cannot_load_fails_in_the_front_end_with_the_hosts_reason(
@@ -400,13 +477,13 @@ def test_a_model_the_host_cannot_load_fails_in_the_front_end_with_the_hosts_reas
 def test_a_gone_host_answers_unavailable_not_a_crash(classifier_onnx, tmp_path):
     from edgeinfer.errors import ModelNotReady
 
-    h = HostInProcess(_config(tmp_path, classifier_onnx), n=1)
+    h = HostInProcess(_config(tmp_path, classifier_onnx))
     remote = h.remote()
     desc = remote.describe("imagenet")
     runner = remote.runner("imagenet", desc)
     x = np.zeros((1, 3, 224, 224), np.float32)
     assert runner.infer({"input": x})["logits"].shape == (1, 1000)
-    h.host.close(5)  # the host goes away: its channel threads end and close their ends
+    h.host.close(5)  # the host goes away: its link threads end and close their ends
     for t in h.host._threads:
         t.join(10)
     with pytest.raises(ModelNotReady, match="inference process is gone"):

@@ -50,6 +50,7 @@ class RunSpec:
     label: str
     config: Optional[Config] = None
     address: Optional[str] = None  # a daemon already running: not started, not stopped
+    pid: Optional[int] = None      # with `address`: its process, so its CPU is measured too
     loop: Optional[str] = None     # event loop of this run's daemon/echo/clients (None: the settings')
 
 
@@ -496,7 +497,7 @@ def _reach_daemon(rs: RunSpec, prep: _Prepared, settings: BenchSettings, stack: 
     Returns (address, pid or None, how it runs, for the report).
     """
     if rs.address:
-        return rs.address, None, f"already running at {rs.address}"
+        return rs.address, rs.pid, f"already running at {rs.address}" + (f" (pid {rs.pid})" if rs.pid else "")
     progress(f"[bench] {rs.label}: starting the daemon ({', '.join(prep.payloads)}), event loop {prep.loop}")
     daemon = stack.enter_context(DaemonProcess(prep.config, loop=prep.loop, metrics=settings.daemon_metrics))
     _drop_unready(daemon, prep, rs.label, notes)

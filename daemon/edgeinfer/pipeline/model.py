@@ -196,7 +196,7 @@ class ServedModel:
         if d.state != ModelState.READY.value or d.info is None:
             raise BackendLoadError(f"in the shared inference process: {d.reason}")
         self.image_input, self.normalize_on_gpu = d.image_input, d.normalize_on_gpu
-        return self.remote.runner(self.name, d)
+        return self.remote.runner(self.name, d, self.cfg.batching.shared_calls_in_flight)
 
     def unload(self) -> None:
         self._stop_loading.set()

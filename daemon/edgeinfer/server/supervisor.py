@@ -27,7 +27,7 @@ their own if the supervisor disappears.
 With `[server] inference = "shared"` the children are front-ends without
 models of their own, and one more child, the inference host
 (edgeinfer/shared_inference), loads and runs the models for all of them over
-channels the supervisor creates (a few socketpairs per front-end). The host
+links the supervisor creates (one socketpair per front-end). The host
 is watched like the others (ticks, death stops all) and is stopped last, once
 the front-ends have drained their requests through it.
 """
@@ -91,10 +91,10 @@ def prepare_child(tag: str, log_level: int) -> None:
 
 
 def _child(config: Config, index: int, events, all_loaded, loop_kind: str, log_level: int,
-           channels=None) -> None:
+           links=None) -> None:
     """Body of child `index`: a Daemon on the shared port, reporting to the supervisor.
 
-    channels: with shared inference, this front-end's connections to the inference host."""
+    links: with shared inference, this front-end's connections to the inference host."""
     import asyncio
 
     from ..eventloop import run
@@ -114,10 +114,10 @@ def _child(config: Config, index: int, events, all_loaded, loop_kind: str, log_l
             events.put(("tick", index, None))
 
         remote = None
-        if channels is not None:
+        if links is not None:
             from ..shared_inference.remote import RemoteModels
 
-            remote = RemoteModels(channels)
+            remote = RemoteModels(links)
         daemon = Daemon(config, tick_s=1.0, reuse_port=True, on_tick=tick, siblings_ready=all_loaded.is_set,
                         remote=remote)
         port = await daemon.start()
@@ -176,16 +176,16 @@ class Supervisor:
         self.listen = claim_port(self.config.server.listen)
         kind = self.config.server.event_loop
         level = logging.getLogger().getEffectiveLevel()
-        front_channels: list = [None] * self.count
+        front_links: list = [None] * self.count
         if self.shared:
-            front_channels = self._start_host(level)
+            front_links = self._start_host(level)
         for i in range(self.count):
             p = self._ctx.Process(target=_child, name=f"edgeinfer-{i}",
                                   args=(child_config(self.config, i, self.listen), i, self._events,
-                                        self._all_loaded, kind, level, front_channels[i]))
+                                        self._all_loaded, kind, level, front_links[i]))
             p.start()
             self._procs.append(p)
-            for conn in front_channels[i] or []:  # the child has its own copies now
+            for conn in front_links[i] or []:  # the child has its own copies now
                 conn.close()
         listening: set[int] = set()
         end = time.monotonic() + timeout
@@ -198,13 +198,11 @@ class Supervisor:
         return self.listen
 
     def _start_host(self, log_level: int) -> list:
-        """Start the shared inference host; returns each front-end's ends of its channels."""
+        """Start the shared inference host; returns each front-end's end of its link (in a list)."""
         from ..shared_inference.host import host_main
-        from ..shared_inference.remote import CHANNELS_PER_MODEL
 
-        per_front = CHANNELS_PER_MODEL * max(1, len(self.config.models))
-        pairs = [[self._ctx.Pipe(duplex=True) for _ in range(per_front)] for _ in range(self.count)]
-        host_ends = [h for front in pairs for h, _f in front]
+        pairs = [self._ctx.Pipe(duplex=True) for _ in range(self.count)]
+        host_ends = [h for h, _f in pairs]
         # Index `count`: its metrics serve on the metrics port + the number of front-ends.
         p = self._ctx.Process(target=host_main, name=HOST_NAME,
                               args=(child_config(self.config, self.count, self.listen), host_ends, self._events,
@@ -213,7 +211,7 @@ class Supervisor:
         self._procs.append(p)
         for conn in host_ends:
             conn.close()
-        return [[f for _h, f in front] for front in pairs]
+        return [[f] for _h, f in pairs]
 
     def _next_event(self, end: float):
         """The next child event before `end`; raises OSError on a child error, death or timeout."""

@@ -61,19 +61,21 @@ class Merged(NamedTuple):
     run_s: float                    # from then until its last rows had run
 
 
+Done = Callable[[Optional[Merged], Optional[BaseException]], None]
+
+
 class _Call:
     """One front-end batch: `rows` rows, run as one or more pieces."""
 
-    __slots__ = ("feeds", "rows", "signature", "done", "outputs", "error", "ran_rows", "taken", "parts",
+    __slots__ = ("feeds", "rows", "signature", "on_done", "finished", "ran_rows", "taken", "parts",
                  "finished_rows", "queued", "started", "ended")
 
-    def __init__(self, feeds: Mapping[str, np.ndarray], rows: int):
+    def __init__(self, feeds: Mapping[str, np.ndarray], rows: int, on_done: Done):
         self.feeds = feeds
         self.rows = rows
         self.signature = signature_of(feeds)
-        self.done = threading.Event()
-        self.outputs: Optional[dict[str, np.ndarray]] = None
-        self.error: Optional[BaseException] = None
+        self.on_done = on_done
+        self.finished = False       # answered (outputs or error); set under the Coalescer's lock
         self.ran_rows = 0           # real rows of the (largest) runner call its rows ran in
         self.taken = 0              # rows handed to slots so far
         self.parts: list[tuple[int, dict[str, np.ndarray]]] = []  # (first row, outputs) per piece
@@ -88,7 +90,8 @@ class _Call:
 
 
 class Coalescer:
-    """Runs callers' rows on `runner`, merged; `run()` blocks the calling thread until its rows are done.
+    """Runs callers' rows on `runner`, merged: `submit()` queues them and calls back when they have run
+    (the inference host's link threads never wait); `run()` blocks until then.
 
     Args:
         name: model name (logs, errors).
@@ -119,19 +122,32 @@ class Coalescer:
     def slots(self) -> int:
         return len(self._threads)
 
-    def run(self, feeds: Mapping[str, np.ndarray], rows: int) -> Merged:
-        """Block until this caller's `rows` rows have run; raises the runner's error, or ModelNotReady
-        when closed."""
-        call = _Call(feeds, rows)
+    def submit(self, feeds: Mapping[str, np.ndarray], rows: int, on_done: Done) -> None:
+        """Queue this caller's `rows` rows; `on_done(merged, None)` or `on_done(None, error)` follows once,
+        on a slot thread (keep it short: it delays the slot's next batch). Raises ModelNotReady when closed."""
+        call = _Call(feeds, rows, on_done)
         with self._cond:
             if self._closing:
                 raise ModelNotReady(f"model {self.name!r} is shutting down in the inference process")
             self._queue.append(call)
             self._cond.notify()
-        call.done.wait()
-        if call.error is not None:
-            raise call.error
-        return Merged(call.outputs, call.ran_rows, call.started - call.queued, call.ended - call.started)
+
+    def run(self, feeds: Mapping[str, np.ndarray], rows: int) -> Merged:
+        """Block until this caller's `rows` rows have run; raises the runner's error, or ModelNotReady
+        when closed."""
+        done = threading.Event()
+        answer: list = []
+
+        def on_done(merged: Optional[Merged], error: Optional[BaseException]) -> None:
+            answer.append((merged, error))
+            done.set()
+
+        self.submit(feeds, rows, on_done)
+        done.wait()
+        merged, error = answer[0]
+        if error is not None:
+            raise error
+        return merged
 
     # -- forming a batch (under the lock) ------------------------------------------------------
     def _size_locked(self, available: int) -> int:
@@ -221,24 +237,26 @@ class Coalescer:
                 c.finished_rows += n
                 c.ran_rows = max(c.ran_rows, rows)
                 c.ended = ended
-                if c.finished_rows == c.rows and not c.done.is_set():
+                if c.finished_rows == c.rows and not c.finished:
+                    c.finished = True
                     finished.append(c)
         for c in finished:
             if len(c.parts) == 1:
-                c.outputs = c.parts[0][1]
+                outputs = c.parts[0][1]
             else:
                 ordered = [p for _s, p in sorted(c.parts, key=lambda sp: sp[0])]
-                c.outputs = {name: np.concatenate([p[name] for p in ordered]) for name in ordered[0]}
-            c.done.set()
+                outputs = {name: np.concatenate([p[name] for p in ordered]) for name in ordered[0]}
+            _answer(c, Merged(outputs, c.ran_rows, c.started - c.queued, c.ended - c.started), None)
 
     def _fail(self, calls, err: BaseException) -> None:
         """Answer `calls` with `err` (a call cut across slots fails once, and its rows still queued go)."""
         with self._cond:
-            failing = [c for c in calls if not c.done.is_set()]
+            failing = [c for c in calls if not c.finished]
+            for c in failing:
+                c.finished = True
             self._queue = collections.deque(c for c in self._queue if c not in failing)
         for c in failing:
-            c.error = err
-            c.done.set()
+            _answer(c, None, err)
 
     def close(self, timeout: float = 10.0) -> None:
         """Run what is queued, then stop the slots."""
@@ -247,3 +265,10 @@ class Coalescer:
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout)
+
+
+def _answer(call: _Call, merged: Optional[Merged], error: Optional[BaseException]) -> None:
+    try:
+        call.on_done(merged, error)
+    except Exception:  # noqa: BLE001 - a caller's callback must not take the slot (or other callers) down
+        log.exception("answering a merged call failed")

@@ -1,7 +1,9 @@
 """The inference host: loads every model once and runs the front-ends' batches.
 
-One thread per channel reads calls (blocking in recv, without the GIL), hands
-the rows to the model's Coalescer and writes the answer back. Models load
+One thread per front-end link reads its calls (blocking in recv, without the
+GIL) and hands the rows to the model's Coalescer without waiting for them;
+one reply thread writes each call's outputs back into its buffer and answers
+it on its link as its rows finish. Models load
 exactly as in a standalone daemon (`ModelRegistry`: fallback chain, accuracy
 gate, GPU normalization, warm-up of every bucket); a front-end asking to
 describe a model still loading waits for it.
@@ -22,12 +24,13 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
 import time
 from multiprocessing import reduction
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -38,14 +41,49 @@ from ..metrics import Metrics, MetricsEndpoint
 from ..pipeline.model import ModelState, ServedModel
 from ..registry import ModelRegistry
 from ..server.errors import status_of
-from .coalesce import Coalescer
+from .coalesce import Coalescer, Merged
 from .wire import ModelDescription, SharedBuffer, bytes_needed, error_reply
 
 log = logging.getLogger(__name__)
 
 
+class _Link:
+    """The host's end of one front-end's link: its connection and the buffers it was handed."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.buffers: dict[int, SharedBuffer] = {}
+        self.send_lock = threading.Lock()  # the reply thread and describe threads both answer
+
+    def answer(self, call_id: int, reply: tuple) -> None:
+        try:
+            with self.send_lock:
+                self.conn.send((call_id, reply))
+        except (EOFError, OSError):  # the front-end is gone; its reader thread ends the link
+            pass
+
+    def close(self) -> None:
+        self.conn.close()
+        for b in self.buffers.values():
+            b.close()
+        self.buffers.clear()
+
+
+class _Finished(NamedTuple):
+    """A call whose rows have run (or failed), on its way to the reply thread."""
+
+    link: _Link
+    call_id: int
+    model: str
+    buffer: SharedBuffer
+    free_at: int
+    received: float
+    merged: Optional[Merged]
+    error: Optional[BaseException]
+
+
 class InferenceHost:
-    """The models and the channel threads of the inference host process (usable in-process in tests)."""
+    """The models, link threads and reply thread of the inference host process (usable in-process in tests)."""
 
     def __init__(self, config: Config, metrics: Optional[Metrics] = None):
         self.config = config
@@ -56,15 +94,25 @@ class InferenceHost:
         self._threads: list[threading.Thread] = []
         self._conns: list = []
         self._closed = False
+        self._finished: queue.SimpleQueue = queue.SimpleQueue()
+        self._replier = threading.Thread(target=self._reply_loop, name="replies", daemon=True)
 
-    def start(self, channels) -> None:
-        """Start loading every model and serving each channel (a duplex Connection) on its own thread."""
+    def start(self, links) -> None:
+        """Start loading every model, the reply thread, and serving each link (a duplex Connection
+        from one front-end) on its own thread."""
         self.registry.start_loading()
-        self._conns = list(channels)
-        for i, conn in enumerate(self._conns):
-            t = threading.Thread(target=self._serve_channel, args=(conn,), name=f"channel-{i}", daemon=True)
-            t.start()
+        self._replier.start()
+        for conn in links:
+            self.add_link(conn)
+
+    def add_link(self, conn) -> None:
+        """Serve one more front-end link (tests give each of their front-ends its own)."""
+        with self._lock:
+            self._conns.append(conn)
+            t = threading.Thread(target=self._serve_link, args=(conn,), name=f"link-{len(self._threads)}",
+                                 daemon=True)
             self._threads.append(t)
+        t.start()
 
     # -- per model ------------------------------------------------------------------------
     def _wait_loaded(self, model: ServedModel) -> None:
@@ -80,7 +128,7 @@ class InferenceHost:
                              image_input=model.image_input, normalize_on_gpu=model.normalize_on_gpu,
                              host_pid=os.getpid())
         if runner is not None and model.state is ModelState.READY:
-            # The channel pickles it: the front-end gets its own copy of info.
+            # The link pickles it: the front-end gets its own copy of info.
             d.inputs, d.outputs, d.info = list(runner.inputs), list(runner.outputs), runner.info
         return d
 
@@ -104,9 +152,9 @@ class InferenceHost:
                          name, max_batch, c.slots)
             return c
 
-    # -- per channel ----------------------------------------------------------------------
-    def _serve_channel(self, conn) -> None:
-        buffer: Optional[SharedBuffer] = None
+    # -- per link -------------------------------------------------------------------------
+    def _serve_link(self, conn) -> None:
+        link = _Link(conn)
         try:
             while True:
                 try:
@@ -115,40 +163,67 @@ class InferenceHost:
                     return
                 kind = msg[0]
                 if kind == "buffer":
+                    _kind, key, nbytes = msg
                     fd = reduction.recv_handle(conn)
-                    if buffer is not None:
-                        buffer.close()
-                    buffer = SharedBuffer(msg[1], fd)
-                    continue
-                try:
-                    if kind == "describe":
-                        reply = ("ok", self.describe(msg[1]))
-                    elif kind == "infer":
-                        reply = self._infer(buffer, *msg[1:])
-                    else:
-                        reply = ("error", "InferenceError", f"unknown message {kind!r}")
-                except Exception as exc:  # noqa: BLE001 - answered to this call; the channel lives on
-                    reply = error_reply(exc)
-                try:
-                    conn.send(reply)
-                except (EOFError, OSError):
-                    return
+                    link.buffers[key] = SharedBuffer(nbytes, fd, key)
+                elif kind == "drop":
+                    dropped = link.buffers.pop(msg[1], None)
+                    if dropped is not None:
+                        dropped.close()
+                elif kind == "infer":
+                    self._submit(link, *msg[1:])
+                elif kind == "describe":
+                    # Waits while the model loads: on its own thread, so this link's calls of ready
+                    # models go on.
+                    threading.Thread(target=self._describe_for, args=(link, msg[1], msg[2]),
+                                     name="describe", daemon=True).start()
+                else:
+                    link.answer(msg[1] if len(msg) > 1 else -1, ("error", "InferenceError", f"unknown message {kind!r}"))
         finally:
-            conn.close()
-            if buffer is not None:
-                buffer.close()
+            link.close()
 
-    def _infer(self, buffer: Optional[SharedBuffer], name: str, layout, rows: int, free_at: int) -> tuple:
-        received = time.perf_counter()
-        if buffer is None:
-            raise ModelNotReady("channel has no buffer yet")
+    def _describe_for(self, link: _Link, call_id: int, name: str) -> None:
         try:
-            merged = self.coalescer(name).run(buffer.read(layout), rows)
-        except Exception as exc:
-            code, _message = status_of(exc)  # logs an unexpected error with its traceback
+            reply = ("ok", self.describe(name))
+        except Exception as exc:  # noqa: BLE001 - answered to this call
+            reply = error_reply(exc)
+        link.answer(call_id, reply)
+
+    def _submit(self, link: _Link, call_id: int, name: str, key: int, layout, rows: int, free_at: int) -> None:
+        """Hand a call's rows to its model's Coalescer; the reply thread answers when they have run."""
+        received = time.perf_counter()
+        buffer = link.buffers.get(key)
+
+        def on_done(merged: Optional[Merged], error: Optional[BaseException]) -> None:
+            self._finished.put(_Finished(link, call_id, name, buffer, free_at, received, merged, error))
+
+        try:
+            if buffer is None:
+                raise ModelNotReady(f"the front-end's buffer {key} never arrived")
+            self.coalescer(name).submit(buffer.read(layout), rows, on_done)
+        except Exception as exc:  # noqa: BLE001 - answered to this call; the link lives on
+            on_done(None, exc)
+
+    def _reply_loop(self) -> None:
+        """The reply thread: write each finished call's outputs back and answer it (None stops it)."""
+        while True:
+            done = self._finished.get()
+            if done is None:
+                return
+            try:
+                reply = self._reply(done)
+            except Exception as exc:  # noqa: BLE001 - e.g. the link closed its buffer meanwhile
+                reply = error_reply(exc)
+            done.link.answer(done.call_id, reply)
+
+    def _reply(self, done: _Finished) -> tuple:
+        name = done.model
+        if done.error is not None:
+            code, _message = status_of(done.error)  # logs an unexpected error with its traceback
             if self.metrics is not None:
                 self.metrics.observe_request(name, code.name)
-            raise
+            return error_reply(done.error)
+        merged, buffer, free_at = done.merged, done.buffer, done.free_at
         outputs = merged.outputs
         written = time.perf_counter()
         # Into the buffer after the inputs when they fit (the front-end reserved room for
@@ -161,34 +236,37 @@ class InferenceHost:
         if self.metrics is not None:
             # At the host a "request" is one front-end call: queue = waiting for a slot, inference =
             # its rows' runner call(s), postprocess = writing the outputs back, total = received to reply.
-            done = time.perf_counter()
+            now = time.perf_counter()
             self.metrics.observe_ok(name, (elapsed_us(merged.wait_s), 0, elapsed_us(merged.run_s),
-                                           elapsed_us(done - written), elapsed_us(done - received)))
+                                           elapsed_us(now - written), elapsed_us(now - done.received)))
         return reply
 
     # -- shutdown -------------------------------------------------------------------------
-    def wait_channels(self, timeout: float) -> bool:
-        """Wait until every front-end closed its channels; False on timeout."""
+    def wait_links(self, timeout: float) -> bool:
+        """Wait until every front-end closed its link; False on timeout."""
         end = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, end - time.monotonic()))
         return not any(t.is_alive() for t in self._threads)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop: run what is queued, end every channel (a front-end still calling gets
+        """Stop: run what is queued and answer it, end every link (a front-end still calling gets
         ModelNotReady: "the inference process is gone"), unload the models."""
         with self._lock:
             self._closed = True
             coalescers = list(self._coalescers.values())
         for c in coalescers:
             c.close(timeout)
+        if self._replier.is_alive():
+            self._finished.put(None)  # after every answer the slots queued
+            self._replier.join(timeout)
         for conn in self._conns:
             _shutdown(conn)
         self.registry.close()
 
 
 def _shutdown(conn) -> None:
-    """End a channel from this side: wakes its thread blocked in recv (closing the fd would not)."""
+    """End a link from this side: wakes its thread blocked in recv (closing the fd would not)."""
     try:
         with socket.socket(fileno=os.dup(conn.fileno())) as s:
             s.shutdown(socket.SHUT_RDWR)
@@ -196,7 +274,7 @@ def _shutdown(conn) -> None:
         pass
 
 
-def host_main(config: Config, channels, events, index: int, log_level: int, tick_s: float = 1.0) -> None:
+def host_main(config: Config, links, events, index: int, log_level: int, tick_s: float = 1.0) -> None:
     """Body of the inference host process (started by the supervisor, with its child_config)."""
     from ..server.supervisor import prepare_child
 
@@ -216,7 +294,7 @@ def host_main(config: Config, channels, events, index: int, log_level: int, tick
             except (OSError, ValueError) as exc:
                 log.error("%s", exc)
         served = InferenceHost(config, metrics)
-        served.start(channels)
+        served.start(links)
         events.put(("listening", index, None))
         while not stop.wait(tick_s):
             if os.getppid() != parent:
@@ -226,7 +304,7 @@ def host_main(config: Config, channels, events, index: int, log_level: int, tick
             if endpoint is not None:
                 endpoint.ensure_started()
         # The supervisor stops the front-ends first; give any straggler its grace period.
-        served.wait_channels(config.server.grace_period_s)
+        served.wait_links(config.server.grace_period_s)
         served.close(config.server.grace_period_s)
         if endpoint is not None:
             endpoint.stop()

@@ -1,19 +1,21 @@
 """What crosses between a front-end process and the inference host.
 
-A channel is one duplex `multiprocessing` connection (a Unix socketpair) plus
-one shared buffer. The front-end creates the buffer (a memfd: anonymous
+A link is one duplex `multiprocessing` connection (a Unix socketpair) per
+front-end, carrying every call of that process, plus the shared buffers the
+front-end made for it. The front-end creates a buffer (a memfd: anonymous
 memory, not limited by the size of /dev/shm the way POSIX shared memory is in
 containers, and freed when both sides close it), maps it, and passes the file
-descriptor over the socket (SCM_RIGHTS). Only one call is in flight on a
-channel at a time, so the buffer needs no lock: the front-end owns it until
-the reply arrives.
+descriptor over the socket (SCM_RIGHTS) with the key both sides then name it
+by. A call owns its buffer until its answer arrives, so buffers need no lock.
 
-Messages are small tuples (pickled by the connection):
+Messages are small tuples (pickled by the connection); every call carries an
+id and its answer comes back as (id, reply), in whatever order calls finish:
 
-    front-end -> host                          host -> front-end
-    ("buffer", nbytes) + the fd                (none)
-    ("describe", model)                        ("ok", ModelDescription) | ERROR
-    ("infer", model, layout, rows, free_at)    ("ok", layout, ran) | ("ok-inline", arrays, ran) | ERROR
+    front-end -> host                                      host -> front-end
+    ("buffer", key, nbytes) + the fd                       (none)
+    ("drop", key)                                          (none)
+    ("describe", id, model)                                (id, ("ok", ModelDescription) | ERROR)
+    ("infer", id, model, key, layout, rows, free_at)       (id, ("ok", layout, ran) | ("ok-inline", arrays, ran) | ERROR)
     ERROR = ("error", class name, message)
 
 A layout is a list of (name, dtype str, shape, offset) for tensors written
@@ -44,8 +46,9 @@ def aligned(n: int) -> int:
 class SharedBuffer:
     """A memfd mapped read-write: created here (`SharedBuffer(nbytes)`) or adopted from a peer's fd."""
 
-    def __init__(self, nbytes: int, fd: Optional[int] = None):
+    def __init__(self, nbytes: int, fd: Optional[int] = None, key: int = 0):
         self.nbytes = int(nbytes)
+        self.key = key  # what the link's messages call it
         if fd is None:
             fd = os.memfd_create("edgeinfer-channel", os.MFD_CLOEXEC)
             os.ftruncate(fd, self.nbytes)
