@@ -7,6 +7,7 @@ it its tests skip with the reason, except on CI (CI=true), where they fail.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import tempfile
 import threading
@@ -143,3 +144,21 @@ def start_daemon():
     for d in started:
         if d.thread.is_alive():
             d.stop()
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """Factory: load_script("scripts/x.py") -> that script imported as a module (scripts/ is no package)."""
+    loaded = {}
+
+    def _load(relative: str):
+        if relative not in loaded:
+            path = ROOT / relative
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            loaded[relative] = module
+        return loaded[relative]
+
+    return _load
+

@@ -2,23 +2,16 @@
 from __future__ import annotations
 
 import collections
-import importlib.util
 import os
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def cpr():
-    spec = importlib.util.spec_from_file_location("cpu_per_request", ROOT / "scripts" / "cpu_per_request.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def cpr(load_script):
+    return load_script("scripts/cpu_per_request.py")
 
 
 def test_thread_cpu_charges_a_busy_thread_to_its_name(cpr):

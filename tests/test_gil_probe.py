@@ -1,22 +1,15 @@
 """scripts/device/gil_probe.py's two CPU-side helpers: finding a listener's pid, reading py-spy's output."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def probe():
-    spec = importlib.util.spec_from_file_location("gil_probe", ROOT / "scripts" / "device" / "gil_probe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def probe(load_script):
+    return load_script("scripts/device/gil_probe.py")
 
 
 def test_listening_pid_finds_this_process_and_only_for_a_listener(probe):

@@ -3,7 +3,6 @@ interleaved in one bench call (scripts/device/serve_from_tree.py)."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
 import subprocess
 import time
@@ -17,11 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def gpu_bench():
-    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "scripts" / "gpu_bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def gpu_bench(load_script):
+    return load_script("scripts/gpu_bench.py")
 
 
 def test_a_daemon_from_another_tree_serves_its_code_and_stops(gpu_bench, dev_config, tmp_path, monkeypatch):

@@ -350,6 +350,32 @@ def test_one_link_carries_many_calls_in_flight_and_answers_each_its_own(classifi
         h.close()
 
 
+def test_closing_a_link_ends_its_waiting_calls_at_once(classifier_onnx, tmp_path):
+    """A front-end shutting down closes its link while a call still waits at the host: the call gets
+    ModelNotReady and close() returns promptly (its reader thread is woken, not left in recv)."""
+    from edgeinfer.errors import ModelNotReady
+
+    h = HostInProcess(_config(tmp_path, classifier_onnx, instances=1))
+    try:
+        model = h.host.registry.get("imagenet")
+        remote = h.remote()
+        link = remote.link()
+        held = _Held(model.runner)
+        x = np.zeros((1, 3, 224, 224), np.float32)
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(link.infer, "imagenet", {"input": x}, 1, list(model.runner.outputs))
+            assert held.entered.wait(10)
+            started = time.monotonic()
+            remote.close()
+            assert time.monotonic() - started < 2
+            with pytest.raises(ModelNotReady, match="inference process is gone"):
+                waiting.result(5)
+            assert not link._reader.is_alive()
+        held.restore()
+    finally:
+        h.close()
+
+
 def test_one_batching_stage_front_end_sends_each_request_and_the_host_merges(
         classifier_onnx, tmp_path, start_daemon, media):
     """`shared_calls_in_flight` with no front-end fill delay: the front-end's batcher sends requests as

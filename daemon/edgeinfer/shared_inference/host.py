@@ -26,7 +26,6 @@ import logging
 import os
 import queue
 import signal
-import socket
 import threading
 import time
 from multiprocessing import reduction
@@ -42,7 +41,7 @@ from ..pipeline.model import ModelState, ServedModel
 from ..registry import ModelRegistry
 from ..server.errors import status_of
 from .coalesce import Coalescer, Merged
-from .wire import ModelDescription, SharedBuffer, bytes_needed, error_reply
+from .wire import ModelDescription, SharedBuffer, bytes_needed, error_reply, shutdown_connection
 
 log = logging.getLogger(__name__)
 
@@ -261,17 +260,8 @@ class InferenceHost:
             self._finished.put(None)  # after every answer the slots queued
             self._replier.join(timeout)
         for conn in self._conns:
-            _shutdown(conn)
+            shutdown_connection(conn)
         self.registry.close()
-
-
-def _shutdown(conn) -> None:
-    """End a link from this side: wakes its thread blocked in recv (closing the fd would not)."""
-    try:
-        with socket.socket(fileno=os.dup(conn.fileno())) as s:
-            s.shutdown(socket.SHUT_RDWR)
-    except OSError:  # already closed
-        pass
 
 
 def host_main(config: Config, links, events, index: int, log_level: int, tick_s: float = 1.0) -> None:

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..backends.base import DescribedRunner, RunnerInfo, TensorSpec
 from ..errors import ModelNotReady
-from .wire import ModelDescription, SharedBuffer, bytes_needed, output_bytes, raise_reply
+from .wire import ModelDescription, SharedBuffer, bytes_needed, output_bytes, raise_reply, shutdown_connection
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,9 @@ class HostLink:
             self._give_back(buffer)
 
     def close(self) -> None:
-        self.conn.close()  # the reader's recv ends: it fails whatever still waits
+        shutdown_connection(self.conn)  # the reader's recv ends: it fails whatever still waits
         self._reader.join(5)
+        self.conn.close()
         with self._buffers_lock:
             free, self._free = self._free, []
         for b in free:

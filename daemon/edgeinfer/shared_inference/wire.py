@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
@@ -101,6 +102,16 @@ def output_bytes(outputs: list[TensorSpec], rows: int) -> int:
             return 0
         total += aligned(int(np.prod(dims, dtype=np.int64)) * np.dtype(spec.dtype).itemsize)
     return total
+
+
+def shutdown_connection(conn) -> None:
+    """End a link from this side: wakes a thread blocked in its recv on either side (closing the fd
+    would not wake one here)."""
+    try:
+        with socket.socket(fileno=os.dup(conn.fileno())) as s:
+            s.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed
+        pass
 
 
 # -- errors ----------------------------------------------------------------------------------
