@@ -12,7 +12,7 @@ ASSETS := assets/models/centerface.onnx
 CONFIG ?= configs/dev.toml
 PYTEST_ARGS ?=
 
-.PHONY: all venv assets demo test protos gpu-check bench clean
+.PHONY: all venv assets demo test protos gpu-check clean
 
 all: test
 

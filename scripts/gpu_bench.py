@@ -496,9 +496,10 @@ def main() -> int:
                     help="cudnn_conv_algo_search modes the diagnose step compares")
     ap.add_argument("--skip", default="", help="comma list of kernel,iobinding,diagnose,resnet")
     ap.add_argument("--rounds", type=int, default=1, help="repeat every variant, round by round; median verdict")
-    ap.add_argument("--interleave", action="store_true",
-                    help="with --rounds: every variant's daemon and the ceiling stay loaded and take one slice "
-                         "each per round, back to back (--duration/--warmup per slice): an A/B in one call")
+    ap.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
+                    help="every variant's daemon and the ceiling stay loaded and take one slice each per round, "
+                         "back to back (--duration/--warmup per slice): an A/B in one call; the default with "
+                         "--rounds > 1 (--no-interleave: whole runs in turn)")
     ap.add_argument("--old-tree", type=Path, default=None,
                     help="a source tree (git archive REV daemon clients scripts) whose daemons --old-variants run")
     ap.add_argument("--old-variants", default="", help="variants, as --variants, served by --old-tree's code")
@@ -520,6 +521,7 @@ def main() -> int:
     import onnxruntime as ort
 
     from edgeinfer import platform as plat
+    from edgeinfer.bench.cli import interleaved
 
     info = plat.detect()
     row("device", ", ".join(f"{g.name} (cc {g.compute_capability})" for g in info.gpus) or "NO GPU",
@@ -537,7 +539,7 @@ def main() -> int:
                                              args.warmup, args.variants, args.rounds, args.loop,
                                              [int(x) for x in args.ceiling_pools.split(",") if x],
                                              args.daemon_metrics, tuple(args.modes.split(",")),
-                                             args.stream_window, args.interleave, args.old_tree,
+                                             args.stream_window, interleaved(args), args.old_tree,
                                              args.old_variants))]
     failed = False
     for name, step in steps:

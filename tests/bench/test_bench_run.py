@@ -319,3 +319,17 @@ def test_paired_differences_compare_each_run_with_the_first_round_by_round():
     assert out["b"]["median"] == pytest.approx(-0.10) and out["b"]["wins"] == 1
     assert out["c"]["differences"] == pytest.approx([0.05, -0.04])  # round 3 of c was not measured
     assert paired_differences([t("a#1", 0.8), t("a#2", 0.9)]) == []  # one run: nothing to compare
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], False),                                  # one round: nothing to interleave
+    (["--rounds", "3"], True),                    # rounds interleave by default
+    (["--rounds", "3", "--no-interleave"], False),
+    (["--interleave"], True),
+])
+def test_rounds_interleave_unless_told_otherwise(argv, expected):
+    from edgeinfer.bench.cli import interleaved
+    from edgeinfer.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--config", "configs/dev.toml", *argv])
+    assert interleaved(args) is expected
