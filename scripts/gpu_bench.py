@@ -349,7 +349,7 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
     old_tree, old_variants: more runs, "old-" + label, whose daemons run the code of another source tree
     (e.g. .oldtree from git archive): with --interleave, old code against new in one call.
     """
-    from edgeinfer.bench.session import RunSpec
+    from edgeinfer.bench.session import BenchSettings, RunSpec, run_benchmark
     from edgeinfer.config import BatchingConfig, InputConfig, ModelConfig, OnnxRuntimeConfig, PostprocessConfig
 
     t0 = time.perf_counter()
@@ -374,8 +374,14 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
             label, config = variant_config(v, model, max_batch, work, daemon_metrics)
             address, pid = stack.enter_context(daemon_from_tree(old_tree, config, loop, work / f"old-{len(specs)}"))
             specs.append(RunSpec("old-" + label, config=config, address=address, pid=pid))
-        return _bench(specs, media, out_dir, duration, concurrency, max_batch, ceiling_batches, warmup, rounds,
-                      loop, ceiling_pools, daemon_metrics, modes, stream_window, interleave, work)
+        results = run_benchmark(BenchSettings(
+            runs=specs, images=media, concurrency=concurrency, modes=list(modes), stream_window=stream_window,
+            duration_s=duration, warmup_s=warmup, payload="jpeg", trivial=False, echo=False,
+            ceiling_batches=ceiling_batches, client_processes=min(32, max(concurrency)), work_dir=work,
+            rounds=rounds, interleave=interleave, loop=loop, ceiling_pools=list(ceiling_pools or []),
+            daemon_metrics=daemon_metrics, title="edgeinfer GPU benchmark: ResNet-50 on ONNX Runtime CUDA EP",
+            command="scripts/gpu_bench.py", targets=gpu_targets))
+    return report_resnet(results, out_dir, max_batch)
 
 
 def variant_config(v: str, model, max_batch: int, work: Path, daemon_metrics: bool):
@@ -441,22 +447,11 @@ def daemon_from_tree(tree: Path, config, loop: str, work: Path):
             proc.kill()
 
 
-def _bench(specs, media: Path, out_dir: Path, duration: float, concurrency: list[int], max_batch: int,
-           ceiling_batches: list[int], warmup: float, rounds: int, loop: str, ceiling_pools, daemon_metrics: bool,
-           modes, stream_window: int, interleave: bool, work: Path) -> dict:
+def report_resnet(results: dict, out_dir: Path, max_batch: int) -> dict:
+    """Write the report, print the summary and a row per point and target."""
     from edgeinfer.bench.cli import summary_text
     from edgeinfer.bench.report import interval_text, write_report
-    from edgeinfer.bench.session import BenchSettings, run_benchmark
 
-    settings = BenchSettings(
-        runs=specs, images=media, concurrency=concurrency,
-        modes=list(modes), stream_window=stream_window, duration_s=duration, warmup_s=warmup, payload="jpeg", trivial=False, echo=False,
-        ceiling_batches=ceiling_batches, client_processes=min(32, max(concurrency)), work_dir=work,
-        rounds=rounds, interleave=interleave, loop=loop, ceiling_pools=list(ceiling_pools or []),
-        daemon_metrics=daemon_metrics,
-        title="edgeinfer GPU benchmark: ResNet-50 on ONNX Runtime CUDA EP", command="scripts/gpu_bench.py",
-        targets=gpu_targets)
-    results = run_benchmark(settings)
     paths = write_report(results, out_dir, "gpu-resnet50")
     print(summary_text(results), flush=True)
     for run in results["runs"]:

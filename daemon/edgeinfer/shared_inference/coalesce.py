@@ -36,6 +36,7 @@ import collections
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from typing import Callable, Mapping, NamedTuple, Optional
 
 import numpy as np
@@ -135,19 +136,10 @@ class Coalescer:
     def run(self, feeds: Mapping[str, np.ndarray], rows: int) -> Merged:
         """Block until this caller's `rows` rows have run; raises the runner's error, or ModelNotReady
         when closed."""
-        done = threading.Event()
-        answer: list = []
-
-        def on_done(merged: Optional[Merged], error: Optional[BaseException]) -> None:
-            answer.append((merged, error))
-            done.set()
-
-        self.submit(feeds, rows, on_done)
-        done.wait()
-        merged, error = answer[0]
-        if error is not None:
-            raise error
-        return merged
+        answer: Future = Future()
+        self.submit(feeds, rows, lambda merged, error: answer.set_exception(error) if error is not None
+                    else answer.set_result(merged))
+        return answer.result()
 
     # -- forming a batch (under the lock) ------------------------------------------------------
     def _size_locked(self, available: int) -> int:

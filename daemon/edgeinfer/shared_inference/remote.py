@@ -27,6 +27,7 @@ import copy
 import itertools
 import logging
 import threading
+from concurrent.futures import Future
 from multiprocessing import reduction
 from typing import Mapping, Optional
 
@@ -46,23 +47,13 @@ MIN_BUFFER = 1 << 20
 IN_FLIGHT_PER_HOST_SLOT = 2
 
 
-class _Waiting:
-    """One call waiting on a link for its answer."""
-
-    __slots__ = ("event", "reply")
-
-    def __init__(self):
-        self.event = threading.Event()
-        self.reply: tuple = ()
-
-
 class HostLink:
     """One connection to the host, shared by every calling thread of this process."""
 
     def __init__(self, conn):
         self.conn = conn
         self._send_lock = threading.Lock()  # a message (and an fd after it) goes out whole
-        self._waiting: dict[int, _Waiting] = {}
+        self._waiting: dict[int, Future] = {}  # call id -> the reply tuple, once it arrives
         self._call_ids = itertools.count()
         self._buffer_ids = itertools.count()
         self._free: list[SharedBuffer] = []  # buffers no call is using
@@ -81,7 +72,7 @@ class HostLink:
             raise ModelNotReady(_gone_message(exc)) from None
 
     def _call(self, kind: str, *args) -> tuple:
-        waiting = _Waiting()
+        waiting: Future = Future()
         with self._send_lock:
             call_id = next(self._call_ids)
             self._waiting[call_id] = waiting
@@ -90,8 +81,7 @@ class HostLink:
             except ModelNotReady:
                 self._waiting.pop(call_id, None)
                 raise
-        waiting.event.wait()
-        reply = waiting.reply
+        reply = waiting.result()
         if reply[0] == "error":
             raise_reply(reply)
         return reply
@@ -103,8 +93,7 @@ class HostLink:
                 call_id, reply = self.conn.recv()
                 waiting = self._waiting.pop(call_id, None)
                 if waiting is not None:
-                    waiting.reply = reply
-                    waiting.event.set()
+                    waiting.set_result(reply)
         except (EOFError, OSError) as exc:
             message = _gone_message(exc)
         except BaseException as exc:  # noqa: BLE001 - a garbled answer ends the link, it must not hang callers
@@ -115,8 +104,7 @@ class HostLink:
             waiting_now = list(self._waiting.values())
             self._waiting.clear()
         for waiting in waiting_now:
-            waiting.reply = ("error", "ModelNotReady", message)
-            waiting.event.set()
+            waiting.set_result(("error", "ModelNotReady", message))
 
     # -- buffers ---------------------------------------------------------------------------
     def _take_buffer(self, nbytes: int) -> SharedBuffer:
@@ -128,8 +116,7 @@ class HostLink:
                 return fit
             old = self._free.pop() if self._free else None
         size = max(nbytes, MIN_BUFFER, int(old.nbytes * 1.5) if old is not None else 0)
-        new = SharedBuffer(size)
-        new.key = next(self._buffer_ids)
+        new = SharedBuffer(size, key=next(self._buffer_ids))
         try:
             with self._send_lock:
                 if old is not None:
