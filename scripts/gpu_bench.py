@@ -334,7 +334,8 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
                  loop: str = "asyncio", ceiling_pools: Optional[list[int]] = None,
                  daemon_metrics: bool = False, modes: tuple[str, ...] = ("unary",), stream_window: int = 1,
                  interleave: bool = False, old_tree: Optional[Path] = None, old_variants: str = "") -> dict:
-    """variants: comma list of WORKERS[xPROCESSES[s]][:ALGO[:BUCKETS[:NORM[:INSTANCES[:MERGE_US[:DELAY_US[:CALLS]]]]]]]
+    """variants: comma list of
+    WORKERS[xPROCESSES[s]][:ALGO[:BUCKETS[:NORM[:INSTANCES[:MERGE_US[:DELAY_US[:CALLS[:SYNC]]]]]]]]
     (e.g. "16,8x2,16:heuristic:32",
     "16:::gpu", "5x3s"), one daemon run (and its ceiling) each. PROCESSES: [server] processes, with "s":
     [server] inference = "shared" (PROCESSES front-ends and one inference process); ALGO: [onnxruntime]
@@ -343,7 +344,8 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
     [batching] merge_delay_us with preferred size 8 (shared mode: a free host slot waits for 8 rows);
     DELAY_US: [batching] max_queue_delay_us, the front-end's fill delay (default 2000); CALLS: [batching]
     shared_calls_in_flight (a front-end's calls in flight to the shared host; e.g. 16 with DELAY_US 0: one
-    batching stage, the host's).
+    batching stage, the host's); SYNC: [server] cuda_sync (auto, spin, yield, block: how threads wait for
+    the GPU). Runs sharing a ceiling share it whatever their SYNC: the first run's settings load it.
     modes: "unary" and/or "stream" (InferStream: each of the c clients keeps `stream_window` frames in
     flight on its own stream; with 1, c streams hold as many images in flight as c unary clients).
     old_tree, old_variants: more runs, "old-" + label, whose daemons run the code of another source tree
@@ -388,7 +390,7 @@ def variant_config(v: str, model, max_batch: int, work: Path, daemon_metrics: bo
     """(label, Config) of one --variants entry (see bench_resnet)."""
     from edgeinfer.config import Config, ServerConfig
 
-    workers_text, algo, buckets, norm, instances, merge_us, fe_delay_us, calls = (v.split(":") + [""] * 7)[:8]
+    workers_text, algo, buckets, norm, instances, merge_us, fe_delay_us, calls, sync = (v.split(":") + [""] * 8)[:9]
     workers_text, _, procs_text = workers_text.partition("x")
     shared = procs_text.endswith("s")
     workers, processes = int(workers_text), int(procs_text.rstrip("s") or 1)
@@ -403,7 +405,8 @@ def variant_config(v: str, model, max_batch: int, work: Path, daemon_metrics: bo
                                      preferred_batch_sizes=[8] if merge_us else [],
                                      shared_calls_in_flight=int(calls or 0)))
     config = Config(server=ServerConfig(workers=workers, stream_window=16, processes=processes,
-                                        inference="shared" if shared else "per-process"), models=[m],
+                                        inference="shared" if shared else "per-process",
+                                        cuda_sync=sync or "auto"), models=[m],
                     source="gpu_bench.py")
     # --daemon-metrics: endpoints on 9400.. (front-ends) and 9400 + processes (a shared inference
     # process), for scripts/watch_stages.py; off, benchmarks never fight over the port.
@@ -417,7 +420,8 @@ def variant_config(v: str, model, max_batch: int, work: Path, daemon_metrics: bo
              + (f"-i{instances}" if instances else "")
              + (f"-merge{merge_us}us" if merge_us else "")
              + (f"-delay{fe_delay_us}us" if fe_delay_us else "")
-             + (f"-calls{calls}" if calls else ""))
+             + (f"-calls{calls}" if calls else "")
+             + (f"-sync{sync}" if sync else ""))
     return label, config
 
 

@@ -92,6 +92,15 @@ class ServerConfig:
     # 1.5x req/s on a trivial model). Image requests always go to the workers
     # (decoding takes milliseconds). 0 = never.
     inline_max_us: int = field(default=250, metadata=_non_negative)
+    # How this process's threads wait for the GPU (every CUDA synchronize:
+    # ONNX Runtime's at the end of a run, TensorRT's, our copies'), applied
+    # before its first model loads on a machine with a CUDA device.
+    # "auto": CUDA's heuristic, which spins a core for the whole wait unless the
+    # process has more CUDA contexts than the machine has cores; "spin";
+    # "yield" (spins, yielding to other threads); "block" (sleeps until the GPU
+    # is done: the core is free for decoding and gRPC meanwhile, at the cost
+    # of a thread wake-up per wait).
+    cuda_sync: Literal["auto", "spin", "yield", "block"] = "auto"
 
     @property
     def supervised(self) -> bool:

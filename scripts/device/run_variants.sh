@@ -9,6 +9,8 @@
 source scripts/device/setup.sh
 export PYTHONPATH=/tmp/site:$PWD/daemon:$PWD/clients
 nvidia-smi dmon -s u -d 1 -o T > $OUT/dmon.txt & DM=$!
+# CPU by process every 3 s, and each process's total at the end (scripts/device/proc_cpu.py).
+python3 scripts/device/proc_cpu.py --out $OUT/proc-cpu.txt & PC=$!
 if [ -n "${GIL_PROBE:-}" ]; then
   # py-spy gets a target of its own: pip skips bin/ in a target that already has one.
   [ -x /tmp/pyspy/bin/py-spy ] || python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .gpu/extra/whl/py_spy*.whl
@@ -16,5 +18,5 @@ if [ -n "${GIL_PROBE:-}" ]; then
   python3 scripts/device/gil_probe.py --out $OUT/gil --host-port ${HOST_PORT:-9404} > $OUT/gil-probe.log 2>&1 & GP=$!; fi
 python3 scripts/gpu_bench.py $BENCH --out /tmp/out-v --rounds ${ROUNDS:-1} --variants "$VARIANTS" ${EXTRA:-} 2>&1 \
   | grep -E "gpu_bench\]" | grep -E "daemon|ceiling|MISS|PASS" | grep -v "^|"
-kill $DM ${GP:-}
+kill $DM $PC ${GP:-}
 cp /tmp/out-v/gpu-resnet50.json /tmp/out-v/gpu-resnet50.md $OUT/

@@ -135,6 +135,56 @@ def use_device(device: int = 0) -> None:
     check(cudart().cudaSetDevice(device), f"cudaSetDevice({device})")
 
 
+# cudaDeviceScheduleSpin / Yield / BlockingSync: the low three bits of the device flags.
+HOST_WAITS = {"spin": 1, "yield": 2, "block": 4}
+_SCHEDULE_MASK = 7
+_host_wait_lock = threading.Lock()
+_host_wait: Optional[str] = None
+
+
+def set_host_wait(mode: str) -> bool:
+    """How this process's threads wait for every visible CUDA device: "spin", "yield", "block" or "auto".
+
+    The scheduling bits of the device flags (cudaSetDeviceFlags; other bits are
+    kept) belong to the device's primary context, which ONNX Runtime, TensorRT
+    and our own buffers share, so one call covers every synchronize in the
+    process. "auto" leaves CUDA's heuristic and touches nothing (no import, no
+    context). Returns whether flags were set: False for "auto" or without a device.
+
+    Raises:
+        ValueError: unknown mode.
+        CudaError: the driver refused the flags.
+    """
+    global _host_wait
+    if mode != "auto" and mode not in HOST_WAITS:
+        raise ValueError(f"host wait must be auto or one of {sorted(HOST_WAITS)}, got {mode!r}")
+    with _host_wait_lock:
+        if mode == "auto" or mode == _host_wait:
+            return mode != "auto"
+        n = device_count()
+        if n == 0:
+            return False
+        rt = cudart()
+        current = check(rt.cudaGetDevice(), "cudaGetDevice")
+        try:
+            for device in range(n):
+                use_device(device)
+                flags = int(check(rt.cudaGetDeviceFlags(), "cudaGetDeviceFlags"))
+                check(rt.cudaSetDeviceFlags((flags & ~_SCHEDULE_MASK) | HOST_WAITS[mode]),
+                      f"cudaSetDeviceFlags({mode})")
+        finally:
+            use_device(int(current))
+        _host_wait = mode
+        return True
+
+
+def host_wait_flags(device: int = 0) -> int:
+    """The scheduling bits now in force on `device` (1 spin, 2 yield, 4 block, 0 auto)."""
+    rt = cudart()
+    use_device(device)
+    return int(check(rt.cudaGetDeviceFlags(), "cudaGetDeviceFlags")) & _SCHEDULE_MASK
+
+
 def compute_capability(device: int = 0) -> tuple[int, int]:
     rt = cudart()
     major = check(rt.cudaDeviceGetAttribute(rt.cudaDeviceAttr.cudaDevAttrComputeCapabilityMajor, device),

@@ -108,6 +108,7 @@ class ServedModel:
         self.cfg = cfg
         self.remote = remote
         self.cache_dir = cache_dir
+        self.cuda_sync = server_cfg.cuda_sync
         self.on_state_change = on_state_change
         self.state = ModelState.LOADING
         self.state_reason = "waiting to load"
@@ -180,6 +181,7 @@ class ServedModel:
 
     def _local_runner(self) -> Runner:
         """Load through the fallback chain in this process; check the image input; wrap for GPU normalization."""
+        self._set_host_wait()
         outcome = ModelLoader(self.cfg, self.cache_dir, self.progress, cancel=self._stop_loading)()
         self.attempts, self.accuracy = outcome.attempts, outcome.accuracy
         if outcome.runner is None:
@@ -187,6 +189,17 @@ class ServedModel:
         runner = outcome.runner
         self.image_input = self._check_image_input(runner)
         return self._normalizing(runner)
+
+    def _set_host_wait(self) -> None:
+        """[server] cuda_sync, before a runtime creates this process's CUDA context (see gpu.memory)."""
+        if self.cuda_sync == "auto":
+            return
+        from ..gpu.memory import set_host_wait
+
+        try:
+            set_host_wait(self.cuda_sync)
+        except Exception as exc:  # noqa: BLE001 - a wait mode the driver refuses must not fail the model
+            log.warning("[server] cuda_sync = %r not applied: %s", self.cuda_sync, exc)
 
     def _remote_runner(self) -> Runner:
         """The shared inference process loads the model (waits while it does); a runner that calls it."""

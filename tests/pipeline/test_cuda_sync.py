@@ -1,0 +1,73 @@
+"""[server] cuda_sync on a machine without a GPU: validated, applied before the runtime loads, harmless.
+
+Whether the flags change how a thread waits is checked on a GPU (tests/gpu/test_host_wait.py).
+"""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from edgeinfer import loading
+from edgeinfer.config import parse_config
+from edgeinfer.gpu import memory
+from edgeinfer.pipeline.model import ModelState, ServedModel
+
+
+def _model(classifier_onnx, tmp_path, cuda_sync: str) -> ServedModel:
+    cfg = parse_config({"server": {"cuda_sync": cuda_sync}, "cache": {"dir": str(tmp_path)}, "models": [
+        {"name": "imagenet", "onnx": str(classifier_onnx), "backends": ["onnxruntime"], "warmup_runs": 1,
+         "input": {"size": [224, 224]}, "postprocess": {"task": "classification"}}]}, source="test_cuda_sync")
+    return ServedModel(cfg.models[0], cfg.server, tmp_path)
+
+
+def test_unknown_modes_are_refused_in_the_config_and_by_the_call():
+    from edgeinfer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cuda_sync"):
+        parse_config({"server": {"cuda_sync": "fast"}}, source="t")
+    with pytest.raises(ValueError, match="host wait"):
+        memory.set_host_wait("fast")
+    assert memory.set_host_wait("auto") is False
+
+
+def test_the_mode_is_set_before_the_runtime_loads(classifier_onnx, tmp_path, monkeypatch):
+    events = []
+    monkeypatch.setattr(memory, "set_host_wait", lambda mode: events.append(("wait", mode)) or True)
+    real = loading.ModelLoader.__call__
+
+    def load(self):
+        events.append(("load", self.cfg.name))
+        return real(self)
+
+    monkeypatch.setattr(loading.ModelLoader, "__call__", load)
+    model = _model(classifier_onnx, tmp_path, "block")
+    model.load()
+    try:
+        assert model.state is ModelState.READY, model.state_reason
+        assert events == [("wait", "block"), ("load", "imagenet")]
+    finally:
+        model.unload()
+
+
+def test_auto_never_touches_cuda(classifier_onnx, tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "set_host_wait", lambda mode: pytest.fail("auto must not call set_host_wait"))
+    model = _model(classifier_onnx, tmp_path, "auto")
+    model.load()
+    try:
+        assert model.state is ModelState.READY, model.state_reason
+    finally:
+        model.unload()
+
+
+def test_block_without_a_gpu_loads_quietly(classifier_onnx, tmp_path, caplog):
+    if memory.device_count():
+        pytest.skip("a CUDA device is visible: tests/gpu/test_host_wait.py covers it")
+    with caplog.at_level(logging.WARNING, logger="edgeinfer"):
+        model = _model(classifier_onnx, tmp_path, "block")
+        model.load()
+    try:
+        assert model.state is ModelState.READY, model.state_reason
+        assert not [r for r in caplog.records if "cuda_sync" in r.getMessage()]
+    finally:
+        model.unload()
