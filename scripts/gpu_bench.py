@@ -335,7 +335,7 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
                  daemon_metrics: bool = False, modes: tuple[str, ...] = ("unary",), stream_window: int = 1,
                  interleave: bool = False, old_tree: Optional[Path] = None, old_variants: str = "") -> dict:
     """variants: comma list of
-    WORKERS[xPROCESSES[s]][:ALGO[:BUCKETS[:NORM[:INSTANCES[:MERGE_US[:DELAY_US[:CALLS[:SYNC]]]]]]]]
+    WORKERS[xPROCESSES[s]][:ALGO[:BUCKETS[:NORM[:INSTANCES[:MERGE_US[:DELAY_US[:CALLS[:SYNC[:DECODE]]]]]]]]]
     (e.g. "16,8x2,16:heuristic:32",
     "16:::gpu", "5x3s"), one daemon run (and its ceiling) each. PROCESSES: [server] processes, with "s":
     [server] inference = "shared" (PROCESSES front-ends and one inference process); ALGO: [onnxruntime]
@@ -346,6 +346,8 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
     shared_calls_in_flight (a front-end's calls in flight to the shared host; e.g. 16 with DELAY_US 0: one
     batching stage, the host's); SYNC: [server] cuda_sync (auto, spin, yield, block: how threads wait for
     the GPU). Runs sharing a ceiling share it whatever their SYNC: the first run's settings load it.
+    DECODE: "full" or "reduced" ([models.input] reduced_decode; default: reduced), which gives the run a
+    ceiling of its own.
     modes: "unary" and/or "stream" (InferStream: each of the c clients keeps `stream_window` frames in
     flight on its own stream; with 1, c streams hold as many images in flight as c unary clients).
     old_tree, old_variants: more runs, "old-" + label, whose daemons run the code of another source tree
@@ -390,13 +392,17 @@ def variant_config(v: str, model, max_batch: int, work: Path, daemon_metrics: bo
     """(label, Config) of one --variants entry (see bench_resnet)."""
     from edgeinfer.config import Config, ServerConfig
 
-    workers_text, algo, buckets, norm, instances, merge_us, fe_delay_us, calls, sync = (v.split(":") + [""] * 8)[:9]
+    workers_text, algo, buckets, norm, instances, merge_us, fe_delay_us, calls, sync, decode = \
+        (v.split(":") + [""] * 9)[:10]
+    if decode not in ("", "full", "reduced"):
+        raise ValueError(f"variant {v!r}: DECODE is full or reduced, not {decode!r}")
     workers_text, _, procs_text = workers_text.partition("x")
     shared = procs_text.endswith("s")
     workers, processes = int(workers_text), int(procs_text.rstrip("s") or 1)
     m = dataclasses.replace(
         model,
-        input=dataclasses.replace(model.input, normalize_on=norm or "cpu"),
+        input=dataclasses.replace(model.input, normalize_on=norm or "cpu",
+                                  reduced_decode=model.input.reduced_decode if not decode else decode == "reduced"),
         onnxruntime=dataclasses.replace(model.onnxruntime, cudnn_conv_algo_search=algo or "auto",
                                         instances=int(instances or model.onnxruntime.instances)),
         batching=dataclasses.replace(model.batching, buckets=[int(b) for b in buckets.split("+") if b],
@@ -421,7 +427,8 @@ def variant_config(v: str, model, max_batch: int, work: Path, daemon_metrics: bo
              + (f"-merge{merge_us}us" if merge_us else "")
              + (f"-delay{fe_delay_us}us" if fe_delay_us else "")
              + (f"-calls{calls}" if calls else "")
-             + (f"-sync{sync}" if sync else ""))
+             + (f"-sync{sync}" if sync else "")
+             + (f"-decode{decode}" if decode else ""))
     return label, config
 
 

@@ -148,6 +148,13 @@ class InputConfig:
     # "gpu" cannot run (CPU provider, TensorRT, no cuda-python) the CPU does it and the model's
     # details say why.
     normalize_on: Literal["cpu", "gpu"] = "cpu"
+    # JPEGs at least 2x larger than the model input (after the resize this table asks for)
+    # are decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling, never below the size
+    # the resize needs: far less decode work for camera-size photos (a 1920x1080 frame into
+    # a 640x480 letterbox decodes at 960x540). Pixels differ slightly from a full decode
+    # resized (libjpeg's scaled IDCT averages blocks); boxes map back to the original
+    # pixels exactly. false: always decode at full size.
+    reduced_decode: bool = True
 
 
 @dataclass

@@ -13,6 +13,11 @@ py-spy for a few seconds, twice at once per process:
 Output: one summary file per load (GIL share, hottest frames under the GIL)
 and py-spy's raw collapsed stacks beside it.
 
+`--native`: the all-threads sampling also unwinds native frames (gRPC's C core,
+OpenCV, libc, CUDA), thread by thread. py-spy must pause the process for each
+such sample, so the point runs slower while it samples: use it to see where CPU
+goes, not for throughput.
+
     python3 scripts/device/gil_probe.py --out $OUT/gil --host-port 9404 --frontend-port 9400
 """
 from __future__ import annotations
@@ -78,13 +83,31 @@ def summarize(raw: Path, rate: int, seconds: float, top: int = 15) -> list[str]:
     return out
 
 
-def probe(out: Path, k: int, roles: dict, rate: int, seconds: float) -> None:
+def by_thread(raw: Path, rate: int, seconds: float, threads: int = 12, top: int = 6) -> list[str]:
+    """Each busy thread's share of wall time and its hottest leaf frames (native ones included)."""
+    per: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        thread, _, rest = stack.partition(";")
+        per[thread][rest.rsplit(";", 1)[-1] if rest else "(no frame)"] += int(n)
+    out = ["  by thread (share of wall time, hottest leaf frames):"]
+    for thread, leaves in sorted(per.items(), key=lambda kv: -sum(kv[1].values()))[:threads]:
+        total = sum(leaves.values())
+        out.append(f"    {total / (rate * seconds):5.2f}  {thread}")
+        out += [f"           {n / total:6.1%}  {f}" for f, n in leaves.most_common(top)]
+    return out
+
+
+def probe(out: Path, k: int, roles: dict, rate: int, seconds: float, native: bool = False) -> None:
     procs = []
     for role, pid in roles.items():
-        for kind, flags in (("gil", ["--gil"]), ("all", [])):
+        kinds = (("gil", ["--nonblocking", "--gil"]), ("all", ["--native"] if native else ["--nonblocking"]))
+        for kind, flags in kinds:
             f = out / f"load{k}-{role}-{kind}.txt"
             procs.append((role, kind, f, subprocess.Popen(
-                ["py-spy", "record", "--pid", str(pid), "--nonblocking", "--threads", "-r", str(rate),
+                ["py-spy", "record", "--pid", str(pid), "--threads", "-r", str(rate),
                  "-d", str(int(seconds)), "-f", "raw", "-o", str(f)] + flags,
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
     lines = [f"load {k}: " + ", ".join(f"{r} pid {p}" for r, p in roles.items())]
@@ -95,6 +118,8 @@ def probe(out: Path, k: int, roles: dict, rate: int, seconds: float) -> None:
             continue
         lines.append(f"{role} {kind}:")
         lines += ["  " + x for x in summarize(f, rate, seconds)]
+        if kind == "all":
+            lines += by_thread(f, rate, seconds)
     (out / f"load{k}-summary.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 
@@ -107,6 +132,7 @@ def main() -> int:
     ap.add_argument("--delay", type=float, default=5.0, help="seconds after a load starts (past the warm-up)")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rate", type=int, default=200)
+    ap.add_argument("--native", action="store_true", help="unwind native frames in the all-threads sampling")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     k, idle_since = 0, None
@@ -118,7 +144,7 @@ def main() -> int:
             roles = {"host": listening_pid(args.host_port), "frontend": listening_pid(args.frontend_port)}
             roles = {r: p for r, p in roles.items() if p}
             k += 1
-            probe(args.out, k, roles, args.rate, args.seconds)
+            probe(args.out, k, roles, args.rate, args.seconds, args.native)
             idle_since, last = None, requests_total(args.host_port)
             continue
         if now_total == last or now_total < 0:

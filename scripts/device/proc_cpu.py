@@ -51,6 +51,14 @@ def _snapshot(parents: dict[int, int]) -> dict[int, tuple[int, dict[int, int]]]:
     return out
 
 
+def _comm(pid: int, tid: int) -> str:
+    """The thread's name (gRPC's C core and some libraries name theirs; Python threads are "python3")."""
+    try:
+        return Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip().replace(" ", "_")
+    except OSError:
+        return "?"
+
+
 def _busy() -> int:
     v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     return sum(v) - v[3] - v[4]
@@ -97,14 +105,13 @@ def _loop(f, args, me, parents, first, last) -> None:
             cores = (ticks - old_ticks) / span
             if cores < args.min_cores:
                 continue
-            per_thread = sorted(((t - old_threads.get(tid, t)) / span for tid, t in threads.items()),
-                                reverse=True)
-            rows.append((cores, pid, len(threads), per_thread[:4]))
+            per_thread = sorted(((t - old_threads.get(tid, t)) / span, tid) for tid, t in threads.items())[::-1]
+            rows.append((cores, pid, len(threads), [(c, _comm(pid, tid)) for c, tid in per_thread[:6]]))
         rows.sort(reverse=True)
         f.write(f"t={time.strftime('%H:%M:%S')} machine busy {(busy1 - busy0) / span:.2f} cores\n")
         for cores, pid, n, top in rows:
             f.write(f"  pid {pid:>7} threads {n:>4} cores {cores:5.2f}  busiest threads "
-                    + " ".join(f"{c:.2f}" for c in top) + "\n")
+                    + " ".join(f"{c:.2f}:{name}" for c, name in top) + "\n")
         f.flush()
         before, busy0, t0 = after, busy1, t1
 

@@ -5,6 +5,7 @@
 # EXTRA="--modes unary,stream" adds InferStream points (one frame in flight per stream).
 # GIL_PROBE=1: who holds the GIL in the host and one front-end during each daemon point
 # (scripts/device/gil_probe.py). Needs EXTRA=--daemon-metrics and py-spy in .gpu/extra/whl.
+# GIL_PROBE_ARGS=--native: native frames too, thread by thread (slows the sampled processes).
 # The host's metrics port is 9400 + the number of front-ends: HOST_PORT (default 9404, for 4).
 source scripts/device/setup.sh
 export PYTHONPATH=/tmp/site:$PWD/daemon:$PWD/clients
@@ -15,7 +16,7 @@ if [ -n "${GIL_PROBE:-}" ]; then
   # py-spy gets a target of its own: pip skips bin/ in a target that already has one.
   [ -x /tmp/pyspy/bin/py-spy ] || python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .gpu/extra/whl/py_spy*.whl
   export PATH=/tmp/pyspy/bin:$PATH
-  python3 scripts/device/gil_probe.py --out $OUT/gil --host-port ${HOST_PORT:-9404} > $OUT/gil-probe.log 2>&1 & GP=$!; fi
+  python3 scripts/device/gil_probe.py --out $OUT/gil --host-port ${HOST_PORT:-9404} ${GIL_PROBE_ARGS:-} > $OUT/gil-probe.log 2>&1 & GP=$!; fi
 python3 scripts/gpu_bench.py $BENCH --out /tmp/out-v --rounds ${ROUNDS:-1} --variants "$VARIANTS" ${EXTRA:-} 2>&1 \
   | grep -E "gpu_bench\]" | grep -E "daemon|ceiling|MISS|PASS" | grep -v "^|"
 kill $DM $PC ${GP:-}

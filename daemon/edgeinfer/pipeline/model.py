@@ -325,17 +325,18 @@ class ServedModel:
             return Prepared(item.arrays, IDENTITY, (0, 0), _us(time.perf_counter() - start), item.rows)
         if self.image_input is None:
             raise InvalidInput(f"model {self.name!r} takes tensors, not images: send named tensors")
+        reduced = None
         if isinstance(item, EncodedImage):
-            bgr = self.preprocessor.decode(item.data)
+            bgr, reduced = self.preprocessor.decode_for_model(item.data)
         else:
             bgr = self.preprocessor.from_raw(item.height, item.width, item.pixel_format, item.data)
         if self.normalize_on_gpu:
-            img, transform = self.preprocessor.geometry(bgr, keep_bgr=True)
+            img, transform = self.preprocessor.geometry(bgr, keep_bgr=True, reduced=reduced)
             feeds = {self.image_input.name: np.ascontiguousarray(img)[None]}
         else:
-            tensor, transform = self.preprocessor(bgr)
+            tensor, transform = self.preprocessor(bgr, reduced=reduced)
             feeds = {self.image_input.name: tensor[None]}
-        return Prepared(feeds, transform, (bgr.shape[1], bgr.shape[0]), _us(time.perf_counter() - start))
+        return Prepared(feeds, transform, (transform.width, transform.height), _us(time.perf_counter() - start))
 
     def postprocess(self, outputs: dict[str, np.ndarray], prepared: Prepared,
                     options: Options) -> Result:

@@ -67,6 +67,15 @@ class Transform:
 IDENTITY = Transform(1.0, 1.0, 0.0, 0.0, 0, 0)
 
 
+@dataclass(frozen=True)
+class Reduced:
+    """A JPEG decoded at 1/factor of its size (Preprocessor.decode_for_model): the sent image's size."""
+
+    factor: int
+    width: int
+    height: int
+
+
 # --------------------------------------------------------------------------
 # Header sniffing: image size before any pixel is allocated
 # --------------------------------------------------------------------------
@@ -158,8 +167,8 @@ class Preprocessor:
         self._identity_norm = bool(np.all(self._mul == 1.0) and np.all(self._add == 0.0))
 
     # -- decoding -----------------------------------------------------------
-    def decode(self, data: bytes) -> np.ndarray:
-        """Encoded image -> BGR uint8 HxWx3. Raises InvalidInput with the reason."""
+    def decode(self, data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+        """Encoded image -> BGR uint8 HxWx3 (`flags`: cv2.imdecode's). Raises InvalidInput with the reason."""
         if not data:
             raise InvalidInput("image is empty (0 bytes)")
         if len(data) > self.max_bytes:
@@ -177,7 +186,7 @@ class Preprocessor:
         if w * h > self.max_pixels:
             raise InvalidInput(f"{fmt.upper()} image is {w}x{h} = {w * h} pixels, "
                                f"over the limit of {self.max_pixels}")
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
         if img is None:
             raise InvalidInput(f"{fmt.upper()} image could not be decoded (corrupt or truncated data)")
         if fmt == "jpeg" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
@@ -185,6 +194,49 @@ class Preprocessor:
             # it rather than answer about half an image.
             raise InvalidInput("JPEG image is truncated (no end-of-image marker)")
         return img
+
+    def decode_for_model(self, data: bytes) -> tuple[np.ndarray, Optional[Reduced]]:
+        """Encoded image -> (BGR uint8 image, how it was reduced or None).
+
+        A JPEG much larger than the model input comes back decoded at 1/k of its size
+        (k = 2, 4 or 8), still at least as large as the resize needs; `geometry(img,
+        reduced=...)` then maps model coordinates to the sent image's pixels.
+        Raises InvalidInput as decode() does.
+        """
+        k = self._reduction(data) if self.cfg.reduced_decode else 1
+        if k == 1:
+            return self.decode(data), None
+        img = self.decode(data, _REDUCED_FLAGS[k])
+        w, h = image_size(data)
+        # libjpeg's scaled size is ceil(size / k); EXIF orientation may have swapped the axes.
+        rotated = (img.shape[1], img.shape[0]) != (-(-w // k), -(-h // k))
+        return img, Reduced(k, h if rotated else w, w if rotated else h)
+
+    def _reduction(self, data: bytes) -> int:
+        """The largest DCT scale-down (8, 4, 2) that keeps a JPEG at or above its resize target, else 1."""
+        if image_format(data) != "jpeg":
+            return 1  # OpenCV reduces other formats by decoding in full and resizing: no saving
+        size = image_size(data)
+        if not size or min(size) <= 0:
+            return 1  # decode() words the error
+        w, h = size
+        # The resize's largest per-axis factor; either orientation (EXIF may rotate the image).
+        r = max(self._resize_factor(w, h), self._resize_factor(h, w))
+        for k in (8, 4, 2):
+            if k * r <= 1.0:
+                return k
+        return 1
+
+    def _resize_factor(self, w: int, h: int) -> float:
+        """The largest of the x and y scale factors _resize applies to a w x h image."""
+        W, H = self.width, self.height
+        mode = self.cfg.resize
+        if mode == "stretch":
+            return max(W / w, H / h)
+        if mode == "letterbox":
+            return min(W / w, H / h)
+        r = max(W / w, H / h) / self.cfg.crop_fraction
+        return max(max(W, round(w * r)) / w, max(H, round(h * r)) / h)
 
     def from_raw(self, height: int, width: int, pixel_format: str, data: bytes) -> np.ndarray:
         """Raw uint8 pixels -> BGR uint8 HxWx3."""
@@ -204,11 +256,14 @@ class Preprocessor:
         return img
 
     # -- model input -----------------------------------------------------------
-    def geometry(self, bgr: np.ndarray, keep_bgr: bool = False) -> tuple[np.ndarray, Transform]:
+    def geometry(self, bgr: np.ndarray, keep_bgr: bool = False,
+                 reduced: Optional[Reduced] = None) -> tuple[np.ndarray, Transform]:
         """BGR uint8 image -> uint8 H,W,C at the model's size (color converted, resized) and the transform.
 
         keep_bgr: leave a 3-channel image in BGR order (the GPU kernel swaps
         channels as it normalizes; resizing commutes with the swap, so the values match).
+        reduced: the image was decoded at a fraction of the sent size (decode_for_model); the
+        transform then maps to the sent image's pixels.
         """
         cfg = self.cfg
         h, w = bgr.shape[:2]
@@ -221,12 +276,17 @@ class Preprocessor:
         img, transform = self._resize(img, w, h)
         if img.ndim == 2:
             img = img[:, :, None]
+        if reduced is not None:
+            # Decoded pixel i covers sent pixels [k*i, k*(i+1)): sent = decoded * k.
+            k = reduced.factor
+            transform = Transform(transform.scale_x / k, transform.scale_y / k,
+                                  transform.offset_x, transform.offset_y, reduced.width, reduced.height)
         return img, transform  # may be a view (center-crop): callers copy as they lay it out
 
-    def __call__(self, bgr: np.ndarray) -> tuple[np.ndarray, Transform]:
-        """BGR uint8 image -> model tensor (C,H,W or H,W,C) and the coordinate transform."""
+    def __call__(self, bgr: np.ndarray, reduced: Optional[Reduced] = None) -> tuple[np.ndarray, Transform]:
+        """BGR uint8 image -> model tensor (C,H,W or H,W,C) and the coordinate transform (`reduced`: see geometry)."""
         cfg = self.cfg
-        img, transform = self.geometry(bgr)
+        img, transform = self.geometry(bgr, reduced=reduced)
         # Reorder while still uint8 (a quarter of the bytes), then convert and
         # normalize in the final layout: same values, ~8x faster than
         # normalizing HWC float32 and transposing that (0.13 vs 0.98 ms, 224x224).
@@ -266,6 +326,10 @@ class Preprocessor:
         x0, y0 = (nw - W) // 2, (nh - H) // 2
         out = resized[y0:y0 + H, x0:x0 + W]
         return out, Transform(nw / w, nh / h, -float(x0), -float(y0), w, h)
+
+
+# cv2.imdecode flags for a JPEG decoded at 1/k scale (libjpeg's DCT scaling), in color.
+_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
 def _interp(sx: float, sy: float) -> int:
