@@ -234,6 +234,28 @@ def test_default_ceiling_models_add_the_default_instance_count():
     assert session.default_ceiling_models(four) == [four]  # more than the default: only as configured
 
 
+def test_runs_share_a_ceiling_only_when_model_and_gpu_wait_mode_agree():
+    """The ceiling process takes [server] cuda_sync from its run: a run that waits for the GPU
+    differently needs a ceiling of its own (a blocking wait slowed the latency-bound ceiling)."""
+    import dataclasses
+
+    from edgeinfer.bench import session
+    from edgeinfer.config import Config, ModelConfig, ServerConfig
+
+    model = ModelConfig(name="m", onnx="m.onnx")
+    auto = Config(models=[model])
+    auto_too = Config(server=ServerConfig(workers=8), models=[dataclasses.replace(model)])
+    block = Config(server=ServerConfig(cuda_sync="block"), models=[model])
+    ceilings = session._Ceilings("m", None, None)
+
+    def key(cfg):
+        return ceilings.key(session._CeilingJob(cfg, cfg.model("m"), 8, None, 4, [32]))
+
+    assert key(auto) == key(auto_too)
+    assert key(block) != key(auto)
+    assert key(block) == key(Config(server=ServerConfig(cuda_sync="block"), models=[model]))
+
+
 def test_interleaved_rounds_pair_each_daemon_slice_with_its_own_ceiling_and_echo(dev_config, media, start_daemon,
                                                                                  tmp_path):
     """--interleave: daemons, ceiling and echo stay loaded; each round of a point is a slice of each, back to

@@ -268,7 +268,8 @@ def _ceiling_jobs(config: Config, name: str, settings: BenchSettings, levels: li
 
 
 class _Ceilings:
-    """Loaded CeilingProcesses of one model: one per distinct model config, started when first needed.
+    """Loaded CeilingProcesses of one model: one per distinct model config and [server] cuda_sync, started
+    when first needed.
 
     Runs that configure the model alike share one process (the interleaved bench measures
     such a job once per round for all of them).
@@ -277,7 +278,7 @@ class _Ceilings:
     def __init__(self, name: str, payload: Payload, settings: BenchSettings):
         self.name, self.payload, self.settings = name, payload, settings
         self.devices: dict[int, str] = {}
-        self._models: list[ModelConfig] = []
+        self._models: list[tuple[ModelConfig, str]] = []
         self._stack = contextlib.ExitStack()
         self._procs: dict[int, CeilingProcess] = {}
 
@@ -287,25 +288,28 @@ class _Ceilings:
     def __exit__(self, *exc) -> None:
         self._stack.close()
 
-    def _index(self, model: ModelConfig) -> int:
+    def _index(self, model: ModelConfig, config: Config) -> int:
+        # The process-wide setting a ceiling process takes from its run's [server] table
+        # (how threads wait for the GPU) makes it a different ceiling too.
+        wanted = (model, config.server.cuda_sync)
         for k, m in enumerate(self._models):
-            if m == model:
+            if m == wanted:
                 return k
-        self._models.append(model)
+        self._models.append(wanted)
         return len(self._models) - 1
 
     def key(self, job: _CeilingJob) -> tuple:
         """Jobs with equal keys measure the same thing."""
-        return self._index(job.model), job.batch, job.threads_cap, job.pool
+        return self._index(job.model, job.config), job.batch, job.threads_cap, job.pool
 
-    def device(self, model: ModelConfig) -> str:
-        """What runs the ceiling of `model` ("" until it is loaded)."""
-        return self.devices.get(self._index(model), "")
+    def device(self, config: Config) -> str:
+        """What runs the ceiling of this model in `config` ("" until it is loaded)."""
+        return self.devices.get(self._index(config.model(self.name), config), "")
 
     def measure(self, job: _CeilingJob, concurrency: int, label: str, progress: Progress, quiet: bool = False,
                 **extra) -> dict:
         """One ceiling point of `job` at `concurrency`, as a result row of run `label`."""
-        k = self._index(job.model)
+        k = self._index(job.model, job.config)
         if k not in self._procs:
             cfg = job.config
             spec = CeilingSpec(model=job.model, server=cfg.server, cache_dir=cfg.cache.dir,
@@ -338,7 +342,7 @@ def _ceiling_points(label: str, config: Config, payloads: dict[str, Payload], se
             jobs = _ceiling_jobs(config, name, settings, settings.concurrency)
             for job in jobs:
                 points += [ceilings.measure(job, c, label, progress) for c in job.levels]
-            served[name] = ceilings.device(config.model(name))
+            served[name] = ceilings.device(config)
     return points, served
 
 
@@ -602,7 +606,7 @@ def _interleaved_runs(specs: list[RunSpec], settings: BenchSettings, work_dir: P
                         _interleave_point(here, name, mode, c, settings, ceilings, progress, notes)
                 for e in here:
                     if e.prep.config is not None:
-                        _note_ceiling_device(e.prep, name, ceilings.device(e.prep.config.model(name)))
+                        _note_ceiling_device(e.prep, name, ceilings.device(e.prep.config))
     for k in range(rounds):
         for e in entries:
             results["echo"] += e.echoes[k]
