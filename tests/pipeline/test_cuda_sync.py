@@ -11,14 +11,7 @@ import pytest
 from edgeinfer import loading
 from edgeinfer.config import parse_config
 from edgeinfer.gpu import memory
-from edgeinfer.pipeline.model import ModelState, ServedModel
-
-
-def _model(classifier_onnx, tmp_path, cuda_sync: str) -> ServedModel:
-    cfg = parse_config({"server": {"cuda_sync": cuda_sync}, "cache": {"dir": str(tmp_path)}, "models": [
-        {"name": "imagenet", "onnx": str(classifier_onnx), "backends": ["onnxruntime"], "warmup_runs": 1,
-         "input": {"size": [224, 224]}, "postprocess": {"task": "classification"}}]}, source="test_cuda_sync")
-    return ServedModel(cfg.models[0], cfg.server, tmp_path)
+from edgeinfer.pipeline.model import ModelState
 
 
 def test_unknown_modes_are_refused_in_the_config_and_by_the_call():
@@ -31,7 +24,7 @@ def test_unknown_modes_are_refused_in_the_config_and_by_the_call():
     assert memory.set_host_wait("auto") is False
 
 
-def test_the_mode_is_set_before_the_runtime_loads(classifier_onnx, tmp_path, monkeypatch):
+def test_the_mode_is_set_before_the_runtime_loads(imagenet_model, tmp_path, monkeypatch):
     events = []
     monkeypatch.setattr(memory, "set_host_wait", lambda mode: events.append(("wait", mode)) or True)
     real = loading.ModelLoader.__call__
@@ -41,8 +34,7 @@ def test_the_mode_is_set_before_the_runtime_loads(classifier_onnx, tmp_path, mon
         return real(self)
 
     monkeypatch.setattr(loading.ModelLoader, "__call__", load)
-    model = _model(classifier_onnx, tmp_path, "block")
-    model.load()
+    model = imagenet_model(tmp_path, server={"cuda_sync": "block"})
     try:
         assert model.state is ModelState.READY, model.state_reason
         assert events == [("wait", "block"), ("load", "imagenet")]
@@ -50,22 +42,20 @@ def test_the_mode_is_set_before_the_runtime_loads(classifier_onnx, tmp_path, mon
         model.unload()
 
 
-def test_auto_never_touches_cuda(classifier_onnx, tmp_path, monkeypatch):
+def test_auto_never_touches_cuda(imagenet_model, tmp_path, monkeypatch):
     monkeypatch.setattr(memory, "set_host_wait", lambda mode: pytest.fail("auto must not call set_host_wait"))
-    model = _model(classifier_onnx, tmp_path, "auto")
-    model.load()
+    model = imagenet_model(tmp_path, server={"cuda_sync": "auto"})
     try:
         assert model.state is ModelState.READY, model.state_reason
     finally:
         model.unload()
 
 
-def test_block_without_a_gpu_loads_quietly(classifier_onnx, tmp_path, caplog):
+def test_block_without_a_gpu_loads_quietly(imagenet_model, tmp_path, caplog):
     if memory.device_count():
         pytest.skip("a CUDA device is visible: tests/gpu/test_host_wait.py covers it")
     with caplog.at_level(logging.WARNING, logger="edgeinfer"):
-        model = _model(classifier_onnx, tmp_path, "block")
-        model.load()
+        model = imagenet_model(tmp_path, server={"cuda_sync": "block"})
     try:
         assert model.state is ModelState.READY, model.state_reason
         assert not [r for r in caplog.records if "cuda_sync" in r.getMessage()]

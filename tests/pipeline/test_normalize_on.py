@@ -9,7 +9,7 @@ import pytest
 
 from edgeinfer.config import InputConfig, parse_config
 from edgeinfer.gpu.preprocess_kernel import Normalization, reference_normalize
-from edgeinfer.pipeline.model import ModelState, ServedModel
+from edgeinfer.pipeline.model import ModelState
 from edgeinfer.pipeline.postprocess import Options
 from edgeinfer.pipeline.model import EncodedImage
 from edgeinfer.pipeline.preprocess import Preprocessor
@@ -35,22 +35,11 @@ def test_bgr_geometry_then_kernel_arithmetic_equals_the_cpu_path(media, color, r
     assert np.array_equal(got, want)
 
 
-def _imagenet(classifier_onnx, tmp_path, normalize_on):
-    cfg = parse_config({"cache": {"dir": str(tmp_path)}, "models": [
-        {"name": "imagenet", "onnx": str(classifier_onnx), "backends": ["onnxruntime"], "warmup_runs": 1,
-         "input": {"color": "rgb", "resize": "center-crop", "size": [224, 224], "mean": [127.0] * 3,
-                   "std": [128.0] * 3, "normalize_on": normalize_on},
-         "postprocess": {"task": "classification", "top_k": 5}}]}, source="test_normalize_on")
-    model = ServedModel(cfg.models[0], cfg.server, tmp_path)
-    model.load()
-    return model
-
-
-def test_gpu_asked_for_on_a_cpu_provider_normalizes_on_the_cpu_and_says_why(classifier_onnx, media, tmp_path,
+def test_gpu_asked_for_on_a_cpu_provider_normalizes_on_the_cpu_and_says_why(imagenet_model, media, tmp_path,
                                                                             caplog):
     with caplog.at_level(logging.WARNING, logger="edgeinfer"):
-        asked = _imagenet(classifier_onnx, tmp_path / "a", "gpu")
-    plain = _imagenet(classifier_onnx, tmp_path / "b", "cpu")
+        asked = imagenet_model(tmp_path / "a", normalize_on="gpu")
+    plain = imagenet_model(tmp_path / "b", normalize_on="cpu")
     try:
         assert asked.state is ModelState.READY, asked.state_reason
         assert not asked.normalize_on_gpu

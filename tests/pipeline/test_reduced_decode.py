@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeinfer.config import InputConfig, parse_config
-from edgeinfer.pipeline.model import EncodedImage, ModelState, ServedModel
+from edgeinfer.config import InputConfig
+from edgeinfer.pipeline.model import EncodedImage, ModelState
 from edgeinfer.pipeline.postprocess import Options
 from edgeinfer.pipeline.preprocess import Preprocessor
 
@@ -84,21 +84,10 @@ def test_coordinates_map_to_the_sent_pixels_as_a_full_decode_does(frame, resize,
     assert np.abs(got.astype(np.float32) - want.astype(np.float32)).mean() < 3.0
 
 
-def _classifier(classifier_onnx, tmp_path, reduced: bool) -> ServedModel:
-    cfg = parse_config({"cache": {"dir": str(tmp_path)}, "models": [
-        {"name": "imagenet", "onnx": str(classifier_onnx), "backends": ["onnxruntime"], "warmup_runs": 1,
-         "input": {"color": "rgb", "resize": "center-crop", "size": [224, 224], "mean": [127.0] * 3,
-                   "std": [128.0] * 3, "reduced_decode": reduced},
-         "postprocess": {"task": "classification", "top_k": 5}}]}, source="test_reduced_decode")
-    model = ServedModel(cfg.models[0], cfg.server, tmp_path)
-    model.load()
-    assert model.state is ModelState.READY, model.state_reason
-    return model
-
-
-def test_a_real_classifier_answers_the_same_on_camera_size_photos(classifier_onnx, media, tmp_path):
-    on, off = _classifier(classifier_onnx, tmp_path / "on", True), _classifier(classifier_onnx, tmp_path / "off", False)
+def test_a_real_classifier_answers_the_same_on_camera_size_photos(imagenet_model, media, tmp_path):
+    on, off = imagenet_model(tmp_path / "on", reduced_decode=True), imagenet_model(tmp_path / "off", reduced_decode=False)
     try:
+        assert on.state is ModelState.READY and off.state is ModelState.READY, (on.state_reason, off.state_reason)
         for name in PHOTOS:
             photo = cv2.resize(cv2.imread(str(media / name)), (1920, 1280), interpolation=cv2.INTER_CUBIC)
             item = EncodedImage(_jpeg(photo))
