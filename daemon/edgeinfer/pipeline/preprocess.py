@@ -229,14 +229,21 @@ class Preprocessor:
 
     def _resize_factor(self, w: int, h: int) -> float:
         """The largest of the x and y scale factors _resize applies to a w x h image."""
+        nw, nh = self._resized_size(w, h)
+        return max(nw / w, nh / h)
+
+    def _resized_size(self, w: int, h: int) -> tuple[int, int]:
+        """The size _resize scales a w x h image to, before it pads (letterbox) or crops (center-crop)."""
         W, H = self.width, self.height
         mode = self.cfg.resize
         if mode == "stretch":
-            return max(W / w, H / h)
+            return W, H
         if mode == "letterbox":
-            return min(W / w, H / h)
+            r = min(W / w, H / h)
+            return max(1, round(w * r)), max(1, round(h * r))
+        # center-crop: scale so the crop covers crop_fraction of the shorter side.
         r = max(W / w, H / h) / self.cfg.crop_fraction
-        return max(max(W, round(w * r)) / w, max(H, round(h * r)) / h)
+        return max(W, round(w * r)), max(H, round(h * r))
 
     def from_raw(self, height: int, width: int, pixel_format: str, data: bytes) -> np.ndarray:
         """Raw uint8 pixels -> BGR uint8 HxWx3."""
@@ -310,19 +317,15 @@ class Preprocessor:
             sx, sy = W / w, H / h
             out = img if (w, h) == (W, H) else cv2.resize(img, (W, H), interpolation=_interp(sx, sy))
             return out, Transform(sx, sy, 0.0, 0.0, w, h)
+        nw, nh = self._resized_size(w, h)
         if mode == "letterbox":
-            r = min(W / w, H / h)
-            nw, nh = max(1, round(w * r)), max(1, round(h * r))
-            resized = img if (nw, nh) == (w, h) else cv2.resize(img, (nw, nh), interpolation=_interp(r, r))
+            resized = img if (nw, nh) == (w, h) else cv2.resize(img, (nw, nh), interpolation=_interp(nw / w, nh / h))
             dx, dy = (W - nw) // 2, (H - nh) // 2
             out = cv2.copyMakeBorder(resized, dy, H - nh - dy, dx, W - nw - dx, cv2.BORDER_CONSTANT,
                                      value=(self.cfg.pad_value,) * 3)
             # Use the real per-axis factors after rounding so boxes map back exactly.
             return out, Transform(nw / w, nh / h, float(dx), float(dy), w, h)
-        # center-crop: scale so the crop covers crop_fraction of the shorter side.
-        r = max(W / w, H / h) / self.cfg.crop_fraction
-        nw, nh = max(W, round(w * r)), max(H, round(h * r))
-        resized = cv2.resize(img, (nw, nh), interpolation=_interp(r, r))
+        resized = cv2.resize(img, (nw, nh), interpolation=_interp(nw / w, nh / h))
         x0, y0 = (nw - W) // 2, (nh - H) // 2
         out = resized[y0:y0 + H, x0:x0 + W]
         return out, Transform(nw / w, nh / h, -float(x0), -float(y0), w, h)
