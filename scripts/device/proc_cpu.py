@@ -19,13 +19,19 @@ import sys
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "daemon"))
+
+from edgeinfer.bench.profile import thread_cpu_ticks  # noqa: E402 - needs the path above
+
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _ticks(stat_path: Path) -> int:
+def _stat(stat_path: Path) -> tuple[int, int]:
+    """(utime + stime ticks, parent pid) from a /proc stat file."""
     text = stat_path.read_text()
     rest = text[text.rfind(")") + 2:].split()
-    return int(rest[11]) + int(rest[12])  # utime + stime
+    return int(rest[11]) + int(rest[12]), int(rest[1])
 
 
 def _snapshot(parents: dict[int, int]) -> dict[int, tuple[int, dict[int, int]]]:
@@ -37,15 +43,9 @@ def _snapshot(parents: dict[int, int]) -> dict[int, tuple[int, dict[int, int]]]:
         try:
             if b"python" not in (entry / "cmdline").read_bytes():
                 continue
-            threads = {}
-            for task in (entry / "task").iterdir():
-                try:
-                    threads[int(task.name)] = _ticks(task / "stat")
-                except (OSError, IndexError, ValueError):
-                    pass
-            stat = (entry / "stat").read_text()
-            parents[int(entry.name)] = int(stat[stat.rfind(")") + 2:].split()[1])
-            out[int(entry.name)] = (_ticks(entry / "stat"), threads)
+            threads = thread_cpu_ticks(int(entry.name))
+            ticks, parents[int(entry.name)] = _stat(entry / "stat")
+            out[int(entry.name)] = (ticks, threads)
         except (OSError, IndexError, ValueError):
             continue
     return out

@@ -167,8 +167,31 @@ class Preprocessor:
         self._identity_norm = bool(np.all(self._mul == 1.0) and np.all(self._add == 0.0))
 
     # -- decoding -----------------------------------------------------------
-    def decode(self, data: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
-        """Encoded image -> BGR uint8 HxWx3 (`flags`: cv2.imdecode's). Raises InvalidInput with the reason."""
+    def decode(self, data: bytes) -> np.ndarray:
+        """Encoded image -> BGR uint8 HxWx3. Raises InvalidInput with the reason."""
+        fmt, _w, _h = self._header(data)
+        return self._imdecode(data, fmt, cv2.IMREAD_COLOR)
+
+    def decode_for_model(self, data: bytes) -> tuple[np.ndarray, Optional[Reduced]]:
+        """Encoded image -> (BGR uint8 image, how it was reduced or None).
+
+        A JPEG much larger than the model input comes back decoded at 1/k of its size
+        (k = 2, 4 or 8), still at least as large as the resize needs; `geometry(img,
+        reduced=...)` then maps model coordinates to the sent image's pixels.
+        Raises InvalidInput as decode() does.
+        """
+        fmt, w, h = self._header(data)
+        # OpenCV reduces formats other than JPEG by decoding in full and resizing: no saving.
+        k = self._reduction(w, h) if self.cfg.reduced_decode and fmt == "jpeg" else 1
+        if k == 1:
+            return self._imdecode(data, fmt, cv2.IMREAD_COLOR), None
+        img = self._imdecode(data, fmt, _REDUCED_FLAGS[k])
+        # libjpeg's scaled size is ceil(size / k); EXIF orientation may have swapped the axes.
+        rotated = (img.shape[1], img.shape[0]) != (-(-w // k), -(-h // k))
+        return img, Reduced(k, h if rotated else w, w if rotated else h)
+
+    def _header(self, data: bytes) -> tuple[str, int, int]:
+        """(format, width, height) from the header, checked against the limits before any pixel is decoded."""
         if not data:
             raise InvalidInput("image is empty (0 bytes)")
         if len(data) > self.max_bytes:
@@ -186,6 +209,10 @@ class Preprocessor:
         if w * h > self.max_pixels:
             raise InvalidInput(f"{fmt.upper()} image is {w}x{h} = {w * h} pixels, "
                                f"over the limit of {self.max_pixels}")
+        return fmt, w, h
+
+    @staticmethod
+    def _imdecode(data: bytes, fmt: str, flags: int) -> np.ndarray:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
         if img is None:
             raise InvalidInput(f"{fmt.upper()} image could not be decoded (corrupt or truncated data)")
@@ -195,31 +222,8 @@ class Preprocessor:
             raise InvalidInput("JPEG image is truncated (no end-of-image marker)")
         return img
 
-    def decode_for_model(self, data: bytes) -> tuple[np.ndarray, Optional[Reduced]]:
-        """Encoded image -> (BGR uint8 image, how it was reduced or None).
-
-        A JPEG much larger than the model input comes back decoded at 1/k of its size
-        (k = 2, 4 or 8), still at least as large as the resize needs; `geometry(img,
-        reduced=...)` then maps model coordinates to the sent image's pixels.
-        Raises InvalidInput as decode() does.
-        """
-        k = self._reduction(data) if self.cfg.reduced_decode else 1
-        if k == 1:
-            return self.decode(data), None
-        img = self.decode(data, _REDUCED_FLAGS[k])
-        w, h = image_size(data)
-        # libjpeg's scaled size is ceil(size / k); EXIF orientation may have swapped the axes.
-        rotated = (img.shape[1], img.shape[0]) != (-(-w // k), -(-h // k))
-        return img, Reduced(k, h if rotated else w, w if rotated else h)
-
-    def _reduction(self, data: bytes) -> int:
-        """The largest DCT scale-down (8, 4, 2) that keeps a JPEG at or above its resize target, else 1."""
-        if image_format(data) != "jpeg":
-            return 1  # OpenCV reduces other formats by decoding in full and resizing: no saving
-        size = image_size(data)
-        if not size or min(size) <= 0:
-            return 1  # decode() words the error
-        w, h = size
+    def _reduction(self, w: int, h: int) -> int:
+        """The largest DCT scale-down (8, 4, 2) that keeps a w x h JPEG at or above its resize target, else 1."""
         # The resize's largest per-axis factor; either orientation (EXIF may rotate the image).
         r = max(self._resize_factor(w, h), self._resize_factor(h, w))
         for k in (8, 4, 2):
