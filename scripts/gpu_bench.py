@@ -335,7 +335,8 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
                  daemon_metrics: bool = False, modes: tuple[str, ...] = ("unary",), stream_window: int = 1,
                  interleave: bool = False, old_tree: Optional[Path] = None, old_variants: str = "") -> dict:
     """variants: comma list of
-    WORKERS[xPROCESSES[s]][:ALGO[:BUCKETS[:NORM[:INSTANCES[:MERGE_US[:DELAY_US[:CALLS[:SYNC[:DECODE]]]]]]]]]
+    WORKERS[xPROCESSES[s]][:ALGO[:BUCKETS[:NORM[:INSTANCES[:MERGE_US[:DELAY_US[:CALLS[:SYNC[:DECODE[:CLIENT_CPUS
+    [:CLIENT_PROCS]]]]]]]]]]]
     (e.g. "16,8x2,16:heuristic:32",
     "16:::gpu", "5x3s"), one daemon run (and its ceiling) each. PROCESSES: [server] processes, with "s":
     [server] inference = "shared" (PROCESSES front-ends and one inference process); ALGO: [onnxruntime]
@@ -347,7 +348,10 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
     batching stage, the host's); SYNC: [server] cuda_sync (auto, spin, yield, block: how threads wait for
     the GPU). Runs sharing a ceiling share it whatever their SYNC: the first run's settings load it.
     DECODE: "full" or "reduced" ([models.input] reduced_decode; default: reduced), which gives the run a
-    ceiling of its own.
+    ceiling of its own. CLIENT_CPUS: N puts the load generator on the first N CPUs and the daemon and its
+    ceiling on the others (bench/placement.py; empty: all anywhere); also a ceiling of its own.
+    CLIENT_PROCS: N load generator processes, each client with its own connection (default: one process
+    per client).
     modes: "unary" and/or "stream" (InferStream: each of the c clients keeps `stream_window` frames in
     flight on its own stream; with 1, c streams hold as many images in flight as c unary clients).
     old_tree, old_variants: more runs, "old-" + label, whose daemons run the code of another source tree
@@ -368,16 +372,18 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
         onnxruntime=OnnxRuntimeConfig(providers=list(RESNET_PROVIDERS), instances=2),
         batching=BatchingConfig(max_batch=max_batch, max_queue_delay_us=2000),
     )
-    specs = [RunSpec(label, config=config)
-             for label, config in (variant_config(v, model, max_batch, work, daemon_metrics)
-                                   for v in (variants.split(",") if variants else [str(cpus)]))]
+    specs = [RunSpec(label, config=config, placement=placement, clients=clients)
+             for label, config, placement, clients in (variant_config(v, model, max_batch, work, daemon_metrics)
+                                                       for v in (variants.split(",") if variants else [str(cpus)]))]
     if old_variants and old_tree is None:
         raise ValueError("--old-variants needs --old-tree")
     with contextlib.ExitStack() as stack:
         for v in filter(None, old_variants.split(",")):
-            label, config = variant_config(v, model, max_batch, work, daemon_metrics)
-            address, pid = stack.enter_context(daemon_from_tree(old_tree, config, loop, work / f"old-{len(specs)}"))
-            specs.append(RunSpec("old-" + label, config=config, address=address, pid=pid))
+            label, config, placement, clients = variant_config(v, model, max_batch, work, daemon_metrics)
+            address, pid = stack.enter_context(daemon_from_tree(old_tree, config, loop, work / f"old-{len(specs)}",
+                                                                placement.server))
+            specs.append(RunSpec("old-" + label, config=config, address=address, pid=pid, placement=placement,
+                                 clients=clients))
         results = run_benchmark(BenchSettings(
             runs=specs, images=media, concurrency=concurrency, modes=list(modes), stream_window=stream_window,
             duration_s=duration, warmup_s=warmup, payload="jpeg", trivial=False, echo=False,
@@ -389,11 +395,13 @@ def bench_resnet(work: Path, media: Path, out_dir: Path, duration: float, concur
 
 
 def variant_config(v: str, model, max_batch: int, work: Path, daemon_metrics: bool):
-    """(label, Config) of one --variants entry (see bench_resnet)."""
+    """(label, Config, Placement, ClientLayout or None) of one --variants entry (see bench_resnet)."""
+    from edgeinfer.bench.loadgen import ClientLayout
+    from edgeinfer.bench.placement import ANYWHERE, Placement
     from edgeinfer.config import Config, ServerConfig
 
-    workers_text, algo, buckets, norm, instances, merge_us, fe_delay_us, calls, sync, decode = \
-        (v.split(":") + [""] * 9)[:10]
+    (workers_text, algo, buckets, norm, instances, merge_us, fe_delay_us, calls, sync, decode, client_cpus,
+     client_procs) = (v.split(":") + [""] * 11)[:12]
     if decode not in ("", "full", "reduced"):
         raise ValueError(f"variant {v!r}: DECODE is full or reduced, not {decode!r}")
     workers_text, _, procs_text = workers_text.partition("x")
@@ -428,22 +436,28 @@ def variant_config(v: str, model, max_batch: int, work: Path, daemon_metrics: bo
              + (f"-delay{fe_delay_us}us" if fe_delay_us else "")
              + (f"-calls{calls}" if calls else "")
              + (f"-sync{sync}" if sync else "")
-             + (f"-decode{decode}" if decode else ""))
-    return label, config
+             + (f"-decode{decode}" if decode else "")
+             + (f"-clientcpus{client_cpus}" if client_cpus else "")
+             + (f"-clientprocs{client_procs}" if client_procs else ""))
+    return (label, config, Placement.clients_first(int(client_cpus)) if client_cpus else ANYWHERE,
+            ClientLayout(int(client_procs), "slot") if client_procs else None)
 
 
 @contextlib.contextmanager
-def daemon_from_tree(tree: Path, config, loop: str, work: Path):
-    """A daemon for `config` running another source tree's code (scripts/device/serve_from_tree.py);
-    yields (address, pid) once its models have loaded, stops it on exit."""
+def daemon_from_tree(tree: Path, config, loop: str, work: Path, cpus: frozenset = frozenset()):
+    """A daemon for `config` running another source tree's code (scripts/device/serve_from_tree.py), on
+    `cpus` (empty: anywhere); yields (address, pid) once its models have loaded, stops it on exit."""
+    from edgeinfer.bench.placement import started_on
+
     work.mkdir(parents=True, exist_ok=True)
     pickled = work / "config.pickle"
     pickled.write_bytes(pickle.dumps(config))
     tree = Path(tree).resolve()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(tree / "daemon"), str(tree / "clients")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "device" / "serve_from_tree.py"),
-                             str(pickled), loop], stdout=subprocess.PIPE, text=True, env=env)
+    with started_on(cpus):
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "device" / "serve_from_tree.py"),
+                                 str(pickled), loop], stdout=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline().split()  # "PORT PID" once loaded; nothing if it failed
         if len(line) != 2:

@@ -1,6 +1,8 @@
 """The bare echo server answers with the size named in the method, unary and streaming."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 
@@ -65,3 +67,27 @@ def test_load_clients_stay_connected_and_measure_slice_after_slice(echo):
         assert second.summary.throughput == pytest.approx(second.summary.count / 0.6)
         assert len(second.latencies_s) == second.summary.count
         assert not any(p.is_alive() for p in procs)  # "stop" ended them
+
+
+def _connections_to(port: int) -> int:
+    """Established TCP connections whose far end is 127.0.0.1:`port` (the client sides)."""
+    tables = [Path(f) for f in ("/proc/net/tcp", "/proc/net/tcp6") if Path(f).exists()]  # v4 or v4-mapped
+    lines = [line for t in tables for line in t.read_text().splitlines()[1:]]
+    return sum(1 for line in lines if line.split()[2].endswith(f":{port:04X}") and line.split()[3] == "01")
+
+
+@pytest.mark.parametrize("channels, connections", [("process", 2), ("slot", 5)])
+def test_clients_share_their_process_connection_or_open_one_each(echo, channels, connections):
+    """channels "slot": every client has its own HTTP/2 connection, as separate client programs would,
+    however few processes carry them; "process": the clients of a process share one."""
+    from edgeinfer.bench.loadgen import LoadClients
+
+    before = _connections_to(echo.port)
+    spec = LoadSpec(echo.address, unary_method(64), "unary", [b"x" * 300], concurrency=5, processes=2,
+                    duration_s=0.4, warmup_s=0.1, label="layout", channels=channels)
+    with LoadClients(spec) as clients:
+        assert _connections_to(echo.port) - before == connections
+        res = clients.run_slice(progress=None)
+    assert res.summary.errors == 0 and res.summary.count > 10 and res.processes == 2
+    with pytest.raises(ValueError, match="channels must be one of"):
+        LoadSpec(echo.address, unary_method(64), "unary", [b"x"], 1, 1.0, channels="thread")

@@ -208,8 +208,8 @@ class CeilingProcess(ChildServer):
         RuntimeError: the model did not load, the child failed or did not answer in `timeout_s`.
     """
 
-    def __init__(self, spec: CeilingSpec, timeout_s: float = 900.0):
-        super().__init__()
+    def __init__(self, spec: CeilingSpec, timeout_s: float = 900.0, cpus: frozenset[int] = frozenset()):
+        super().__init__(cpus)
         self.spec = spec
         self.timeout_s = timeout_s
         self.device = ""

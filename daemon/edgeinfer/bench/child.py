@@ -9,6 +9,8 @@ from __future__ import annotations
 import multiprocessing as mp
 from typing import Any, Callable, Optional
 
+from .placement import started_on
+
 
 def report_failure(conn, exc: BaseException) -> None:
     """From the child: tell the parent why it failed (it may be gone already)."""
@@ -19,9 +21,13 @@ def report_failure(conn, exc: BaseException) -> None:
 
 
 class ChildServer:
-    """Base of DaemonProcess and EchoServer: spawn, wait for the hello, stop."""
+    """Base of DaemonProcess and EchoServer: spawn, wait for the hello, stop.
 
-    def __init__(self) -> None:
+    `cpus`: the CPUs the child (and any process it starts) runs on; empty: anywhere (bench/placement.py).
+    """
+
+    def __init__(self, cpus: frozenset[int] = frozenset()) -> None:
+        self.cpus = cpus
         self.port: Optional[int] = None
         self._proc = None
         self._conn = None
@@ -43,7 +49,8 @@ class ChildServer:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         self._proc = ctx.Process(target=target, args=(child, *args), name=name, daemon=daemon)
-        self._proc.start()
+        with started_on(self.cpus):
+            self._proc.start()
         self._conn = parent
         if not parent.poll(timeout):
             self.stop()

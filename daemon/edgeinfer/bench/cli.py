@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ..eventloop import LOOP_KINDS
+from .loadgen import CHANNELS
 from .workload import PAYLOAD_KINDS, default_image_dir
 
 
@@ -81,6 +82,15 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--stream-window", type=int, default=0,
                    help="frames in flight per stream (default: the daemon's [server] stream_window)")
     p.add_argument("--client-procs", type=int, default=0, help="load generator processes (default: min(conc, CPUs))")
+    p.add_argument("--client-channels", choices=CHANNELS, default="process",
+                   help="process: the clients of a load generator process share one connection; slot: each "
+                        "client opens its own, as separate client programs would")
+    p.add_argument("--client-cpus", type=_cpus, default=frozenset(), metavar="LIST",
+                   help="CPUs of the load generator, e.g. 0-2 (default: anywhere); see --server-cpus")
+    p.add_argument("--server-cpus", type=_cpus, default=frozenset(), metavar="LIST",
+                   help="CPUs of the daemon, its ceiling and the echo server, e.g. 3-15 (default: anywhere). "
+                        "With --client-cpus elsewhere, the clients no longer take the daemon's cores, as clients "
+                        "on other machines would not (on the H100 the daemon did better sharing all cores)")
     p.add_argument("--loop", type=_loops, default=["asyncio"],
                    help="event loop for the daemon, the echo server and the clients: asyncio, uvloop or auto; "
                         "a list (asyncio,uvloop) measures each config once per loop")
@@ -95,6 +105,15 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _cpus(text: str) -> frozenset[int]:
+    from .placement import parse_cpus
+
+    try:
+        return parse_cpus(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def interleaved(args) -> bool:
     """--interleave as given, else on whenever there are rounds to interleave. Why the default: whole
     runs in turn measured ratios to about +-0.08, interleaved slices to about +-0.015 (session 9)."""
@@ -104,6 +123,7 @@ def interleaved(args) -> bool:
 def cmd_bench(args) -> int:
     from ..config import load_config
     from .report import write_report
+    from .placement import Placement
     from .session import BenchSettings, RunSpec, run_benchmark
 
     if not args.config and not args.address:
@@ -114,6 +134,11 @@ def cmd_bench(args) -> int:
         return 2
     if args.address and len(args.config) > 1:
         print("edgeinfer bench: --address compares with one --config at most", file=sys.stderr)
+        return 2
+    try:
+        placement = Placement(server=args.server_cpus, clients=args.client_cpus)
+    except ValueError as exc:
+        print(f"edgeinfer bench: {exc}", file=sys.stderr)
         return 2
     runs = []
     for i, path in enumerate(args.config or [None]):
@@ -133,6 +158,7 @@ def cmd_bench(args) -> int:
         echo_concurrency=args.echo_concurrency, rounds=args.rounds, interleave=interleaved(args),
         ceiling_pools=args.ceiling_pools, stream_window=args.stream_window,
         client_processes=args.client_procs, loop=args.loop[0], daemon_metrics=args.daemon_metrics,
+        placement=placement, client_channels=args.client_channels,
         profile=args.profile,
         title=args.title,
         command="edgeinfer " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "edgeinfer bench")

@@ -97,11 +97,12 @@ class DaemonProcess(ChildServer):
             loopback port, metrics turned off unless `metrics` is true (so
             benchmarks never fight over the metrics port).
         loop: "asyncio", "uvloop" or "auto" (see edgeinfer/eventloop.py).
+        cpus: where it runs, its own children included (empty: anywhere).
     """
 
     def __init__(self, config: Config, loop: str = "asyncio", metrics: bool = False,
-                 log_level: str = "warning"):
-        super().__init__()
+                 log_level: str = "warning", cpus: frozenset[int] = frozenset()):
+        super().__init__(cpus)
         self.config = copy.deepcopy(config)
         self.config.server.listen = "127.0.0.1:0"
         if not metrics:

@@ -99,8 +99,8 @@ class EchoServer(ChildServer):
             run_load(LoadSpec(echo.address, unary_method(200), "unary", [b"x" * 64], 1, 1.0))
     """
 
-    def __init__(self, loop: str = "asyncio", listen: str = "127.0.0.1:0"):
-        super().__init__()
+    def __init__(self, loop: str = "asyncio", listen: str = "127.0.0.1:0", cpus: frozenset[int] = frozenset()):
+        super().__init__(cpus)
         self.loop = loop
         self.listen = listen
 

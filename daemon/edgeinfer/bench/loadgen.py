@@ -2,7 +2,10 @@
 
 The clients run in separate processes (multiprocessing, "spawn") so that they
 never share the server's GIL, and each process runs a grpc.aio event loop with
-its share of the concurrency as tasks on one channel. The load is closed-loop:
+its share of the concurrency as tasks, on one channel (`channels = "process"`:
+the slots multiplex one HTTP/2 connection) or on a channel each (`"slot"`: one
+connection per client, as separate client programs would open, in fewer
+processes than clients). The load is closed-loop:
 each of the `concurrency` slots sends its next request when the previous one
 answers (unary), or keeps `stream_window` frames in flight on its own stream.
 
@@ -18,6 +21,7 @@ so the same code drives the daemon and the bare echo server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import sys
@@ -28,11 +32,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .placement import started_on
 from .stats import Summary, summarize
 
 INFER_METHOD = "/edgeinfer.v1.Inference/Infer"
 STREAM_METHOD = "/edgeinfer.v1.Inference/InferStream"
 MODES = ("unary", "stream")
+CHANNELS = ("process", "slot")
 # How responses are read: "infer" (InferResponse), "stream" (StreamResponse), "none" (opaque bytes).
 RESPONSE_KINDS = ("infer", "stream", "none")
 _MAX_MESSAGE = 64 * 1024 * 1024
@@ -61,6 +67,8 @@ class LoadSpec:
     label: str = ""
     call_timeout_s: float = 120.0
     connect_timeout_s: float = 30.0
+    cpus: frozenset = frozenset()   # where the client processes run (empty: anywhere; bench/placement.py)
+    channels: str = "process"       # one connection per process, or one per slot (see the module doc)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -69,12 +77,27 @@ class LoadSpec:
             raise ValueError(f"response_kind must be one of {RESPONSE_KINDS}, got {self.response_kind!r}")
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.channels not in CHANNELS:
+            raise ValueError(f"channels must be one of {CHANNELS}, got {self.channels!r}")
         if not self.requests:
             raise ValueError("no requests to send")
 
     def process_count(self) -> int:
         wanted = self.processes or min(self.concurrency, os.cpu_count() or 1)
         return max(1, min(wanted, self.concurrency))
+
+
+@dataclass(frozen=True)
+class ClientLayout:
+    """How a point's clients are laid out: processes (0: min(concurrency, CPUs)) and channels per process."""
+
+    processes: int = 0
+    channels: str = "process"
+
+    def describe(self) -> str:
+        procs = self.processes or "min(concurrency, CPUs)"
+        return f"{procs} processes, " + ("one connection each" if self.channels == "process"
+                                         else "one connection per client")
 
 
 @dataclass
@@ -221,9 +244,13 @@ async def _stream_slot(channel, spec: LoadSpec, rec: _Recorder, offset: int) -> 
         rec.error(time.monotonic(), f"stream: {exc.code().name}: {exc.details()}")
 
 
-async def _run_slice(spec: LoadSpec, channel, call, counter, slot: int, share: int, base: int,
+async def _run_slice(spec: LoadSpec, lanes: list, counter, slot: int, share: int, base: int,
                      start_at: float, warmup_s: float, duration_s: float) -> dict:
-    """One measured slice on an open channel: `warmup_s` unmeasured from `start_at`, then `duration_s`."""
+    """One measured slice on open channels: `warmup_s` unmeasured from `start_at`, then `duration_s`.
+
+    lanes: (channel, unary call or None) of each of the `share` slots (the same one for every slot
+    with channels = "process").
+    """
     rec = _Recorder(spec, counter, slot)
     rec.window_start = start_at + warmup_s
     rec.window_end = rec.window_start + duration_s
@@ -231,9 +258,9 @@ async def _run_slice(spec: LoadSpec, channel, call, counter, slot: int, share: i
         await asyncio.sleep(0.001)
     offsets = [base + k for k in range(share)]  # global slot n starts at request n
     if spec.mode == "unary":
-        await asyncio.gather(*(_unary_slot(call, spec, rec, o) for o in offsets))
+        await asyncio.gather(*(_unary_slot(call, spec, rec, o) for (_, call), o in zip(lanes, offsets)))
     else:
-        await asyncio.gather(*(_stream_slot(channel, spec, rec, o) for o in offsets))
+        await asyncio.gather(*(_stream_slot(channel, spec, rec, o) for (channel, _), o in zip(lanes, offsets)))
     return {
         "slot": slot,
         "latencies": np.asarray(rec.latencies, dtype=np.float64).tobytes(),
@@ -255,24 +282,32 @@ async def _child_main(slot: int, spec: LoadSpec, share: int, base: int, counter,
     import grpc
 
     options = [("grpc.max_receive_message_length", _MAX_MESSAGE), ("grpc.max_send_message_length", _MAX_MESSAGE)]
+    if spec.channels == "slot":
+        # Without a local pool, channels with equal arguments share one subchannel (connection).
+        options.append(("grpc.use_local_subchannel_pool", 1))
     first_errors: list[str] = []
     loop = asyncio.get_running_loop()
-    async with grpc.aio.insecure_channel(spec.address, options=options) as channel:
-        await asyncio.wait_for(channel.channel_ready(), timeout=spec.connect_timeout_s)
-        call = channel.unary_unary(spec.method) if spec.mode == "unary" else None
-        if call is not None:
-            # One call before the clock starts: connection and HTTP/2 settings are set up.
-            try:
-                await call(spec.requests[0], timeout=spec.call_timeout_s)
-            except grpc.RpcError as exc:
-                first_errors.append(f"first call: {exc.code().name}: {exc.details()}")
+    async with contextlib.AsyncExitStack() as stack:
+        lanes = []
+        for _ in range(share if spec.channels == "slot" else 1):
+            channel = await stack.enter_async_context(grpc.aio.insecure_channel(spec.address, options=options))
+            await asyncio.wait_for(channel.channel_ready(), timeout=spec.connect_timeout_s)
+            call = channel.unary_unary(spec.method) if spec.mode == "unary" else None
+            if call is not None:
+                # One call before the clock starts: connection and HTTP/2 settings are set up.
+                try:
+                    await call(spec.requests[0], timeout=spec.call_timeout_s)
+                except grpc.RpcError as exc:
+                    first_errors.append(f"first call: {exc.code().name}: {exc.details()}")
+            lanes.append((channel, call))
+        lanes = (lanes * share)[:share]
         conn.send(("ready", slot))
         while True:
             command = await loop.run_in_executor(None, conn.recv)
             if command[0] != "slice":
                 return
             _, start_at, warmup_s, duration_s = command
-            out = await _run_slice(spec, channel, call, counter, slot, share, base, start_at, warmup_s, duration_s)
+            out = await _run_slice(spec, lanes, counter, slot, share, base, start_at, warmup_s, duration_s)
             out["first_errors"] = first_errors + out["first_errors"]
             first_errors = []
             conn.send(("result", out))
@@ -323,7 +358,8 @@ class LoadClients:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_child, args=(i, self.spec, self._shares[i], bases[i], self._counter, child),
                                name=f"edgeinfer-loadgen-{i}", daemon=True)
-            proc.start()
+            with started_on(self.spec.cpus):
+                proc.start()
             self._procs.append(proc)
             self._conns.append(parent)
         try:

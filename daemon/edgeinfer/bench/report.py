@@ -27,6 +27,13 @@ def interval_text(t: dict) -> str:
     return f"{low:.2f}-{high:.2f} ({100 * t['interval_coverage']:.0f}%)"
 
 
+def _cpus_text(cpus: Optional[dict]) -> str:
+    """"; CPUs: ..." for a run whose servers and clients were kept apart (bench/placement.py), else ""."""
+    if not cpus or cpus == {"server": "all", "clients": "all"}:
+        return ""
+    return f"; CPUs: daemon, ceiling and echo {cpus['server']}, load generator {cpus['clients']}"
+
+
 def _f(v: Optional[float], digits: int = 1) -> str:
     return "-" if v is None else f"{v:,.{digits}f}"
 
@@ -182,7 +189,8 @@ def markdown(results: dict, plot_names: Optional[dict[str, str]] = None) -> str:
         out += [f"## Run `{run['label']}`", "",
                 f"Config: `{run['config_source']}`; daemon: {run['daemon']}; event loop {run.get('loop', '-')}; "
                 f"server workers {run['server'].get('workers')}, "
-                f"stream window {run['server'].get('stream_window')}.", ""]
+                f"stream window {run['server'].get('stream_window')}" + _cpus_text(run.get("cpus"))
+                + (f"; load generator: {run['clients']}" if run.get("clients") else "") + ".", ""]
         for name, info in run["models"].items():
             pts = [p for p in run["points"] if p["model"] == name]
             echo = [p for p in results.get("echo", []) if p["model"] == name and p.get("run") == run["label"]]

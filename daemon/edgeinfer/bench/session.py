@@ -30,8 +30,9 @@ from . import analysis, environment
 from .ceiling import CeilingProcess, CeilingSpec
 from .daemon_proc import DaemonProcess
 from .echo import EchoServer, stream_method, unary_method
-from .loadgen import INFER_METHOD, STREAM_METHOD, LoadClients, LoadSpec
+from .loadgen import INFER_METHOD, STREAM_METHOD, ClientLayout, LoadClients, LoadSpec
 from ..eventloop import resolve
+from .placement import ANYWHERE, Placement
 from .profile import Sampler
 from .trivial import NAME as TRIVIAL, WIDTH as TRIVIAL_WIDTH, build_trivial_onnx, trivial_model_config
 from .workload import Payload, find_images, image_payload, tensor_payload
@@ -52,6 +53,8 @@ class RunSpec:
     address: Optional[str] = None  # a daemon already running: not started, not stopped
     pid: Optional[int] = None      # with `address`: its process, so its CPU is measured too
     loop: Optional[str] = None     # event loop of this run's daemon/echo/clients (None: the settings')
+    placement: Optional[Placement] = None  # CPUs of its servers and clients (None: the settings')
+    clients: Optional[ClientLayout] = None  # its load generator's processes and channels (None: the settings')
 
 
 @dataclass
@@ -87,7 +90,10 @@ class BenchSettings:
     echo_concurrency: list[int] = field(default_factory=lambda: [1, 8])
     stream_window: int = 0        # 0: the daemon's [server] stream_window
     client_processes: int = 0     # 0: min(concurrency, CPUs)
+    client_channels: str = "process"  # "process": the clients of a process share a connection; "slot": one each
     loop: str = "asyncio"
+    # The load generator's CPUs apart from the servers' (bench/placement.py); default: all anywhere.
+    placement: Placement = ANYWHERE
     daemon_metrics: bool = False
     # Sample the daemon with py-spy during each daemon point (when installed).
     profile: bool = False
@@ -164,14 +170,20 @@ def _cores(usage: dict) -> str:
             f"others {usage['others_pct']}% of all")
 
 
+def _layout(settings: BenchSettings) -> ClientLayout:
+    return ClientLayout(settings.client_processes, settings.client_channels)
+
+
 def _daemon_spec(label: str, address: str, name: str, payload: Payload, mode: str, c: int,
-                 settings: BenchSettings, window: int, loop: str) -> LoadSpec:
+                 settings: BenchSettings, window: int, loop: str, placement: Placement = ANYWHERE,
+                 clients: Optional[ClientLayout] = None) -> LoadSpec:
+    clients = clients or _layout(settings)
     return LoadSpec(address=address, method=INFER_METHOD if mode == "unary" else STREAM_METHOD,
                     mode=mode, requests=payload.requests, concurrency=c,
                     duration_s=settings.duration_s, warmup_s=settings.warmup_s,
-                    stream_window=window, processes=settings.client_processes, loop=loop,
+                    stream_window=window, processes=clients.processes, loop=loop,
                     response_kind="infer" if mode == "unary" else "stream",
-                    label=f"{label} daemon {name} {mode} c={c}")
+                    label=f"{label} daemon {name} {mode} c={c}", cpus=placement.clients, channels=clients.channels)
 
 
 def _daemon_point(label: str, name: str, spec: LoadSpec, measured, progress: Progress, notes: list[str],
@@ -195,12 +207,14 @@ def _daemon_point(label: str, name: str, spec: LoadSpec, measured, progress: Pro
 
 def _daemon_points(label: str, address: str, payloads: dict[str, Payload], settings: BenchSettings,
                    window: int, loop: str, progress: Progress, notes: list[str],
-                   daemon_pid: Optional[int] = None) -> list[dict]:
+                   daemon_pid: Optional[int] = None, placement: Placement = ANYWHERE,
+                   clients: Optional[ClientLayout] = None) -> list[dict]:
     points = []
     for name, payload in payloads.items():
         for mode in settings.modes:
             for c in _levels(settings, mode):
-                spec = _daemon_spec(label, address, name, payload, mode, c, settings, window, loop)
+                spec = _daemon_spec(label, address, name, payload, mode, c, settings, window, loop, placement,
+                                    clients)
                 points.append(_daemon_point(label, name, spec, _measure(spec, daemon_pid, settings, progress),
                                             progress, notes))
     return points
@@ -245,11 +259,14 @@ class _CeilingJob:
     pool: Optional[int]         # batch > 1: preprocessing threads
     levels: list[int]           # the client concurrencies it stands for
     note: str = ""              # which runtime instance count, where the batched ceiling tries two
+    cpus: frozenset = frozenset()  # where the ceiling process runs: the run's server CPUs
 
 
-def _ceiling_jobs(config: Config, name: str, settings: BenchSettings, levels: list[int]) -> list[_CeilingJob]:
+def _ceiling_jobs(config: Config, name: str, settings: BenchSettings, levels: list[int],
+                  cpus: frozenset = frozenset()) -> list[_CeilingJob]:
     """Every ceiling variant for `name` at `levels`: batch 1 (also capped at [server] workers where clients
-    outnumber them) and each batch > 1 with every preprocessing pool and runtime instance count."""
+    outnumber them) and each batch > 1 with every preprocessing pool and runtime instance count.
+    `cpus`: the run's server CPUs, which its ceiling runs on too."""
     workers = config.server.workers
     pools = sorted(set(settings.ceiling_pools)) or default_ceiling_pools(workers)
     models = default_ceiling_models(config.model(name))
@@ -257,19 +274,19 @@ def _ceiling_jobs(config: Config, name: str, settings: BenchSettings, levels: li
     jobs = []
     for batch in settings.ceiling_batches:
         if batch == 1:
-            jobs.append(_CeilingJob(config, models[0], 1, None, None, list(levels)))
+            jobs.append(_CeilingJob(config, models[0], 1, None, None, list(levels), cpus=cpus))
             above = [c for c in levels if c > workers]
             if settings.ceiling_at_workers and above:
-                jobs.append(_CeilingJob(config, models[0], 1, workers, None, above))
+                jobs.append(_CeilingJob(config, models[0], 1, workers, None, above, cpus=cpus))
         else:
-            jobs += [_CeilingJob(config, m, batch, None, pool, list(levels), note)
+            jobs += [_CeilingJob(config, m, batch, None, pool, list(levels), note, cpus)
                      for pool in pools for m, note in zip(models, notes)]
     return jobs
 
 
 class _Ceilings:
-    """Loaded CeilingProcesses of one model: one per distinct model config and [server] cuda_sync, started
-    when first needed.
+    """Loaded CeilingProcesses of one model: one per distinct model config, [server] cuda_sync and set of
+    server CPUs, started when first needed.
 
     Runs that configure the model alike share one process (the interleaved bench measures
     such a job once per round for all of them).
@@ -278,7 +295,7 @@ class _Ceilings:
     def __init__(self, name: str, payload: Payload, settings: BenchSettings):
         self.name, self.payload, self.settings = name, payload, settings
         self.devices: dict[int, str] = {}
-        self._models: list[tuple[ModelConfig, str]] = []
+        self._models: list[tuple[ModelConfig, str, frozenset]] = []
         self._stack = contextlib.ExitStack()
         self._procs: dict[int, CeilingProcess] = {}
 
@@ -288,10 +305,10 @@ class _Ceilings:
     def __exit__(self, *exc) -> None:
         self._stack.close()
 
-    def _index(self, model: ModelConfig, config: Config) -> int:
+    def _index(self, model: ModelConfig, config: Config, cpus: frozenset) -> int:
         # The process-wide setting a ceiling process takes from its run's [server] table
-        # (how threads wait for the GPU) makes it a different ceiling too.
-        wanted = (model, config.server.cuda_sync)
+        # (how threads wait for the GPU) makes it a different ceiling too, as do the CPUs it may use.
+        wanted = (model, config.server.cuda_sync, cpus)
         for k, m in enumerate(self._models):
             if m == wanted:
                 return k
@@ -300,22 +317,22 @@ class _Ceilings:
 
     def key(self, job: _CeilingJob) -> tuple:
         """Jobs with equal keys measure the same thing."""
-        return self._index(job.model, job.config), job.batch, job.threads_cap, job.pool
+        return self._index(job.model, job.config, job.cpus), job.batch, job.threads_cap, job.pool
 
-    def device(self, config: Config) -> str:
+    def device(self, config: Config, cpus: frozenset = frozenset()) -> str:
         """What runs the ceiling of this model in `config` ("" until it is loaded)."""
-        return self.devices.get(self._index(config.model(self.name), config), "")
+        return self.devices.get(self._index(config.model(self.name), config, cpus), "")
 
     def measure(self, job: _CeilingJob, concurrency: int, label: str, progress: Progress, quiet: bool = False,
                 **extra) -> dict:
         """One ceiling point of `job` at `concurrency`, as a result row of run `label`."""
-        k = self._index(job.model, job.config)
+        k = self._index(job.model, job.config, job.cpus)
         if k not in self._procs:
             cfg = job.config
             spec = CeilingSpec(model=job.model, server=cfg.server, cache_dir=cfg.cache.dir,
                                requests=self.payload.requests, concurrency=[], duration_s=self.settings.duration_s,
                                warmup_s=self.settings.warmup_s, label=f"{label} {self.name}")
-            self._procs[k] = self._stack.enter_context(CeilingProcess(spec))
+            self._procs[k] = self._stack.enter_context(CeilingProcess(spec, cpus=job.cpus))
             self.devices[k] = self._procs[k].device
         batch = job.batch
         with environment.CpuShare() as share:
@@ -335,24 +352,27 @@ class _Ceilings:
 
 
 def _ceiling_points(label: str, config: Config, payloads: dict[str, Payload], settings: BenchSettings,
-                    progress: Progress) -> tuple[list[dict], dict[str, str]]:
+                    progress: Progress, cpus: frozenset = frozenset()) -> tuple[list[dict], dict[str, str]]:
     points, served = [], {}
     for name, payload in payloads.items():
         with _Ceilings(name, payload, settings) as ceilings:
-            jobs = _ceiling_jobs(config, name, settings, settings.concurrency)
+            jobs = _ceiling_jobs(config, name, settings, settings.concurrency, cpus)
             for job in jobs:
                 points += [ceilings.measure(job, c, label, progress) for c in job.levels]
-            served[name] = ceilings.device(config)
+            served[name] = ceilings.device(config, cpus)
     return points, served
 
 
 def _echo_spec(label: str, address: str, name: str, payload: Payload, mode: str, c: int, response_bytes: int,
-               settings: BenchSettings, window: int, loop: str) -> LoadSpec:
+               settings: BenchSettings, window: int, loop: str, placement: Placement = ANYWHERE,
+               clients: Optional[ClientLayout] = None) -> LoadSpec:
+    clients = clients or _layout(settings)
     method = unary_method(response_bytes) if mode == "unary" else stream_method(response_bytes)
     return LoadSpec(address=address, method=method, mode=mode, requests=payload.requests, concurrency=c,
                     duration_s=settings.duration_s, warmup_s=settings.warmup_s,
-                    stream_window=window, processes=settings.client_processes, loop=loop,
-                    response_kind="none", label=f"{label} echo ({name} sizes) {mode} c={c}")
+                    stream_window=window, processes=clients.processes, loop=loop,
+                    response_kind="none", label=f"{label} echo ({name} sizes) {mode} c={c}",
+                    cpus=placement.clients, channels=clients.channels)
 
 
 def _echo_point(label: str, name: str, spec: LoadSpec, measured, progress: Progress, **extra) -> dict:
@@ -365,16 +385,18 @@ def _echo_point(label: str, name: str, spec: LoadSpec, measured, progress: Progr
 
 
 def _echo_points(label: str, payloads: dict[str, Payload], daemon_points: list[dict], settings: BenchSettings,
-                 window: int, loop: str, progress: Progress) -> list[dict]:
+                 window: int, loop: str, progress: Progress, placement: Placement = ANYWHERE,
+                 clients: Optional[ClientLayout] = None) -> list[dict]:
     points = []
-    with EchoServer(loop=loop) as echo:
+    with EchoServer(loop=loop, cpus=placement.server) as echo:
         for name, payload in payloads.items():
             for mode in settings.modes:
                 sizes = [p["response_bytes"] for p in daemon_points
                          if p["model"] == name and p["mode"] == mode and p["response_bytes"]]
                 resp = int(sum(sizes) / len(sizes)) if sizes else 256
                 for c in settings.echo_concurrency:
-                    spec = _echo_spec(label, echo.address, name, payload, mode, c, resp, settings, window, loop)
+                    spec = _echo_spec(label, echo.address, name, payload, mode, c, resp, settings, window, loop,
+                                      placement, clients)
                     points.append(_echo_point(label, name, spec,
                                               _measure(spec, echo.pid, settings, progress, profile=False), progress))
     return points
@@ -414,7 +436,7 @@ def run_benchmark(settings: BenchSettings, progress: Progress = _stderr) -> dict
                      "warmup_s": settings.warmup_s, "payload": settings.payload,
                      "loop": sorted({resolve(r.loop or settings.loop) for r in settings.runs}),
                      "stream_window": settings.stream_window or "daemon's",
-                     "client_processes": settings.client_processes,
+                     "client_processes": settings.client_processes, "client_channels": settings.client_channels,
                      "ceiling_batches": settings.ceiling_batches, "ceiling_pools": settings.ceiling_pools,
                      "echo_concurrency": settings.echo_concurrency,
                      "images": [str(p) for p in image_paths]},
@@ -447,6 +469,8 @@ class _Prepared:
     payloads: dict[str, Payload]
     model_info: dict[str, dict]
     window: int
+    placement: Placement = ANYWHERE
+    clients: ClientLayout = ClientLayout()
 
 
 def _prepare(rs: RunSpec, settings: BenchSettings, work_dir: Path, image_paths, notes: list[str]) -> _Prepared:
@@ -475,12 +499,14 @@ def _prepare(rs: RunSpec, settings: BenchSettings, work_dir: Path, image_paths, 
                             "config": dataclasses.asdict(mcfg)}
     if settings.profile and rs.address:
         notes.append(f"{rs.label}: --profile samples only a daemon the bench started")
-    return _Prepared(loop, config, payloads, model_info, window)
+    return _Prepared(loop, config, payloads, model_info, window, rs.placement or settings.placement,
+                     rs.clients or _layout(settings))
 
 
 def _new_run(label: str, prep: _Prepared) -> dict:
     config = prep.config
-    return {"label": label, "loop": prep.loop, "config_source": config.source if config else "-",
+    return {"label": label, "loop": prep.loop, "cpus": prep.placement.describe(), "clients": prep.clients.describe(),
+            "config_source": config.source if config else "-",
             "server": dataclasses.asdict(config.server) if config else {}, "models": prep.model_info, "points": []}
 
 
@@ -503,7 +529,8 @@ def _reach_daemon(rs: RunSpec, prep: _Prepared, settings: BenchSettings, stack: 
     if rs.address:
         return rs.address, rs.pid, f"already running at {rs.address}" + (f" (pid {rs.pid})" if rs.pid else "")
     progress(f"[bench] {rs.label}: starting the daemon ({', '.join(prep.payloads)}), event loop {prep.loop}")
-    daemon = stack.enter_context(DaemonProcess(prep.config, loop=prep.loop, metrics=settings.daemon_metrics))
+    daemon = stack.enter_context(DaemonProcess(prep.config, loop=prep.loop, metrics=settings.daemon_metrics,
+                                               cpus=prep.placement.server))
     _drop_unready(daemon, prep, rs.label, notes)
     return daemon.address, daemon.pid, f"started by the bench (pid {daemon.pid}, loop {prep.loop})"
 
@@ -533,16 +560,17 @@ def _one_run(rs: RunSpec, settings: BenchSettings, work_dir: Path, image_paths, 
     with contextlib.ExitStack() as stack:
         address, pid, run["daemon"] = _reach_daemon(rs, prep, settings, stack, progress, notes)
         run["points"] += _daemon_points(rs.label, address, payloads, settings, window, loop, progress, notes,
-                                        daemon_pid=pid)
+                                        daemon_pid=pid, placement=prep.placement, clients=prep.clients)
     if settings.ceiling and config is not None:
-        pts, served_on = _ceiling_points(rs.label, config, payloads, settings, progress)
+        pts, served_on = _ceiling_points(rs.label, config, payloads, settings, progress, prep.placement.server)
         run["points"] += pts
         for name, dev in served_on.items():
             _note_ceiling_device(prep, name, dev)
     elif settings.ceiling:
         notes.append(f"{rs.label}: no --config, so no in-process ceiling")
     if settings.echo:
-        results["echo"] += _echo_points(rs.label, payloads, run["points"], settings, window, loop, progress)
+        results["echo"] += _echo_points(rs.label, payloads, run["points"], settings, window, loop, progress,
+                                        prep.placement, prep.clients)
     _judge(run, results, settings)
 
 
@@ -563,7 +591,7 @@ def _interleaved_runs(specs: list[RunSpec], settings: BenchSettings, work_dir: P
                       progress: Progress) -> None:
     """Every round of every run, interleaved point by point.
 
-    Every run's daemon (or the one at its --address), an echo server per event loop
+    Every run's daemon (or the one at its --address), an echo server per event loop and set of server CPUs
     and each model's ceiling processes are started once and stay loaded, idle but for
     the one being measured; each daemon point keeps its client processes connected.
     For every (model, mode, concurrency), round k measures one slice of each run's
@@ -584,7 +612,7 @@ def _interleaved_runs(specs: list[RunSpec], settings: BenchSettings, work_dir: P
         entries.append(_Interleaved(rs, prep, [_new_run(label, prep) for label in labels],
                                     [[] for _ in range(rounds)]))
     with contextlib.ExitStack() as stack:
-        echo_servers: dict[str, EchoServer] = {}
+        echo_servers: dict[tuple, EchoServer] = {}
         for e in entries:
             rs, prep = e.spec, e.prep
             e.address, e.pid, how = _reach_daemon(rs, prep, settings, stack, progress, notes)
@@ -592,9 +620,10 @@ def _interleaved_runs(specs: list[RunSpec], settings: BenchSettings, work_dir: P
                 run["daemon"] = how + f"; interleaved with {len(entries) - 1} other run(s), point by point, " \
                                       f"{rounds} slices each"
             if settings.echo:
-                if prep.loop not in echo_servers:
-                    echo_servers[prep.loop] = stack.enter_context(EchoServer(loop=prep.loop))
-                e.echo = echo_servers[prep.loop]
+                where = (prep.loop, prep.placement.server)
+                if where not in echo_servers:
+                    echo_servers[where] = stack.enter_context(EchoServer(loop=prep.loop, cpus=prep.placement.server))
+                e.echo = echo_servers[where]
             if settings.ceiling and prep.config is None:
                 notes.append(f"{rs.label}: no --config, so no in-process ceiling")
         names = list(dict.fromkeys(name for e in entries for name in e.prep.payloads))
@@ -606,7 +635,7 @@ def _interleaved_runs(specs: list[RunSpec], settings: BenchSettings, work_dir: P
                         _interleave_point(here, name, mode, c, settings, ceilings, progress, notes)
                 for e in here:
                     if e.prep.config is not None:
-                        _note_ceiling_device(e.prep, name, ceilings.device(e.prep.config))
+                        _note_ceiling_device(e.prep, name, ceilings.device(e.prep.config, e.prep.placement.server))
     for k in range(rounds):
         for e in entries:
             results["echo"] += e.echoes[k]
@@ -624,7 +653,7 @@ def _interleave_point(entries: list[_Interleaved], name: str, mode: str, c: int,
         if not settings.ceiling or e.prep.config is None:
             continue
         in_flight = c * e.prep.window if mode == "stream" else c
-        for job in _ceiling_jobs(e.prep.config, name, settings, [in_flight]):
+        for job in _ceiling_jobs(e.prep.config, name, settings, [in_flight], e.prep.placement.server):
             shared.setdefault(ceilings.key(job) + (in_flight,), (job, in_flight, []))[2].append(i)
     steps = [("daemon", i) for i in range(len(entries))] + [("ceiling", key) for key in shared] + \
         [("echo", i) for i, e in enumerate(entries) if e.echo is not None and c in settings.echo_concurrency]
@@ -633,7 +662,7 @@ def _interleave_point(entries: list[_Interleaved], name: str, mode: str, c: int,
         clients = []
         for e in entries:
             spec = _daemon_spec(e.spec.label, e.address, name, e.prep.payloads[name], mode, c, settings,
-                                e.prep.window, e.prep.loop)
+                                e.prep.window, e.prep.loop, e.prep.placement, e.prep.clients)
             clients.append(stack.enter_context(LoadClients(spec)))
         echo_clients: dict[int, LoadClients] = {}
         rounds = len(entries[0].rounds)
@@ -657,7 +686,8 @@ def _interleave_point(entries: list[_Interleaved], name: str, mode: str, c: int,
                         sizes = [p["response_bytes"] for p in e.rounds[0]["points"]
                                  if p["target"] == "daemon" and p.get("pair") == pair and p["model"] == name]
                         espec = _echo_spec(e.spec.label, e.echo.address, name, e.prep.payloads[name], mode, c,
-                                           sizes[0] or 256, settings, e.prep.window, e.prep.loop)
+                                           sizes[0] or 256, settings, e.prep.window, e.prep.loop, e.prep.placement,
+                                           e.prep.clients)
                         echo_clients[what] = stack.enter_context(LoadClients(espec))
                     measured = _measure_slice(echo_clients[what], e.echo.pid, settings, quiet, profile=False)
                     e.echoes[k].append(_echo_point(e.rounds[k]["label"], name, echo_clients[what].spec, measured,
