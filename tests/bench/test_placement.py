@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeinfer.bench import report
+from edgeinfer.bench import environment, report
 from edgeinfer.bench.echo import EchoServer, unary_method
 from edgeinfer.bench.loadgen import LoadClients, LoadSpec
 from edgeinfer.bench.placement import ANYWHERE, Placement, available_cpus, format_cpus, parse_cpus, started_on
@@ -100,20 +100,8 @@ def test_runs_share_a_ceiling_only_on_the_same_server_cpus():
 
 def _descendant_masks() -> dict[int, frozenset]:
     """Affinity of every multiprocessing child (any depth) of this process, by pid."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                parents[int(entry.name)] = int(fields[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    mine, frontier = set(), {os.getpid()}
-    while frontier:
-        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - mine
-        mine |= frontier
     masks = {}
-    for pid in mine:
+    for pid in environment.descendants(os.getpid())[1:]:
         try:
             if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 masks[pid] = frozenset(os.sched_getaffinity(pid))

@@ -12,6 +12,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
+from .placement import available_cpus
+
 # Distribution names whose versions matter for the numbers.
 PACKAGES = ("edgeinfer", "grpcio", "protobuf", "numpy", "onnxruntime", "onnxruntime-gpu",
             "opencv-python-headless", "opencv-python", "onnx", "uvloop", "cuda-python", "cuda-bindings",
@@ -44,10 +46,7 @@ def cpu_model() -> str:
 
 
 def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
+    return len(available_cpus())
 
 
 def git_state(repo: Optional[Path] = None) -> dict[str, str]:
@@ -101,10 +100,9 @@ def _busy_jiffies() -> Optional[int]:
     return sum(v) - v[3] - (v[4] if len(v) > 4 else 0)
 
 
-def _tree_jiffies(root: int) -> int:
-    """CPU ticks of `root` (with its reaped children) and of its live descendants."""
-    parents: dict[int, int] = {}
-    times: dict[int, int] = {}
+def _proc_stats() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, CPU ticks with its reaped children) of every live process, from /proc."""
+    stats: dict[int, tuple[int, int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -113,19 +111,29 @@ def _tree_jiffies(root: int) -> int:
         except OSError:
             continue
         rest = stat[stat.rfind(")") + 2:].split()
-        pid = int(entry.name)
-        parents[pid] = int(rest[1])
         # utime stime cutime cstime are fields 14-17 (1-based), rest[11:15]
-        times[pid] = sum(int(x) for x in rest[11:15])
-    total, stack = 0, [root]
+        stats[int(entry.name)] = (int(rest[1]), sum(int(x) for x in rest[11:15]))
+    return stats
+
+
+def descendants(root: int, stats: Optional[dict[int, tuple[int, int]]] = None) -> list[int]:
+    """`root` and every live process below it (`stats`: a _proc_stats() already read)."""
+    stats = _proc_stats() if stats is None else stats
     children: dict[int, list[int]] = {}
-    for pid, ppid in parents.items():
+    for pid, (ppid, _) in stats.items():
         children.setdefault(ppid, []).append(pid)
+    found, stack = [], [root]
     while stack:
         pid = stack.pop()
-        total += times.get(pid, 0)
+        found.append(pid)
         stack.extend(children.get(pid, []))
-    return total
+    return found
+
+
+def _tree_jiffies(root: int) -> int:
+    """CPU ticks of `root` (with its reaped children) and of its live descendants."""
+    stats = _proc_stats()
+    return sum(stats.get(pid, (0, 0))[1] for pid in descendants(root, stats))
 
 
 def tree_cpu_seconds(root: int) -> float:

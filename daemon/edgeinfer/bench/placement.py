@@ -23,9 +23,10 @@ from typing import Iterable, Iterator
 
 def available_cpus() -> list[int]:
     """The CPUs this process may run on, ascending."""
-    if not hasattr(os, "sched_getaffinity"):  # pragma: no cover - not Linux
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
         return list(range(os.cpu_count() or 1))
-    return sorted(os.sched_getaffinity(0))
 
 
 def parse_cpus(text: str) -> frozenset[int]:

@@ -170,20 +170,15 @@ def _cores(usage: dict) -> str:
             f"others {usage['others_pct']}% of all")
 
 
-def _layout(settings: BenchSettings) -> ClientLayout:
-    return ClientLayout(settings.client_processes, settings.client_channels)
-
-
-def _daemon_spec(label: str, address: str, name: str, payload: Payload, mode: str, c: int,
-                 settings: BenchSettings, window: int, loop: str, placement: Placement = ANYWHERE,
-                 clients: Optional[ClientLayout] = None) -> LoadSpec:
-    clients = clients or _layout(settings)
+def _daemon_spec(label: str, address: str, name: str, mode: str, c: int, settings: BenchSettings,
+                 prep: _Prepared) -> LoadSpec:
     return LoadSpec(address=address, method=INFER_METHOD if mode == "unary" else STREAM_METHOD,
-                    mode=mode, requests=payload.requests, concurrency=c,
+                    mode=mode, requests=prep.payloads[name].requests, concurrency=c,
                     duration_s=settings.duration_s, warmup_s=settings.warmup_s,
-                    stream_window=window, processes=clients.processes, loop=loop,
+                    stream_window=prep.window, processes=prep.clients.processes, loop=prep.loop,
                     response_kind="infer" if mode == "unary" else "stream",
-                    label=f"{label} daemon {name} {mode} c={c}", cpus=placement.clients, channels=clients.channels)
+                    label=f"{label} daemon {name} {mode} c={c}", cpus=prep.placement.clients,
+                    channels=prep.clients.channels)
 
 
 def _daemon_point(label: str, name: str, spec: LoadSpec, measured, progress: Progress, notes: list[str],
@@ -205,16 +200,13 @@ def _daemon_point(label: str, name: str, spec: LoadSpec, measured, progress: Pro
                   profile=profile, **extra)
 
 
-def _daemon_points(label: str, address: str, payloads: dict[str, Payload], settings: BenchSettings,
-                   window: int, loop: str, progress: Progress, notes: list[str],
-                   daemon_pid: Optional[int] = None, placement: Placement = ANYWHERE,
-                   clients: Optional[ClientLayout] = None) -> list[dict]:
+def _daemon_points(label: str, address: str, settings: BenchSettings, prep: _Prepared, progress: Progress,
+                   notes: list[str], daemon_pid: Optional[int] = None) -> list[dict]:
     points = []
-    for name, payload in payloads.items():
+    for name in prep.payloads:
         for mode in settings.modes:
             for c in _levels(settings, mode):
-                spec = _daemon_spec(label, address, name, payload, mode, c, settings, window, loop, placement,
-                                    clients)
+                spec = _daemon_spec(label, address, name, mode, c, settings, prep)
                 points.append(_daemon_point(label, name, spec, _measure(spec, daemon_pid, settings, progress),
                                             progress, notes))
     return points
@@ -363,16 +355,14 @@ def _ceiling_points(label: str, config: Config, payloads: dict[str, Payload], se
     return points, served
 
 
-def _echo_spec(label: str, address: str, name: str, payload: Payload, mode: str, c: int, response_bytes: int,
-               settings: BenchSettings, window: int, loop: str, placement: Placement = ANYWHERE,
-               clients: Optional[ClientLayout] = None) -> LoadSpec:
-    clients = clients or _layout(settings)
+def _echo_spec(label: str, address: str, name: str, mode: str, c: int, response_bytes: int,
+               settings: BenchSettings, prep: _Prepared) -> LoadSpec:
     method = unary_method(response_bytes) if mode == "unary" else stream_method(response_bytes)
-    return LoadSpec(address=address, method=method, mode=mode, requests=payload.requests, concurrency=c,
-                    duration_s=settings.duration_s, warmup_s=settings.warmup_s,
-                    stream_window=window, processes=clients.processes, loop=loop,
+    return LoadSpec(address=address, method=method, mode=mode, requests=prep.payloads[name].requests,
+                    concurrency=c, duration_s=settings.duration_s, warmup_s=settings.warmup_s,
+                    stream_window=prep.window, processes=prep.clients.processes, loop=prep.loop,
                     response_kind="none", label=f"{label} echo ({name} sizes) {mode} c={c}",
-                    cpus=placement.clients, channels=clients.channels)
+                    cpus=prep.placement.clients, channels=prep.clients.channels)
 
 
 def _echo_point(label: str, name: str, spec: LoadSpec, measured, progress: Progress, **extra) -> dict:
@@ -384,19 +374,17 @@ def _echo_point(label: str, name: str, spec: LoadSpec, measured, progress: Progr
                   response_bytes=res.response_bytes, processes=res.processes, **extra)
 
 
-def _echo_points(label: str, payloads: dict[str, Payload], daemon_points: list[dict], settings: BenchSettings,
-                 window: int, loop: str, progress: Progress, placement: Placement = ANYWHERE,
-                 clients: Optional[ClientLayout] = None) -> list[dict]:
+def _echo_points(label: str, daemon_points: list[dict], settings: BenchSettings, prep: _Prepared,
+                 progress: Progress) -> list[dict]:
     points = []
-    with EchoServer(loop=loop, cpus=placement.server) as echo:
-        for name, payload in payloads.items():
+    with EchoServer(loop=prep.loop, cpus=prep.placement.server) as echo:
+        for name in prep.payloads:
             for mode in settings.modes:
                 sizes = [p["response_bytes"] for p in daemon_points
                          if p["model"] == name and p["mode"] == mode and p["response_bytes"]]
                 resp = int(sum(sizes) / len(sizes)) if sizes else 256
                 for c in settings.echo_concurrency:
-                    spec = _echo_spec(label, echo.address, name, payload, mode, c, resp, settings, window, loop,
-                                      placement, clients)
+                    spec = _echo_spec(label, echo.address, name, mode, c, resp, settings, prep)
                     points.append(_echo_point(label, name, spec,
                                               _measure(spec, echo.pid, settings, progress, profile=False), progress))
     return points
@@ -500,7 +488,7 @@ def _prepare(rs: RunSpec, settings: BenchSettings, work_dir: Path, image_paths, 
     if settings.profile and rs.address:
         notes.append(f"{rs.label}: --profile samples only a daemon the bench started")
     return _Prepared(loop, config, payloads, model_info, window, rs.placement or settings.placement,
-                     rs.clients or _layout(settings))
+                     rs.clients or ClientLayout(settings.client_processes, settings.client_channels))
 
 
 def _new_run(label: str, prep: _Prepared) -> dict:
@@ -555,22 +543,20 @@ def _one_run(rs: RunSpec, settings: BenchSettings, work_dir: Path, image_paths, 
     """Measure one run (daemon, ceiling, echo) and add its points, ratios and targets to `results`."""
     notes = results["notes"]
     prep = _prepare(rs, settings, work_dir, image_paths, notes)
-    loop, config, payloads, window = prep.loop, prep.config, prep.payloads, prep.window
+    config = prep.config
     run = _new_run(rs.label, prep)
     with contextlib.ExitStack() as stack:
         address, pid, run["daemon"] = _reach_daemon(rs, prep, settings, stack, progress, notes)
-        run["points"] += _daemon_points(rs.label, address, payloads, settings, window, loop, progress, notes,
-                                        daemon_pid=pid, placement=prep.placement, clients=prep.clients)
+        run["points"] += _daemon_points(rs.label, address, settings, prep, progress, notes, daemon_pid=pid)
     if settings.ceiling and config is not None:
-        pts, served_on = _ceiling_points(rs.label, config, payloads, settings, progress, prep.placement.server)
+        pts, served_on = _ceiling_points(rs.label, config, prep.payloads, settings, progress, prep.placement.server)
         run["points"] += pts
         for name, dev in served_on.items():
             _note_ceiling_device(prep, name, dev)
     elif settings.ceiling:
         notes.append(f"{rs.label}: no --config, so no in-process ceiling")
     if settings.echo:
-        results["echo"] += _echo_points(rs.label, payloads, run["points"], settings, window, loop, progress,
-                                        prep.placement, prep.clients)
+        results["echo"] += _echo_points(rs.label, run["points"], settings, prep, progress)
     _judge(run, results, settings)
 
 
@@ -661,8 +647,7 @@ def _interleave_point(entries: list[_Interleaved], name: str, mode: str, c: int,
     with contextlib.ExitStack() as stack:
         clients = []
         for e in entries:
-            spec = _daemon_spec(e.spec.label, e.address, name, e.prep.payloads[name], mode, c, settings,
-                                e.prep.window, e.prep.loop, e.prep.placement, e.prep.clients)
+            spec = _daemon_spec(e.spec.label, e.address, name, mode, c, settings, e.prep)
             clients.append(stack.enter_context(LoadClients(spec)))
         echo_clients: dict[int, LoadClients] = {}
         rounds = len(entries[0].rounds)
@@ -685,9 +670,8 @@ def _interleave_point(entries: list[_Interleaved], name: str, mode: str, c: int,
                     if what not in echo_clients:  # round 1 measured the daemon first: its answers' size
                         sizes = [p["response_bytes"] for p in e.rounds[0]["points"]
                                  if p["target"] == "daemon" and p.get("pair") == pair and p["model"] == name]
-                        espec = _echo_spec(e.spec.label, e.echo.address, name, e.prep.payloads[name], mode, c,
-                                           sizes[0] or 256, settings, e.prep.window, e.prep.loop, e.prep.placement,
-                                           e.prep.clients)
+                        espec = _echo_spec(e.spec.label, e.echo.address, name, mode, c, sizes[0] or 256, settings,
+                                           e.prep)
                         echo_clients[what] = stack.enter_context(LoadClients(espec))
                     measured = _measure_slice(echo_clients[what], e.echo.pid, settings, quiet, profile=False)
                     e.echoes[k].append(_echo_point(e.rounds[k]["label"], name, echo_clients[what].spec, measured,
