@@ -449,6 +449,81 @@ def test_concurrent_front_end_requests_are_batched_and_correct(front_end, host, 
     assert stages["inference"][0] > 0
 
 
+def test_answers_go_back_on_the_threads_that_have_them(front_end, host, media, monkeypatch):
+    """No hand-off on an answer's way back (session 13): the host answers each call on the merge slot
+    thread that ran its rows (no reply thread), and the front-end splits, postprocesses and delivers a
+    batch on its link's reader thread (the batcher's slot thread does not wake for it first)."""
+    from edgeinfer.shared_inference import host as host_module
+
+    answered_on, finished_on = [], []
+    answer = host_module._Link.answer
+
+    def spy_answer(link, call_id, reply):
+        answered_on.append(threading.current_thread().name)
+        answer(link, call_id, reply)
+
+    monkeypatch.setattr(host_module._Link, "answer", spy_answer)
+    model = front_end.daemon.registry.get("imagenet")
+    finish = model.finish_batch
+
+    def spy_finish(outputs, items):
+        finished_on.append(threading.current_thread().name)
+        return finish(outputs, items)
+
+    monkeypatch.setattr(model, "finish_batch", spy_finish)
+    coffee = (media / "coffee.png").read_bytes()
+
+    def one(_):
+        with Client(front_end.address, timeout=60) as c:
+            return [c.infer("imagenet", coffee) for _ in range(3)]
+
+    with ThreadPoolExecutor(6) as pool:
+        results = [r for batch in pool.map(one, range(6)) for r in batch]
+    assert {r.classes[0].index for r in results} == {ESPRESSO}
+    assert answered_on and {name.rsplit("-", 1)[0] for name in answered_on} == {"merge-imagenet"}
+    assert finished_on and set(finished_on) == {"host-link"}
+
+
+def test_a_failing_batch_continuation_answers_its_requests_and_the_link_lives_on(front_end, media, monkeypatch):
+    """Postprocessing now runs on the link's reader thread: when it raises, that batch's requests get
+    an INTERNAL error, and the reader goes on answering every later call."""
+    model = front_end.daemon.registry.get("imagenet")
+    finish, failed = model.finish_batch, []
+
+    def fail_once(outputs, items):
+        if not failed:
+            failed.append(len(items))
+            raise ZeroDivisionError("postprocess bug (test)")
+        return finish(outputs, items)
+
+    monkeypatch.setattr(model, "finish_batch", fail_once)
+    coffee = (media / "coffee.png").read_bytes()
+    with Client(front_end.address, timeout=60) as c:
+        with pytest.raises(ClientError) as err:
+            c.infer("imagenet", coffee)
+        assert err.value.code == "INTERNAL" and failed == [1]
+        assert [c.infer("imagenet", coffee).classes[0].index for _ in range(3)] == [ESPRESSO] * 3
+
+
+def test_a_link_reader_outlives_a_reply_handler_that_raises(host):
+    """A call's continuation that raises is logged; the link still answers the next calls."""
+    link = host.remote().link()
+    model = host.host.registry.get("imagenet")
+    spec = list(model.runner.outputs)
+    x = np.zeros((1, 3, 224, 224), np.float32)
+    done = threading.Event()
+
+    def broken(outputs, ran_rows, error):
+        done.set()
+        raise RuntimeError("a continuation bug (test)")
+
+    link.infer_then("imagenet", {"input": x}, 1, spec, broken)
+    assert done.wait(30)
+    outputs, ran = link.infer("imagenet", {"input": x}, 1, spec)
+    assert outputs["logits"].shape == (1, 1000) and ran == 1
+    assert link._reader.is_alive()
+
+
 def test_big_tensor_batches_grow_the_channel_buffer(front_end, host):
     """8 float32 images (4.8 MB) exceed a channel's first 1 MiB buffer: it grows, answers stay exact."""
     x = np.random.default_rng(2).standard_normal((8, 3, 224, 224)).astype(np.float32)

@@ -1,9 +1,12 @@
 """The inference host: loads every model once and runs the front-ends' batches.
 
 One thread per front-end link reads its calls (blocking in recv, without the
-GIL) and hands the rows to the model's Coalescer without waiting for them;
-one reply thread writes each call's outputs back into its buffer and answers
-it on its link as its rows finish. Models load
+GIL) and hands the rows to the model's Coalescer without waiting for them.
+The slot thread that ran a call's last rows writes its outputs back into its
+buffer and answers it on its link. Session 10 had a reply thread do that; a
+hand-off to it is one more thread wake-up on every call's way back, on a
+machine whose cores are busy, while the write-back of a classifier's outputs
+and a small message cost the slot tens of microseconds. Models load
 exactly as in a standalone daemon (`ModelRegistry`: fallback chain, accuracy
 gate, GPU normalization, warm-up of every bucket); a front-end asking to
 describe a model still loading waits for it.
@@ -24,12 +27,11 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import signal
 import threading
 import time
 from multiprocessing import reduction
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -52,7 +54,7 @@ class _Link:
     def __init__(self, conn):
         self.conn = conn
         self.buffers: dict[int, SharedBuffer] = {}
-        self.send_lock = threading.Lock()  # the reply thread and describe threads both answer
+        self.send_lock = threading.Lock()  # slot threads and describe threads all answer
 
     def answer(self, call_id: int, reply: tuple) -> None:
         try:
@@ -68,21 +70,8 @@ class _Link:
         self.buffers.clear()
 
 
-class _Finished(NamedTuple):
-    """A call whose rows have run (or failed), on its way to the reply thread."""
-
-    link: _Link
-    call_id: int
-    model: str
-    buffer: SharedBuffer
-    free_at: int
-    received: float
-    merged: Optional[Merged]
-    error: Optional[BaseException]
-
-
 class InferenceHost:
-    """The models, link threads and reply thread of the inference host process (usable in-process in tests)."""
+    """The models and link threads of the inference host process (usable in-process in tests)."""
 
     def __init__(self, config: Config, metrics: Optional[Metrics] = None):
         self.config = config
@@ -93,14 +82,11 @@ class InferenceHost:
         self._threads: list[threading.Thread] = []
         self._conns: list = []
         self._closed = False
-        self._finished: queue.SimpleQueue = queue.SimpleQueue()
-        self._replier = threading.Thread(target=self._reply_loop, name="replies", daemon=True)
 
     def start(self, links) -> None:
-        """Start loading every model, the reply thread, and serving each link (a duplex Connection
-        from one front-end) on its own thread."""
+        """Start loading every model and serving each link (a duplex Connection from one front-end)
+        on its own thread."""
         self.registry.start_loading()
-        self._replier.start()
         for conn in links:
             self.add_link(conn)
 
@@ -189,12 +175,16 @@ class InferenceHost:
         link.answer(call_id, reply)
 
     def _submit(self, link: _Link, call_id: int, name: str, key: int, layout, rows: int, free_at: int) -> None:
-        """Hand a call's rows to its model's Coalescer; the reply thread answers when they have run."""
+        """Hand a call's rows to its model's Coalescer, which answers on its slot thread when they have run."""
         received = time.perf_counter()
         buffer = link.buffers.get(key)
 
         def on_done(merged: Optional[Merged], error: Optional[BaseException]) -> None:
-            self._finished.put(_Finished(link, call_id, name, buffer, free_at, received, merged, error))
+            try:
+                reply = self._reply(name, buffer, free_at, received, merged, error)
+            except Exception as exc:  # noqa: BLE001 - e.g. the link closed its buffer meanwhile
+                reply = error_reply(exc)
+            link.answer(call_id, reply)
 
         try:
             if buffer is None:
@@ -203,26 +193,14 @@ class InferenceHost:
         except Exception as exc:  # noqa: BLE001 - answered to this call; the link lives on
             on_done(None, exc)
 
-    def _reply_loop(self) -> None:
-        """The reply thread: write each finished call's outputs back and answer it (None stops it)."""
-        while True:
-            done = self._finished.get()
-            if done is None:
-                return
-            try:
-                reply = self._reply(done)
-            except Exception as exc:  # noqa: BLE001 - e.g. the link closed its buffer meanwhile
-                reply = error_reply(exc)
-            done.link.answer(done.call_id, reply)
-
-    def _reply(self, done: _Finished) -> tuple:
-        name = done.model
-        if done.error is not None:
-            code, _message = status_of(done.error)  # logs an unexpected error with its traceback
+    def _reply(self, name: str, buffer: Optional[SharedBuffer], free_at: int, received: float,
+               merged: Optional[Merged], error: Optional[BaseException]) -> tuple:
+        """The answer to one call: its outputs written back into its buffer (or inline), or its error."""
+        if error is not None:
+            code, _message = status_of(error)  # logs an unexpected error with its traceback
             if self.metrics is not None:
                 self.metrics.observe_request(name, code.name)
-            return error_reply(done.error)
-        merged, buffer, free_at = done.merged, done.buffer, done.free_at
+            return error_reply(error)
         outputs = merged.outputs
         written = time.perf_counter()
         # Into the buffer after the inputs when they fit (the front-end reserved room for
@@ -237,7 +215,7 @@ class InferenceHost:
             # its rows' runner call(s), postprocess = writing the outputs back, total = received to reply.
             now = time.perf_counter()
             self.metrics.observe_ok(name, (elapsed_us(merged.wait_s), 0, elapsed_us(merged.run_s),
-                                           elapsed_us(now - written), elapsed_us(now - done.received)))
+                                           elapsed_us(now - written), elapsed_us(now - received)))
         return reply
 
     # -- shutdown -------------------------------------------------------------------------
@@ -255,10 +233,7 @@ class InferenceHost:
             self._closed = True
             coalescers = list(self._coalescers.values())
         for c in coalescers:
-            c.close(timeout)
-        if self._replier.is_alive():
-            self._finished.put(None)  # after every answer the slots queued
-            self._replier.join(timeout)
+            c.close(timeout)  # its slots answer what they run
         for conn in self._conns:
             shutdown_connection(conn)
         self.registry.close()
