@@ -409,11 +409,6 @@ class _FakeRunner:
     def rows_in_last_call(self):
         return None
 
-    def infer_then(self, feeds, then):
-        from edgeinfer.backends.base import Runner
-
-        Runner.infer_then(self, feeds, then)  # the base class's: infer on this thread, then `then`
-
 
 class _FakeModel:
     name = "fake"

@@ -23,9 +23,8 @@ batch and running it:
 * requests whose deadline passed, or whose caller went away, are dropped
   before compute (a dropped deadline is counted);
 * outputs are split back per request along the batch axis and each request is
-  postprocessed with its own Transform and Options, on the thread the runner
-  answers on (the slot's own; a shared inference front-end's link reader,
-  see Runner.infer_then), all rows in one call where the model family can (classification: one softmax and
+  postprocessed with its own Transform and Options, on the slot thread, all
+  rows in one call where the model family can (classification: one softmax and
   one sort for the batch). Postprocessing is small-array numpy and Python that
   holds the GIL: fanning it out to more threads buys hops, not speed, and
   per-row calls were the bottleneck (H200, ResNet-50, 32-row batches: ~1 ms a
@@ -346,12 +345,6 @@ class Batcher:
                 return group
 
     def _run(self, batch: Sequence[Pending]) -> None:
-        """Run one batch; returns once every request of it has been answered.
-
-        The runner's continuation splits, postprocesses and delivers. With a runner that is
-        answered on another thread (RemoteRunner) that happens there, and this slot only
-        waits for it to finish before forming its next batch.
-        """
         start = time.perf_counter()
         runner = self.model.runner
         if runner is None or runner is not self.runner:
@@ -366,34 +359,8 @@ class Batcher:
                 feeds = batch[0].prepared.feeds
             else:
                 feeds = stack_rows([p.prepared.feeds for p in batch], target)
-        except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
-            for p in batch:
-                p.deliver(None, exc)
-            return
-        answered = threading.Event()
-
-        def then(outputs: Optional[dict[str, np.ndarray]], ran_rows: Optional[int],
-                 error: Optional[BaseException]) -> None:
-            try:
-                self._answer(batch, start, rows, outputs, ran_rows, error)
-            except BaseException as exc:  # noqa: BLE001 - neither a slot nor a link reader may die
-                log.exception("model %s: batch failed unexpectedly", self.model.name)
-                err = exc if isinstance(exc, Exception) else InferenceError(repr(exc))
-                for p in batch:
-                    p.deliver(None, err)
-            finally:
-                answered.set()
-
-        runner.infer_then(feeds, then)
-        answered.wait()
-
-    def _answer(self, batch: Sequence[Pending], start: float, rows: int, outputs: Optional[dict[str, np.ndarray]],
-                ran_rows: Optional[int], error: Optional[BaseException]) -> None:
-        """Split a batch's outputs per request, postprocess and deliver them (or deliver the error)."""
-        done = time.perf_counter()
-        try:
-            if error is not None:
-                raise error
+            outputs = runner.infer(feeds)
+            ran_rows = runner.rows_in_last_call() or rows
             if self.buckets:
                 outputs = {name: arr[:rows] for name, arr in outputs.items()}
             if len(batch) > 1:
@@ -402,9 +369,9 @@ class Batcher:
             for p in batch:
                 p.deliver(None, exc)
             return
-        ran_rows = ran_rows or rows
+        done = time.perf_counter()
         self.on_batch(rows)
-        info = self.runner.info
+        info = runner.info
         answers = self.model.finish_batch(outputs, [(p.prepared, p.options) for p in batch])
         finished = time.perf_counter()
         for p, answer in zip(batch, answers):

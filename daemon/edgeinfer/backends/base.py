@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -97,10 +97,6 @@ class RunnerInfo:
     details: dict = field(default_factory=dict)
 
 
-# A runner call's continuation: (outputs, real rows of the runtime call or None, error).
-Then = Callable[[Optional[dict[str, np.ndarray]], Optional[int], Optional[BaseException]], None]
-
-
 class Runner(abc.ABC):
     """Base class of all backend runners."""
 
@@ -147,34 +143,14 @@ class Runner(abc.ABC):
             InvalidInput: a feed is missing, unexpected, or has the wrong dtype/shape.
             InferenceError: the runtime failed.
         """
-        self.check(feeds)
-        start = time.perf_counter()
-        out = self.infer_impl(feeds)
-        self.last_inference_s = time.perf_counter() - start
-        return out
-
-    def check(self, feeds: Mapping[str, np.ndarray]) -> None:
-        """Raise InvalidInput unless the feeds fit `inputs` and the engine's maximum batch."""
         batch = check_feeds(self.inputs, feeds)
         limit = self.info.max_batch
         if batch is not None and limit is not None and batch > limit:
             raise InvalidInput(f"batch of {batch} exceeds the engine's maximum batch {limit}")
-
-    def infer_then(self, feeds: Mapping[str, np.ndarray], then: "Then") -> None:
-        """Run the model, then call `then(outputs, ran_rows, None)` or `then(None, None, error)`, once.
-
-        `ran_rows` is `rows_in_last_call()`'s answer for this call. This default runs on the
-        calling thread and returns after `then`. A runner whose call is answered on another
-        thread (RemoteRunner: the link's reader) may return at once and call `then` there,
-        which spares the caller's thread a wake-up on the answer's way back; exceptions
-        `then` raises are then its own to handle.
-        """
-        try:
-            outputs = self.infer(feeds)
-        except Exception as exc:  # noqa: BLE001 - handed to the caller's continuation
-            then(None, None, exc)
-            return
-        then(outputs, self.rows_in_last_call(), None)
+        start = time.perf_counter()
+        out = self.infer_impl(feeds)
+        self.last_inference_s = time.perf_counter() - start
+        return out
 
     @abc.abstractmethod
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...

@@ -3,10 +3,13 @@
 One thread per front-end link reads its calls (blocking in recv, without the
 GIL) and hands the rows to the model's Coalescer without waiting for them.
 The slot thread that ran a call's last rows writes its outputs back into its
-buffer and answers it on its link. Session 10 had a reply thread do that; a
-hand-off to it is one more thread wake-up on every call's way back, on a
-machine whose cores are busy, while the write-back of a classifier's outputs
-and a small message cost the slot tens of microseconds. Models load
+buffer and answers it on its link (session 13). Session 10 handed that to a
+reply thread: one more thread wake-up on every call's way back, on a machine
+whose cores are busy, where the write-back of a classifier's outputs and a
+small message cost the slot tens of microseconds. H100, ResNet-50, 32 unary
+clients, interleaved against the reply thread: +0.012 of the in-process
+ceiling at the median of 44 paired rounds, ahead in 29 (one call of four went
+the other way; docs/benchmarks/gpu-2026-11-22-session13.md). Models load
 exactly as in a standalone daemon (`ModelRegistry`: fallback chain, accuracy
 gate, GPU normalization, warm-up of every bucket); a front-end asking to
 describe a model still loading waits for it.

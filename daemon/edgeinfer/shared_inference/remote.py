@@ -8,14 +8,17 @@ code, unchanged.
 
 A `HostLink` carries every call of the process on one connection: a caller
 takes a shared buffer from the link's pool (a new one, 1.5x the size of one it
-replaces, is handed to the host as an fd), writes its rows and sends a small
-message with a call id. The link's reader thread takes the host's answer and
-runs the call's continuation (`Runner.infer_then`): for a batch, the batcher's
-split, postprocessing and delivery, so the answer reaches the event loop
-without first waking the slot thread that sent the call (session 13; a plain
-`infer` waits for its answer instead). Any number of calls can be in flight;
-how many a model keeps there is its batcher's slots (`RemoteRunner`'s
+replaces, is handed to the host as an fd), writes its rows, sends a small
+message with a call id and waits, without the GIL, for the link's reader
+thread to hand it the host's answer. Any number of calls can be in flight; how
+many a model keeps there is its batcher's slots (`RemoteRunner`'s
 max_concurrency).
+
+The caller's thread (a batcher slot) is woken by the reader and postprocesses
+the batch itself. Session 13 tried postprocessing on the reader thread instead,
+one wake-up fewer on the answer's way back: it lost ~0.045 of the in-process
+ceiling (H100, ResNet-50, 32 clients), as the reader then postprocesses one
+batch at a time while the front-end's other answers wait behind it.
 
 Why one multiplexed connection and not a connection per call in flight
 (sessions 5-9): the host then needed a thread per connection, 8 per model and
@@ -32,18 +35,17 @@ import logging
 import threading
 from concurrent.futures import Future
 from multiprocessing import reduction
-from typing import Callable, Mapping, Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
-from ..backends.base import DescribedRunner, RunnerInfo, TensorSpec, Then
+from ..backends.base import DescribedRunner, RunnerInfo, TensorSpec
 from ..errors import ModelNotReady
 from .wire import ModelDescription, SharedBuffer, bytes_needed, output_bytes, raise_reply, shutdown_connection
 
 log = logging.getLogger(__name__)
 
 MIN_BUFFER = 1 << 20
-OnReply = Callable[[tuple], None]  # runs on the link's reader thread with the host's reply
 # A front-end's batcher keeps this many batches per host slot in flight: while the host
 # runs one, the next ones already wait there to be merged, instead of waiting in the
 # front-end for a slot (H100, ResNet-50, 3 front-ends: 1 per host slot, 2,671 img/s).
@@ -57,7 +59,7 @@ class HostLink:
     def __init__(self, conn):
         self.conn = conn
         self._send_lock = threading.Lock()  # a message (and an fd after it) goes out whole
-        self._waiting: dict[int, OnReply] = {}  # call id -> what takes its reply tuple
+        self._waiting: dict[int, Future] = {}  # call id -> the reply tuple, once it arrives
         self._call_ids = itertools.count()
         self._buffer_ids = itertools.count()
         self._free: list[SharedBuffer] = []  # buffers no call is using
@@ -75,21 +77,16 @@ class HostLink:
         except (EOFError, OSError) as exc:
             raise ModelNotReady(_gone_message(exc)) from None
 
-    def _send_call(self, kind: str, args: tuple, on_reply: OnReply) -> None:
-        """Send a call; the reader thread hands its reply tuple to `on_reply`. Raises ModelNotReady
-        (and `on_reply` is never called) when the host cannot be reached."""
+    def _call(self, kind: str, *args) -> tuple:
+        waiting: Future = Future()
         with self._send_lock:
             call_id = next(self._call_ids)
-            self._waiting[call_id] = on_reply
+            self._waiting[call_id] = waiting
             try:
                 self._send_locked((kind, call_id) + args)
             except ModelNotReady:
                 self._waiting.pop(call_id, None)
                 raise
-
-    def _call(self, kind: str, *args) -> tuple:
-        waiting: Future = Future()
-        self._send_call(kind, args, waiting.set_result)
         reply = waiting.result()
         if reply[0] == "error":
             raise_reply(reply)
@@ -100,9 +97,9 @@ class HostLink:
         try:
             while True:
                 call_id, reply = self.conn.recv()
-                on_reply = self._waiting.pop(call_id, None)
-                if on_reply is not None:
-                    _hand_over(on_reply, reply)
+                waiting = self._waiting.pop(call_id, None)
+                if waiting is not None:
+                    waiting.set_result(reply)
         except (EOFError, OSError) as exc:
             message = _gone_message(exc)
         except BaseException as exc:  # noqa: BLE001 - a garbled answer ends the link, it must not hang callers
@@ -112,8 +109,8 @@ class HostLink:
             self._gone = message
             waiting_now = list(self._waiting.values())
             self._waiting.clear()
-        for on_reply in waiting_now:
-            _hand_over(on_reply, ("error", "ModelNotReady", message))
+        for waiting in waiting_now:
+            waiting.set_result(("error", "ModelNotReady", message))
 
     # -- buffers ---------------------------------------------------------------------------
     def _take_buffer(self, nbytes: int) -> SharedBuffer:
@@ -154,47 +151,16 @@ class HostLink:
     def infer(self, name: str, feeds: Mapping[str, np.ndarray], rows: int,
               outputs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], int]:
         """The outputs, and the real rows of the host's (merged) runner call."""
-        answer: Future = Future()
-
-        def then(out, ran_rows, error) -> None:
-            if error is not None:
-                answer.set_exception(error)
-            else:
-                answer.set_result((out, ran_rows))
-
-        self.infer_then(name, feeds, rows, outputs, then)
-        return answer.result()
-
-    def infer_then(self, name: str, feeds: Mapping[str, np.ndarray], rows: int, outputs: list[TensorSpec],
-                   then: Then) -> None:
-        """Send the call and return; `then(outputs, ran_rows, None)` or `then(None, None, error)` follows
-        on the reader thread (or on this one, when the call cannot be sent)."""
-        try:
-            buffer = self._take_buffer(bytes_needed(feeds) + output_bytes(outputs, rows))
-        except Exception as exc:  # noqa: BLE001 - the caller's continuation answers it
-            then(None, None, exc)
-            return
-
-        def on_reply(reply: tuple) -> None:
-            try:
-                if reply[0] == "error":
-                    raise_reply(reply)
-                kind, payload, ran_rows = reply
-                # Copies: the buffer goes back to the pool for the next call.
-                out = payload if kind == "ok-inline" else buffer.read(payload, copy=True)
-            except Exception as exc:  # noqa: BLE001 - the caller's continuation answers it
-                self._give_back(buffer)
-                then(None, None, exc)
-                return
-            self._give_back(buffer)
-            then(out, ran_rows, None)
-
+        buffer = self._take_buffer(bytes_needed(feeds) + output_bytes(outputs, rows))
         try:
             layout, free_at = buffer.write(feeds)
-            self._send_call("infer", (name, buffer.key, layout, rows, free_at), on_reply)
-        except Exception as exc:  # noqa: BLE001 - not sent: answered here
+            kind, payload, ran_rows = self._call("infer", name, buffer.key, layout, rows, free_at)
+            if kind == "ok-inline":
+                return payload, ran_rows
+            # Copies: the buffer goes back to the pool for the next call.
+            return buffer.read(payload, copy=True), ran_rows
+        finally:
             self._give_back(buffer)
-            then(None, None, exc)
 
     def close(self) -> None:
         shutdown_connection(self.conn)  # the reader's recv ends: it fails whatever still waits
@@ -204,14 +170,6 @@ class HostLink:
             free, self._free = self._free, []
         for b in free:
             b.close()
-
-
-def _hand_over(on_reply: OnReply, reply: tuple) -> None:
-    """Run a call's reply handler on the reader thread, which must outlive any handler's failure."""
-    try:
-        on_reply(reply)
-    except Exception:  # noqa: BLE001 - the link serves every other call
-        log.exception("handling a reply from the inference process failed")
 
 
 def _gone_message(exc: BaseException) -> str:
@@ -267,24 +225,11 @@ class RemoteRunner(DescribedRunner):
         self._last = threading.local()
         self.active = True  # the host activated it; nothing to do here
 
-    def _rows(self, feeds: Mapping[str, np.ndarray]) -> int:
-        return int(next((feeds[s.name].shape[0] for s in self._inputs
-                         if s.dynamic_batch and s.name in feeds and feeds[s.name].ndim), 1))
-
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs, self._last.rows = self._models.link().infer(self.name, feeds, self._rows(feeds), self._outputs)
+        rows = next((feeds[s.name].shape[0] for s in self._inputs
+                     if s.dynamic_batch and s.name in feeds and feeds[s.name].ndim), 1)
+        outputs, self._last.rows = self._models.link().infer(self.name, feeds, int(rows), self._outputs)
         return outputs
-
-    def infer_then(self, feeds: Mapping[str, np.ndarray], then: Then) -> None:
-        """Returns once the call is sent: `then` runs on the link's reader thread when the host answers
-        (the batcher postprocesses there, without waking its slot thread first)."""
-        try:
-            self.check(feeds)
-            link = self._models.link()
-        except Exception as exc:  # noqa: BLE001 - the caller's continuation answers it
-            then(None, None, exc)
-            return
-        link.infer_then(self.name, feeds, self._rows(feeds), self._outputs, then)
 
     def rows_in_last_call(self) -> Optional[int]:
         return getattr(self._last, "rows", None)
