@@ -46,6 +46,7 @@ def test_every_target_was_measured_without_errors(bench_results):
     for p in points:
         assert p["errors"] == 0, p
         assert p["count"] > 0 and p["p50_ms"] <= p["p95_ms"] <= p["p99_ms"], p
+        assert p["steal_pct"] is not None and 0.0 <= p["steal_pct"] <= 100.0, p  # the hypervisor's share
     # the daemon's own timing fields were sampled from real responses
     trivial_unary = next(p for p in points
                          if p["target"] == "daemon" and p["model"] == "trivial" and p["mode"] == "unary")

@@ -427,16 +427,21 @@ def test_front_end_answers_as_the_standalone_daemon(front_end, local, media):
         assert info.backend == "onnxruntime"
 
 
-def test_concurrent_front_end_requests_are_batched_and_correct(front_end, host, media):
+def _coffee_from_clients(address: str, media, clients: int, each: int) -> list:
+    """`clients` concurrent clients, each sending coffee.png `each` times: every answer."""
     coffee = (media / "coffee.png").read_bytes()
-    before = sum(host.batch_sizes().values())
 
     def one(_):
-        with Client(front_end.address, timeout=60) as c:
-            return [c.infer("imagenet", coffee) for _ in range(6)]
+        with Client(address, timeout=60) as c:
+            return [c.infer("imagenet", coffee) for _ in range(each)]
 
-    with ThreadPoolExecutor(8) as pool:
-        results = [r for batch in pool.map(one, range(8)) for r in batch]
+    with ThreadPoolExecutor(clients) as pool:
+        return [r for batch in pool.map(one, range(clients)) for r in batch]
+
+
+def test_concurrent_front_end_requests_are_batched_and_correct(front_end, host, media):
+    before = sum(host.batch_sizes().values())
+    results = _coffee_from_clients(front_end.address, media, clients=8, each=6)
     assert {r.classes[0].index for r in results} == {ESPRESSO}
     assert max(r.batch_size for r in results) > 1, "8 concurrent clients never shared a batch"
     assert max(r.batch_size for r in results) <= 8  # the host's merged rows, bounded by max_batch
@@ -462,14 +467,7 @@ def test_the_host_answers_each_call_on_the_slot_that_ran_it(front_end, host, med
         answer(link, call_id, reply)
 
     monkeypatch.setattr(host_module._Link, "answer", spy_answer)
-    coffee = (media / "coffee.png").read_bytes()
-
-    def one(_):
-        with Client(front_end.address, timeout=60) as c:
-            return [c.infer("imagenet", coffee) for _ in range(3)]
-
-    with ThreadPoolExecutor(6) as pool:
-        results = [r for batch in pool.map(one, range(6)) for r in batch]
+    results = _coffee_from_clients(front_end.address, media, clients=6, each=3)
     assert {r.classes[0].index for r in results} == {ESPRESSO}
     assert answered_on and {name.rsplit("-", 1)[0] for name in answered_on} == {"merge-imagenet"}
     assert not any(t.name == "replies" for t in threading.enumerate())

@@ -89,15 +89,23 @@ def describe() -> dict:
 
 # -- who else used the CPU ---------------------------------------------------------------
 
-def _busy_jiffies() -> Optional[int]:
-    """All CPUs' non-idle time since boot, in clock ticks (None off Linux)."""
+def _cpu_jiffies(stat: Path = Path("/proc/stat")) -> Optional[tuple[int, int]]:
+    """All CPUs' time since boot, in clock ticks: (busy, stolen); None off Linux.
+
+    busy = run by this machine's processes (user, nice, system, irq, softirq); stolen = time
+    a virtual machine's CPUs were ready to run but the hypervisor ran something else. Steal
+    is kept apart: it is no process here, and it slows whatever runs when it strikes (on
+    session 13's H100 leases it reached ~10% of all cores and took the in-process ceiling
+    from ~2,700 down to ~1,100 img/s in some slices).
+    """
     try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        fields = stat.read_text().splitlines()[0].split()[1:]
     except OSError:
         return None
-    v = [int(x) for x in fields]
-    # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
-    return sum(v) - v[3] - (v[4] if len(v) > 4 else 0)
+    # user nice system idle iowait irq softirq steal guest guest_nice (guest time is inside user)
+    v = [int(x) for x in fields[:8]] + [0] * max(0, 8 - len(fields))
+    stolen = v[7]
+    return sum(v) - v[3] - v[4] - stolen, stolen
 
 
 def _proc_stats() -> dict[int, tuple[int, int]]:
@@ -155,22 +163,26 @@ class CpuShare:
 
     def __init__(self) -> None:
         self.other_pct: Optional[float] = None
+        self.steal_pct: Optional[float] = None  # share of all cores' time the hypervisor took meanwhile
 
     def __enter__(self) -> "CpuShare":
         self._t0 = time.monotonic()
-        self._busy0 = _busy_jiffies()
-        self._ours0 = _tree_jiffies(os.getpid()) if self._busy0 is not None else 0
+        self._cpu0 = _cpu_jiffies()
+        self._ours0 = _tree_jiffies(os.getpid()) if self._cpu0 is not None else 0
         return self
 
     def __exit__(self, *exc) -> None:
-        busy1 = _busy_jiffies()
-        if self._busy0 is None or busy1 is None:
+        cpu1 = _cpu_jiffies()
+        if self._cpu0 is None or cpu1 is None:
             return
         elapsed = time.monotonic() - self._t0
         ticks = os.sysconf("SC_CLK_TCK")
         capacity = elapsed * ticks * usable_cpus()
-        others = (busy1 - self._busy0) - (_tree_jiffies(os.getpid()) - self._ours0)
-        self.other_pct = round(100.0 * max(0.0, others) / capacity, 1) if capacity > 0 else None
+        if capacity <= 0:
+            return
+        others = (cpu1[0] - self._cpu0[0]) - (_tree_jiffies(os.getpid()) - self._ours0)
+        self.other_pct = round(100.0 * max(0.0, others) / capacity, 1)
+        self.steal_pct = round(100.0 * max(0, cpu1[1] - self._cpu0[1]) / capacity, 1)
 
 
 class WindowCpu:
@@ -178,10 +190,10 @@ class WindowCpu:
 
     `start(delay, seconds)` snapshots at window start and end on timers (so the
     numbers cover the measured window only, not process start-up or drain);
-    `wait()` returns {"server_cores", "client_cores", "others_pct"}: cores used
-    by the server process (all its threads), by the rest of this benchmark's
-    process tree (load generators), and the percentage of all cores used by
-    processes outside the benchmark.
+    `wait()` returns {"server_cores", "client_cores", "others_pct", "steal_pct"}:
+    cores used by the server process (all its threads), by the rest of this
+    benchmark's process tree (load generators), the percentage of all cores used
+    by processes outside the benchmark, and the percentage the hypervisor stole.
     """
 
     def __init__(self, server_pid: Optional[int]):
@@ -190,11 +202,11 @@ class WindowCpu:
         self._timers: list = []
 
     def _snap(self) -> None:
-        busy = _busy_jiffies()
-        if busy is None:
+        cpu = _cpu_jiffies()
+        if cpu is None:
             return
         # The server's whole tree: a supervisor's daemon processes count as the server.
-        self._snaps.append((time.monotonic(), busy, _tree_jiffies(os.getpid()),
+        self._snaps.append((time.monotonic(), cpu, _tree_jiffies(os.getpid()),
                             _tree_jiffies(self.server_pid) if self.server_pid else 0))
 
     def start(self, delay: float, seconds: float) -> None:
@@ -209,7 +221,7 @@ class WindowCpu:
             t.join()
         if len(self._snaps) != 2:
             return {}
-        (t0, b0, tree0, s0), (t1, b1, tree1, s1) = self._snaps
+        (t0, (b0, stolen0), tree0, s0), (t1, (b1, stolen1), tree1, s1) = self._snaps
         ticks = os.sysconf("SC_CLK_TCK") * (t1 - t0)
         # An external server (--address) is outside our tree: it lands in "others".
         in_tree = self.server_pid is not None and self._in_tree()
@@ -218,7 +230,8 @@ class WindowCpu:
         others = max(0.0, (b1 - b0) - (tree1 - tree0) - (0 if in_tree else (s1 - s0))) / ticks
         return {"server_cores": None if server is None else round(server, 2),
                 "client_cores": round(clients, 2),
-                "others_pct": round(100.0 * others / usable_cpus(), 1)}
+                "others_pct": round(100.0 * others / usable_cpus(), 1),
+                "steal_pct": round(100.0 * max(0, stolen1 - stolen0) / ticks / usable_cpus(), 1)}
 
     def _in_tree(self) -> bool:
         pid = self.server_pid

@@ -53,17 +53,35 @@ def write_json(results: dict, path: Path) -> Path:
 
 # -- Markdown ----------------------------------------------------------------------
 
+# Above this share of all cores stolen by the hypervisor in any point, the report warns.
+STEAL_WARN_PCT = 2.0
+
+
+def _steal_warning(points: list[dict]) -> list[str]:
+    """A warning when a hypervisor stole CPU time during some points (none on bare metal)."""
+    stolen = [(p["steal_pct"], p) for p in points if p.get("steal_pct") is not None]
+    hit = [(pct, p) for pct, p in stolen if pct > STEAL_WARN_PCT]
+    if not hit:
+        return []
+    worst, p = max(hit, key=lambda x: x[0])
+    return [f"**CPU time stolen by the hypervisor**: more than {STEAL_WARN_PCT:.0f}% of all cores in "
+            f"{len(hit)} of {len(stolen)} points, up to {worst:.1f}% (a {p['target']} point of "
+            f"{p['run']}). Steal strikes slices unevenly, so a ratio of two slices can be off either "
+            "way, far beyond its usual spread: judge targets on machines without it.", ""]
+
+
 def _points_table(points: list[dict]) -> list[str]:
     lines = ["| target | mode | conc. | batch | req/s | P50 ms | P95 ms | P99 ms | mean ms | errors | req B | resp B "
-             "| server cores | client cores | others' CPU % |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| server cores | client cores | others' CPU % | steal % |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     order = {"daemon": 0, "ceiling": 1, "echo": 2}
     for p in sorted(points, key=lambda p: (order.get(p["target"], 9), p["mode"], p["concurrency"], p.get("batch", 1))):
         lines.append(f"| {p['target']} | {p['mode']} | {p['concurrency']} | {p.get('batch', 1)} | "
                      f"{_f(p['throughput'])} | {_ms(p['p50_ms'])} | {_ms(p['p95_ms'])} | {_ms(p['p99_ms'])} | "
                      f"{_ms(p['mean_ms'])} | {p['errors']} | {p.get('request_bytes', '-')} | "
                      f"{p.get('response_bytes', '-')} | {_f((p.get('cpu') or {}).get('server_cores'), 2)} | "
-                     f"{_f((p.get('cpu') or {}).get('client_cores'), 2)} | {_f(p.get('other_cpu_pct'), 0)} |")
+                     f"{_f((p.get('cpu') or {}).get('client_cores'), 2)} | {_f(p.get('other_cpu_pct'), 0)} | "
+                     f"{_f(p.get('steal_pct'), 1)} |")
     return lines
 
 
@@ -126,7 +144,9 @@ def markdown(results: dict, plot_names: Optional[dict[str, str]] = None) -> str:
             "- CPU over the measured window, from /proc: `server cores` = the daemon or echo process (all "
             "threads, and all processes of a multi-process daemon), `client cores` = the load generator processes, `others' CPU %` = share of all cores "
             "used by processes outside the benchmark (for the ceiling: over its point, warm-up "
-            "included). Well above 0, the point was contended: compare only points under similar contention.",
+            "included). Well above 0, the point was contended: compare only points under similar contention. "
+            "`steal %` = share of all cores' time a hypervisor gave to other guests (/proc/stat steal): it "
+            "slows whatever runs when it strikes, and it is not spread evenly over a round's slices.",
             ""]
     busy = [p for r in results["runs"] for p in r["points"]] + results.get("echo", [])
     busy = [p["other_cpu_pct"] for p in busy if p.get("other_cpu_pct") is not None]
@@ -134,6 +154,7 @@ def markdown(results: dict, plot_names: Optional[dict[str, str]] = None) -> str:
         out += [f"**Contended machine**: other processes used {min(busy):.0f}-{max(busy):.0f}% of all cores "
                 f"during the points (median {sorted(busy)[len(busy) // 2]:.0f}%). Absolute numbers are low; "
                 "ratios hold only between points under similar contention.", ""]
+    out += _steal_warning([p for r in results["runs"] for p in r["points"]] + results.get("echo", []))
     if results.get("median_targets"):
         n = results["settings"].get("rounds")
         how = ("Rounds were interleaved point by point: daemon, ceiling and echo stayed loaded, and each "

@@ -193,7 +193,7 @@ def _daemon_point(label: str, name: str, spec: LoadSpec, measured, progress: Pro
     c = spec.concurrency
     return _point(label, "daemon", name, spec.mode, c, res.summary, cpu=usage,
                   in_flight=c * spec.stream_window if spec.mode == "stream" else c,
-                  other_cpu_pct=usage.get("others_pct"),
+                  other_cpu_pct=usage.get("others_pct"), steal_pct=usage.get("steal_pct"),
                   request_bytes=res.request_bytes,
                   response_bytes=res.response_bytes, processes=res.processes,
                   server_timing_us=res.server_timing_us, first_errors=res.first_errors,
@@ -337,7 +337,7 @@ class _Ceilings:
         if batch > 1:
             how += job.note
         d = _point(label, "ceiling", self.name, how, p.concurrency, p.summary,
-                   other_cpu_pct=share.other_pct, request_bytes=self.payload.mean_bytes,
+                   other_cpu_pct=share.other_pct, steal_pct=share.steal_pct, request_bytes=self.payload.mean_bytes,
                    stage_us=p.stage_us, threads=p.threads, pool=p.pool, **extra)
         d["batch"] = batch
         return d
@@ -370,7 +370,8 @@ def _echo_point(label: str, name: str, spec: LoadSpec, measured, progress: Progr
     progress(f"[bench] {spec.label}: {res.summary.throughput:.1f}/s "
              f"P50 {res.summary.p50_ms or 0:.3f} ms; cores: {_cores(usage)}")
     return _point(label, "echo", name, spec.mode, spec.concurrency, res.summary, cpu=usage,
-                  other_cpu_pct=usage.get("others_pct"), request_bytes=res.request_bytes,
+                  other_cpu_pct=usage.get("others_pct"), steal_pct=usage.get("steal_pct"),
+                  request_bytes=res.request_bytes,
                   response_bytes=res.response_bytes, processes=res.processes, **extra)
 
 
