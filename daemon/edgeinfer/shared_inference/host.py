@@ -7,9 +7,10 @@ buffer and answers it on its link (session 13). Session 10 handed that to a
 reply thread: one more thread wake-up on every call's way back, on a machine
 whose cores are busy, where the write-back of a classifier's outputs and a
 small message cost the slot tens of microseconds. H100, ResNet-50, 32 unary
-clients, interleaved against the reply thread: +0.012 of the in-process
-ceiling at the median of 44 paired rounds, ahead in 29 (one call of four went
-the other way; docs/benchmarks/gpu-2026-11-22-session13.md). Models load
+clients, interleaved against the reply thread: +0.006 of the in-process
+ceiling at the median of 32 paired rounds on a steady lease, ahead in 19, and
+the front-end's host round trip 0.26-0.28 ms shorter in two calls of three
+(docs/benchmarks/gpu-2026-11-22-session13.md). Models load
 exactly as in a standalone daemon (`ModelRegistry`: fallback chain, accuracy
 gate, GPU normalization, warm-up of every bucket); a front-end asking to
 describe a model still loading waits for it.
