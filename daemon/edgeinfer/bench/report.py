@@ -148,13 +148,13 @@ def markdown(results: dict, plot_names: Optional[dict[str, str]] = None) -> str:
             "`steal %` = share of all cores' time a hypervisor gave to other guests (/proc/stat steal): it "
             "slows whatever runs when it strikes, and it is not spread evenly over a round's slices.",
             ""]
-    busy = [p for r in results["runs"] for p in r["points"]] + results.get("echo", [])
-    busy = [p["other_cpu_pct"] for p in busy if p.get("other_cpu_pct") is not None]
+    every_point = [p for r in results["runs"] for p in r["points"]] + results.get("echo", [])
+    busy = [p["other_cpu_pct"] for p in every_point if p.get("other_cpu_pct") is not None]
     if busy and max(busy) > 10:
         out += [f"**Contended machine**: other processes used {min(busy):.0f}-{max(busy):.0f}% of all cores "
                 f"during the points (median {sorted(busy)[len(busy) // 2]:.0f}%). Absolute numbers are low; "
                 "ratios hold only between points under similar contention.", ""]
-    out += _steal_warning([p for r in results["runs"] for p in r["points"]] + results.get("echo", []))
+    out += _steal_warning(every_point)
     if results.get("median_targets"):
         n = results["settings"].get("rounds")
         how = ("Rounds were interleaved point by point: daemon, ceiling and echo stayed loaded, and each "
