@@ -26,15 +26,17 @@ def _config(trivial_onnx, classifier_onnx, tmp_path, inline_max_us):
 
 
 def _spy_threads(model):
-    """Record the thread each runner call of `model` runs on (general and short path both end there)."""
+    """Record the thread each ONNX Runtime call of `model` runs on: `session.run` (the general path)
+    and `run_with_iobinding` (the short path's bound call)."""
     seen = []
-    runner = model.runner
-    inner = runner.infer_impl
+    session = model.runner.session
+    for name in ("run", "run_with_iobinding"):
+        inner = getattr(session, name)
 
-    def spy(feeds):
-        seen.append(threading.current_thread().name)
-        return inner(feeds)
-    runner.infer_impl = spy
+        def spy(*args, _inner=inner, **kwargs):
+            seen.append(threading.current_thread().name)
+            return _inner(*args, **kwargs)
+        setattr(session, name, spy)
     return seen
 
 
@@ -113,12 +115,17 @@ def test_short_path_answers_as_the_general_path_and_counts_the_same(start_daemon
         first = c.infer("trivial", tensors={"x": x}, request_id="a", top_k=3)   # general path; learns
         assert len(general) == 1
         ok0, lat0 = _requests_ok(d, "trivial"), _latency_count(d, "trivial")
-        answers = [c.infer("trivial", tensors={"x": x}, request_id=f"b{i}") for i in range(5)]
+        session = trivial.runner.session
+        plain, bound = _spy_calls(session, "run"), _spy_calls(session, "run_with_iobinding")
+        xs = [x + i for i in range(5)]  # each request refills the bound input: no answer may repeat the last
+        answers = [c.infer("trivial", tensors={"x": xs[i]}, request_id=f"b{i}") for i in range(5)]
         assert len(general) == 1, "fitting requests must not take the general path any more"
+        # On the CPU EP the short path runs the model through its IO binding (bound_call.py).
+        assert len(bound) == 5 and plain == []
         assert _requests_ok(d, "trivial") == ok0 + 5
         assert _latency_count(d, "trivial") == lat0 + 5
         for i, r in enumerate(answers):
-            np.testing.assert_array_equal(r.outputs["y"], x + 1)
+            np.testing.assert_array_equal(r.outputs["y"], xs[i] + 1)
             assert r.outputs["y"].dtype == first.outputs["y"].dtype and r.outputs["y"].shape == (1, 64)
             assert (r.model, r.model_version, r.backend, r.precision) == \
                 (first.model, first.model_version, first.backend, first.precision)
@@ -150,31 +157,30 @@ def test_short_path_stops_with_the_model(start_daemon, trivial_onnx, classifier_
     with Client(d.address, timeout=30) as c:
         c.infer("trivial", tensors={"x": x})
         c.infer("trivial", tensors={"x": x})  # the short path now
-        calls = _spy_calls(trivial.runner, "infer_impl")
+        session = trivial.runner.session
+        runs, bound_runs = _spy_calls(session, "run"), _spy_calls(session, "run_with_iobinding")
         trivial.unload()  # as shutdown does
         with pytest.raises(Exception) as err:  # not the stale runner: the model says it is not ready
             c.infer("trivial", tensors={"x": x})
         assert "UNAVAILABLE" in str(err.value)
-    assert calls == []
+    assert runs == [] and bound_runs == []
 
 
 def test_short_path_failure_is_counted_and_answered(start_daemon, trivial_onnx, classifier_onnx, tmp_path):
-    from edgeinfer.errors import InferenceError
-
     d = start_daemon(_config(trivial_onnx, classifier_onnx, tmp_path, inline_max_us=10_000_000))
     runner = d.daemon.registry.get("trivial").runner
     x = np.ones((1, 64), np.float32)
     with Client(d.address, timeout=30) as c:
         c.infer("trivial", tensors={"x": x})  # learns the short path
-        inner = runner.infer_impl
+        session = runner.session
 
-        def failing(feeds):
-            raise InferenceError("onnxruntime failed: injected")
-        runner.infer_impl = failing
+        def failing(*args, **kwargs):  # the short path's runtime call fails
+            raise RuntimeError("injected")
+        session.run_with_iobinding = failing
         with pytest.raises(Exception) as err:
             c.infer("trivial", tensors={"x": x})
-        assert "INTERNAL" in str(err.value) and "injected" in str(err.value)
-        runner.infer_impl = inner
+        assert "INTERNAL" in str(err.value) and "onnxruntime failed: injected" in str(err.value)
+        del session.run_with_iobinding  # the class's method again
         np.testing.assert_array_equal(c.infer("trivial", tensors={"x": x}).outputs["y"], x + 1)
     assert d.daemon.metrics.registry.get_sample_value(
         "edgeinfer_requests_total", {"model": "trivial", "code": "INTERNAL"}) == 1

@@ -46,6 +46,12 @@ class TensorSpec:
                                                      for want, got in zip(self.shape, shape))
 
 
+def batch_one_shape(spec: TensorSpec) -> Optional[tuple[int, ...]]:
+    """The spec's shape at batch 1 (a dynamic batch axis taken as 1), or None while another axis is dynamic."""
+    shape = tuple(1 if (i == 0 and d == -1) else d for i, d in enumerate(spec.shape))
+    return shape if all(d >= 0 for d in shape) else None
+
+
 def _fmt(shape: Sequence[int]) -> str:
     return "[" + ", ".join("?" if d == -1 else str(d) for d in shape) + "]"
 
@@ -95,6 +101,26 @@ class RunnerInfo:
     # seen from a front-end): callers hand it their rows unpadded.
     pads_batches: bool = False
     details: dict = field(default_factory=dict)
+
+
+class BoundCall(abc.ABC):
+    """A batch-1 call whose input and output buffers were made once.
+
+    Write each input's bytes into `inputs[name]` in place, then `run()`. For one
+    caller thread at a time (the event loop's inline path, server/inline.py);
+    the arrays `run()` returns are the call's own buffers, overwritten by the
+    next call, so copy what must outlive it.
+    """
+
+    inputs: dict[str, np.ndarray]
+
+    @abc.abstractmethod
+    def run(self) -> dict[str, np.ndarray]:
+        """Run the model on `inputs`; outputs by name.
+
+        Raises:
+            InferenceError: the runtime failed.
+        """
 
 
 class Runner(abc.ABC):
@@ -154,6 +180,11 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def bound_call(self) -> Optional[BoundCall]:
+        """A new BoundCall on this runner, or None where the backend has none (the caller then uses
+        infer_impl) or the model's shapes at batch 1 are not all fixed."""
+        return None
 
     def rows_in_last_call(self) -> Optional[int]:
         """Real rows of the runtime call this thread's last infer() ran in, when the runner merged it

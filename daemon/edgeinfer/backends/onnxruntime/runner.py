@@ -22,7 +22,8 @@ import numpy as np
 
 from ...errors import InferenceError
 from ...gpu.slots import Slot, SlotPool
-from ..base import DescribedRunner, RunnerInfo, TensorSpec
+from ..base import BoundCall, DescribedRunner, RunnerInfo, TensorSpec
+from .bound_call import CpuBoundCall
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,13 @@ class OnnxRuntimeRunner(DescribedRunner):
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise InferenceError(f"onnxruntime failed: {exc}") from exc
         return dict(zip(self._output_names, results))
+
+    def bound_call(self) -> Optional[BoundCall]:
+        """On the CPU EP, a CpuBoundCall on the session that runs batch 1. None on CUDA: there the
+        inline path is rare, and a binding would need the device copies CudaIoBinding makes."""
+        if self.session is None or self._info.details.get("provider") != "CPUExecutionProvider":
+            return None
+        return CpuBoundCall.for_session(self._pinned.get(1, self.session), self._inputs, self._outputs)
 
     def deactivate_impl(self) -> None:
         if self._io is not None:
