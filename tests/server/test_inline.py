@@ -184,3 +184,41 @@ def test_short_path_failure_is_counted_and_answered(start_daemon, trivial_onnx, 
         np.testing.assert_array_equal(c.infer("trivial", tensors={"x": x}).outputs["y"], x + 1)
     assert d.daemon.metrics.registry.get_sample_value(
         "edgeinfer_requests_total", {"model": "trivial", "code": "INTERNAL"}) == 1
+
+
+def test_stream_frames_answer_in_order_across_short_path_workers_and_errors(start_daemon, trivial_onnx,
+                                                                             classifier_onnx, tmp_path):
+    """InferStream answers frames the short path takes as they are read (no task each); the others
+    still go through the general path, and every answer comes back in the frames' order."""
+    import grpc
+
+    from edgeinfer_client._convert import to_tensor
+    from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2 as pb
+    from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
+
+    d = start_daemon(_config(trivial_onnx, classifier_onnx, tmp_path, inline_max_us=10_000_000))
+    trivial = d.daemon.registry.get("trivial")
+    with Client(d.address, timeout=30) as c:
+        c.infer("trivial", tensors={"x": np.zeros((1, 64), np.float32)})  # learns the short path
+    threads = _spy_threads(trivial)
+    rng = np.random.default_rng(7)
+    frames = [rng.standard_normal((1, 64)).astype(np.float32) for _ in range(6)]
+    frames.insert(2, rng.standard_normal((3, 64)).astype(np.float32))  # batch 3: the general path, a worker
+    frames.insert(4, np.zeros((1, 5), np.float32))                       # wrong shape: an error frame
+    requests = [pb.InferRequest(model="trivial", request_id=f"f{i}",
+                                tensors=pb.TensorSet(tensors=[to_tensor("x", x)])) for i, x in enumerate(frames)]
+    with grpc.insecure_channel(d.address) as channel:
+        answers = list(pb_grpc.InferenceStub(channel).InferStream(iter(requests), timeout=30))
+    assert [a.sequence for a in answers] == list(range(len(frames)))
+    assert [a.request_id for a in answers] == [f"f{i}" for i in range(len(frames))]
+    for i, (a, x) in enumerate(zip(answers, frames)):
+        if i == 4:
+            assert a.WhichOneof("result") == "error" and a.error.code == "INVALID_ARGUMENT"
+            assert "expected shape" in a.error.message
+            continue
+        y = np.frombuffer(a.response.outputs[0].data, np.float32).reshape(x.shape)
+        np.testing.assert_array_equal(y, x + 1)
+    # Six batch-1 frames on the event loop's thread; the batch of 3 on a worker.
+    assert sorted(threads).count(d.thread.name) == 6
+    assert [t for t in threads if t != d.thread.name] and all(t.startswith("infer") for t in threads
+                                                              if t != d.thread.name)

@@ -90,25 +90,39 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     async def InferStream(self, request_iterator, context) -> AsyncIterator[pb.StreamResponse]:
         """Ordered results; up to `stream_window` frames in flight; a failed frame answers an error."""
+        # Each entry is a finished StreamResponse (the inline path answered as the frame was read)
+        # or a task making one; None ends the stream. A FIFO of both keeps the frames' order.
         pending: asyncio.Queue = asyncio.Queue(maxsize=self.stream_window)
+
+        def failed(seq: int, request: pb.InferRequest, exc: BaseException) -> pb.StreamResponse:
+            code, message = status_of(exc)
+            return pb.StreamResponse(request_id=request.request_id, sequence=seq,
+                                     error=converters.error_status(code, message))
 
         async def one(seq: int, request: pb.InferRequest) -> pb.StreamResponse:
             try:
-                resp = self._answer_inline(request)
-                if resp is None:
-                    resp = await self._answer(request)
+                resp = await self._answer(request)
                 return pb.StreamResponse(request_id=request.request_id, sequence=seq, response=resp)
             except Exception as exc:  # noqa: BLE001 - one bad frame never breaks the stream
-                code, message = status_of(exc)
-                return pb.StreamResponse(request_id=request.request_id, sequence=seq,
-                                         error=converters.error_status(code, message))
+                return failed(seq, request, exc)
+
+        def start(seq: int, request: pb.InferRequest):
+            # A frame the inline path answers needs no task. Dev box, trivial model, one stream,
+            # 12 rounds each (session 14): 4,074 frames/s with a task per frame, 4,241 without.
+            try:
+                resp = self._answer_inline(request)
+            except Exception as exc:  # noqa: BLE001 - as in one()
+                return failed(seq, request, exc)
+            if resp is not None:
+                return pb.StreamResponse(request_id=request.request_id, sequence=seq, response=resp)
+            return asyncio.ensure_future(one(seq, request))
 
         async def reader() -> None:
             seq = 0
             try:
                 async for request in request_iterator:
                     # put() blocks while the window is full: back-pressure to the client.
-                    await pending.put(asyncio.ensure_future(one(seq, request)))
+                    await pending.put(start(seq, request))
                     seq += 1
             finally:
                 await pending.put(None)
@@ -116,18 +130,18 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         reader_task = asyncio.ensure_future(reader())
         try:
             while True:
-                task = await pending.get()
-                if task is None:
+                item = await pending.get()
+                if item is None:
                     break
-                yield await task
+                yield item if isinstance(item, pb.StreamResponse) else await item
             await reader_task  # surfaces a broken client stream
         finally:
             if not reader_task.done():
                 reader_task.cancel()
             while not pending.empty():
-                task = pending.get_nowait()
-                if task is not None:
-                    task.cancel()
+                item = pending.get_nowait()
+                if isinstance(item, asyncio.Future):
+                    item.cancel()
 
     @translate_errors
     async def ListModels(self, request, context):
