@@ -1,7 +1,9 @@
 """Tiny models run inline on the event loop; everything else still hops to the workers."""
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -164,6 +166,12 @@ def test_short_path_stops_with_the_model(start_daemon, trivial_onnx, classifier_
             c.infer("trivial", tensors={"x": x})
         assert "UNAVAILABLE" in str(err.value)
     assert runs == [] and bound_runs == []
+    # Nothing keeps the stopped model's ONNX Runtime session alive: not its closed bound call,
+    # not the short path the servicer forgot when the model stopped.
+    alive = weakref.ref(session)
+    del session
+    gc.collect()
+    assert alive() is None
 
 
 def test_short_path_failure_is_counted_and_answered(start_daemon, trivial_onnx, classifier_onnx, tmp_path):

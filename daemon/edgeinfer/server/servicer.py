@@ -35,7 +35,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     def _answer_inline(self, request: pb.InferRequest) -> Optional[pb.InferResponse]:
         """The short path's answer, or None: the request takes the general path."""
         path = self._inline.get(request.model)
-        if path is None or not path.current():
+        if path is None:
+            return None
+        if not path.current():
+            # The model was reloaded or stopped: forget the path, which holds the old runner.
+            del self._inline[request.model]
             return None
         try:
             return path.answer(request)

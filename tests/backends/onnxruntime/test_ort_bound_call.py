@@ -1,6 +1,9 @@
 """Batch-1 IO binding on a CPU session (backends/onnxruntime/bound_call.py): real ONNX Runtime, real models."""
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import onnx
 import pytest
@@ -92,3 +95,16 @@ def test_a_failing_run_raises_inference_error_and_the_call_stays_usable(tmp_path
         call.run()
     call.inputs["s"][...] = [3, 2]
     np.testing.assert_array_equal(call.run()["y"], np.arange(6, dtype=np.float32).reshape(3, 2))
+
+
+def test_deactivating_the_runner_closes_its_bound_calls(add_and_nonzero):
+    runner = add_and_nonzero
+    runner.activate()
+    call = runner.bound_call()
+    call.run()
+    alive = weakref.ref(runner.session)
+    runner.deactivate()
+    gc.collect()
+    assert alive() is None  # the call no longer holds the session
+    with pytest.raises(InferenceError, match="deactivated"):
+        call.run()

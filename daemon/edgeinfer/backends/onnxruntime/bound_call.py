@@ -64,7 +64,14 @@ class CpuBoundCall(BoundCall):
             return None
         return cls(session, inputs, outputs, shapes)
 
+    def close(self) -> None:
+        """Let go of the session and the buffers (the runner deactivates); run() then raises."""
+        self._session = self._binding = None
+        self.inputs, self._ours, self._allocated = {}, {}, []
+
     def run(self) -> dict[str, np.ndarray]:
+        if self._session is None:
+            raise InferenceError("onnxruntime failed: the runner was deactivated")
         try:
             for _, name in self._allocated:
                 self._binding.bind_output(name, "cpu")  # not last call's array (see the module docstring)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import weakref
 from typing import Mapping, Optional
 
 import numpy as np
@@ -194,6 +195,8 @@ class OnnxRuntimeRunner(DescribedRunner):
         # batch size -> a session of the same model that only ever runs that size (pin_batch_sizes).
         self._pinned: dict[int, object] = {}
         self._batch_input = next((s.name for s in self._inputs if s.dynamic_batch), None)
+        # Bound calls handed out: closed on deactivate, so that none keeps the session alive.
+        self._bound_calls: "weakref.WeakSet[CpuBoundCall]" = weakref.WeakSet()
 
     def pin_batch_sizes(self, sessions: Mapping[int, object]) -> None:
         """Run these batch sizes on their own sessions; every other size stays on the main one.
@@ -233,9 +236,14 @@ class OnnxRuntimeRunner(DescribedRunner):
         inline path is rare, and a binding would need the device copies CudaIoBinding makes."""
         if self.session is None or self._info.details.get("provider") != "CPUExecutionProvider":
             return None
-        return CpuBoundCall.for_session(self._pinned.get(1, self.session), self._inputs, self._outputs)
+        call = CpuBoundCall.for_session(self._pinned.get(1, self.session), self._inputs, self._outputs)
+        if call is not None:
+            self._bound_calls.add(call)
+        return call
 
     def deactivate_impl(self) -> None:
+        for call in list(self._bound_calls):
+            call.close()
         if self._io is not None:
             self._io.close()
             self._io = None
