@@ -92,9 +92,6 @@ class InlineTensorPath:
         self._inputs = {s.name: _Signature(s, bound.get(s.name)) for s in runner.inputs}
         # The common model of one input skips the loop and the duplicate-name check.
         self._single = next(iter(self._inputs.values())) if self._call is not None and len(self._inputs) == 1 else None
-        # Output name -> (its dtype, that dtype's wire code): an array of that dtype is written as is;
-        # any other goes through add_output, which converts what the API has no code for.
-        self._codes = {s.name: (np.dtype(s.dtype), PB_DTYPE.get(np.dtype(s.dtype))) for s in runner.outputs}
 
     @staticmethod
     def suits(model: ServedModel) -> bool:
@@ -141,7 +138,7 @@ class InlineTensorPath:
             sig = inputs.get(t.name)
             if sig is None or not sig.fill(t):
                 return False
-        return len(tensors) == 1 or len({t.name for t in tensors}) == len(tensors)  # a name sent twice
+        return len({t.name for t in tensors}) == len(tensors)  # a name sent twice
 
     def answer(self, request: pb.InferRequest) -> Optional[pb.InferResponse]:
         """The response, or None when the request does not fit this path (then nothing was run or counted).
@@ -165,13 +162,8 @@ class InlineTensorPath:
             outputs = self.runner.infer_impl(feeds)  # feeds already match runner.inputs exactly
         t1 = clock()
         msg = pb.InferResponse(request_id=request.request_id, **self._fields)
-        codes = self._codes
         for name, arr in outputs.items():
-            dtype, code = codes.get(name, (None, None))
-            if code is not None and arr.dtype == dtype:  # native byte order: suits() requires little-endian
-                msg.outputs.add(name=name, dtype=code, shape=arr.shape, data=arr.tobytes())
-            else:
-                add_output(msg.outputs, name, arr)
+            add_output(msg.outputs, name, arr)
         t2 = clock()
         pre, inf, post, total = (t0 - start) // 1000, (t1 - t0) // 1000, (t2 - t1) // 1000, (t2 - start) // 1000
         timing = msg.timing
