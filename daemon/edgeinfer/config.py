@@ -200,6 +200,8 @@ class TensorRTConfig:
 class OnnxRuntimeConfig:
     # Execution providers in order; empty = CUDA when available, then CPU.
     providers: list[str] = field(default_factory=list)
+    # 0: ORT's default (a thread pinned to each physical core), or one per CPU of
+    # the process's mask where taskset/CPUAffinity= narrows it (loader.intra_op_threads).
     intra_op_threads: int = field(default=0, metadata=_non_negative)
     inter_op_threads: int = field(default=0, metadata=_non_negative)
     # Concurrent Run() calls allowed on one session.
