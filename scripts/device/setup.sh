@@ -1,7 +1,10 @@
 # Device machine set-up, sourced by the other scripts here: installs the GPU wheels once (the
 # parts must already be in /tmp/wheelparts, see docs/NOTES.md), links the assets, sets $BENCH.
 if [ ! -d /tmp/site/onnxruntime ] || [ ! -d /tmp/site/grpc_health ]; then
-  cp .gpu/part-05/* /tmp/wheelparts/ && bash /tmp/wheelparts/join-and-install.sh >/dev/null 2>&1
+  # The parts carried by this call join those the earlier calls left (40 MiB each, so that a part and
+  # the tracked tree stay under the 64 MiB a call carries).
+  mkdir -p /tmp/wheelparts && cp .gpu/part-*/* /tmp/wheelparts/ 2>/dev/null
+  bash /tmp/wheelparts/join-and-install.sh >/dev/null 2>&1
   python3 -m pip install -q --no-index --no-deps --target /tmp/site $(ls .gpu/extra/whl/*.whl | grep -v py_spy)
 fi
 export PYTHONUNBUFFERED=1
