@@ -5,7 +5,7 @@
 # (CLIENT_CPUS=0-1). The GPU is not used.
 #   NAME=cpu-a bash scripts/device/cpu_two_cores.sh --models faces,imagenet --concurrency 8 --mode unary
 # carrying .gpu/part-05 and .gpu/extra, after the wheel parts are in /tmp/wheelparts (docs/NOTES.md).
-# Report, JSON and plots come back in $OUT.
+# Report, JSON and plots come back in $OUT. CONFIGS="--config a.toml --config b.toml" compares configs.
 source scripts/device/setup.sh >/dev/null 2>&1
 export PYTHONPATH=/tmp/site:$PWD/daemon:$PWD/clients
 SERVER_CPUS=${SERVER_CPUS:-0-1}
@@ -15,7 +15,7 @@ CLIENT_CPUS=${CLIENT_CPUS:-2-7}
 # threads to all 16 cores. Printed here as a check.
 echo "intra-op threads on CPUs $SERVER_CPUS: $(taskset -c $SERVER_CPUS python3 -c \
   'from edgeinfer.backends.onnxruntime.loader import intra_op_threads; print(intra_op_threads())')"
-python3 -m edgeinfer.cli bench --config configs/dev.toml --label dev --loop uvloop --server-cpus $SERVER_CPUS \
+python3 -m edgeinfer.cli bench ${CONFIGS:---config configs/dev.toml --label dev} --loop uvloop --server-cpus $SERVER_CPUS \
   --client-cpus $CLIENT_CPUS --duration 3 --warmup 0.5 --rounds ${ROUNDS:-12} --out $OUT --name ${NAME:-cpu} \
   --title "${TITLE:-edgeinfer CPU benchmark on a device host, daemon on CPUs $SERVER_CPUS, clients on $CLIENT_CPUS}" \
   "$@" 2>&1 | grep -E "PASS|MISS|Error|error|Traceback|json:" | tail -20

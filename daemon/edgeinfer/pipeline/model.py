@@ -289,6 +289,14 @@ class ServedModel:
                 feeds[spec.name] = np.ones(shape, spec.dtype)
         return feeds
 
+    # Batch-1 runs timed for warm_infer_us beyond the configured warm-up, for a model fast enough
+    # that they cost nothing (below 10 ms a run). The warm-up time decides whether tensor requests
+    # run inline (server/pipeline.py); on a device host's 2 cores, while the benchmark's other
+    # processes started beside the daemon, both warm-up runs of the trivial model (~25 us once
+    # serving) took over 250 us, and it served through the workers at ~0.6 of the echo.
+    TIMING_RUNS = 10
+    TIMING_RUNS_BELOW_US = 10_000
+
     def _warm_up(self, runner: Runner) -> None:
         # Warm every batch size the batcher will run (the first call of a new
         # size can cost far more than the rest: algorithm search, allocations),
@@ -306,10 +314,20 @@ class ServedModel:
                     t0 = time.perf_counter()
                     runner.infer(feeds)
                     if size == 1:
-                        us = (time.perf_counter() - t0) * 1e6
-                        self.warm_infer_us = us if self.warm_infer_us is None else min(self.warm_infer_us, us)
+                        self._timed(t0)
+            if self.warm_infer_us is not None and self.warm_infer_us < self.TIMING_RUNS_BELOW_US:
+                feeds = self.example_feeds(1)
+                for _ in range(self.TIMING_RUNS):
+                    t0 = time.perf_counter()
+                    runner.infer(feeds)
+                    self._timed(t0)
         finally:
             self.runner = None
+
+    def _timed(self, t0: float) -> None:
+        """Keep the fastest batch-1 warm-up run (us): the others were slowed by something else."""
+        us = (time.perf_counter() - t0) * 1e6
+        self.warm_infer_us = us if self.warm_infer_us is None else min(self.warm_infer_us, us)
 
     def require_ready(self) -> Runner:
         runner = self.runner
