@@ -4,7 +4,7 @@
 # (default 2-7), as kiosk clients on other machines would, or on the same 2 cores as on the dev box
 # (CLIENT_CPUS=0-1). The GPU is not used.
 #   NAME=cpu-a bash scripts/device/cpu_two_cores.sh --models faces,imagenet --concurrency 8 --mode unary
-# carrying .gpu/part-05 and .gpu/extra, after the wheel parts are in /tmp/wheelparts (docs/NOTES.md).
+# carrying .gpu/extra, after the wheel parts are in /tmp/wheelparts (docs/NOTES.md).
 # Report, JSON and plots come back in $OUT. CONFIGS="--config a.toml --config b.toml" compares configs.
 source scripts/device/setup.sh >/dev/null 2>&1
 export PYTHONPATH=/tmp/site:$PWD/daemon:$PWD/clients

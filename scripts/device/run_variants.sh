@@ -1,6 +1,6 @@
 # On the device machine, after the wheel parts are in /tmp/wheelparts (docs/NOTES.md):
 #   ROUNDS=2 VARIANTS="8x4s:::gpu:2:1000,8x4s:::gpu" bash scripts/device/run_variants.sh
-# carrying .gpu/part-05 and .gpu/extra. The ResNet-50 benchmark of the working tree, with
+# carrying .gpu/extra. The ResNet-50 benchmark of the working tree, with
 # nvidia-smi dmon alongside; report, JSON and dmon log come back in $OUT.
 # EXTRA="--modes unary,stream" adds InferStream points (one frame in flight per stream).
 # GIL_PROBE=1: who holds the GIL in the host and one front-end during each daemon point

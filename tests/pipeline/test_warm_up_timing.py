@@ -41,12 +41,12 @@ def trivial_model(tmp_path):
 
 def test_a_fast_model_is_timed_past_warm_up_runs_that_something_slowed(trivial_model):
     assert trivial_model.cfg.warmup_runs == 2
-    delayed = _Delayed(trivial_model.runner, slow=lambda i: i < 2, delay_s=0.003)
+    delayed = _Delayed(trivial_model.runner, slow=lambda i: i < 2, delay_s=0.002)
     trivial_model.warm_infer_us = None
     trivial_model._warm_up(delayed)
     assert delayed.calls == 2 + ServedModel.TIMING_RUNS
-    # The fastest run counts: far under the 3 ms that both configured warm-up runs took.
-    assert trivial_model.warm_infer_us < 2_000
+    # The fastest run counts: under the 2 ms that both configured warm-up runs took at least.
+    assert trivial_model.warm_infer_us < 1_500
 
 
 def test_a_slow_model_gets_no_extra_runs(trivial_model):
