@@ -291,9 +291,9 @@ class ServedModel:
 
     # Batch-1 runs timed for warm_infer_us beyond the configured warm-up, for a model fast enough
     # that they cost nothing (below 10 ms a run). The warm-up time decides whether tensor requests
-    # run inline (server/pipeline.py); on a device host's 2 cores, while the benchmark's other
-    # processes started beside the daemon, both warm-up runs of the trivial model (~25 us once
-    # serving) took over 250 us, and it served through the workers at ~0.6 of the echo.
+    # run inline (server/pipeline.py). On a device host's 2 cores, where the benchmark's other
+    # processes started beside the daemon, the trivial model (~25 us a run once serving) served
+    # through the workers at ~0.6 of the echo: both its warm-up runs had taken over 250 us.
     TIMING_RUNS = 10
     TIMING_RUNS_BELOW_US = 10_000
 

@@ -83,13 +83,11 @@ def session_callable(path: Path, graph_optimization: str = "all") -> ModelFn:
     """
     import onnxruntime as ort
 
-    from ..backends.onnxruntime.loader import intra_op_threads
+    from ..backends.onnxruntime.loader import OPT_LEVELS, intra_op_threads
 
-    levels = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
-              "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = intra_op_threads()  # within this process's CPU mask
-    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, levels[graph_optimization])
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[graph_optimization])
     opts.log_severity_level = 3  # old-IR models warn about initializers as inputs
     try:
         session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])

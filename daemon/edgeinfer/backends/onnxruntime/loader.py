@@ -15,7 +15,7 @@ except ImportError as exc:  # pragma: no cover - the daemon extra installs it
 
 log = logging.getLogger(__name__)
 
-_OPT_LEVELS = {
+OPT_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
     "basic": "ORT_ENABLE_BASIC",
     "extended": "ORT_ENABLE_EXTENDED",
@@ -49,10 +49,10 @@ def intra_op_threads(configured: int = 0) -> int:
     ORT's own default (0) starts one pool thread per physical core of the machine
     and pins each to a core, ignoring the process's CPU mask (taskset, systemd's
     CPUAffinity=): measured on the dev box, a session made on CPU 0 alone started
-    its pool thread pinned to CPU 1; under a cgroup cpuset the pinning can fail
-    and the session with it. An explicit count starts unpinned threads, which
-    keep the mask. So where the mask holds fewer CPUs than the machine, the count
-    is the mask's size; otherwise ORT's default stands.
+    its pool thread pinned to CPU 1 (and onnxruntime issue #8313 reports sessions
+    that fail where a cgroup cpuset refuses the pinning). An explicit count starts
+    unpinned threads, which keep the mask. So where the mask holds fewer CPUs than
+    the machine, the count is the mask's size; otherwise ORT's default stands.
     """
     if configured:
         return configured
@@ -87,7 +87,7 @@ class RunnerFromOnnx:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads(cfg.intra_op_threads)
         opts.inter_op_num_threads = cfg.inter_op_threads
-        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[cfg.graph_optimization])
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[cfg.graph_optimization])
         # Quiet ORT's warnings about initializers listed as graph inputs (old IR models).
         opts.log_severity_level = 3
         self.request.progress(f"creating onnxruntime session ({', '.join(providers)})")
