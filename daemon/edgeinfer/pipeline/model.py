@@ -311,21 +311,21 @@ class ServedModel:
                     self.progress(f"warming up batch size {size}")
                 feeds = self.example_feeds(size)
                 for _ in range(self.cfg.warmup_runs):
-                    t0 = time.perf_counter()
-                    runner.infer(feeds)
                     if size == 1:
-                        self._timed(t0)
+                        self._timed_run(runner, feeds)
+                    else:
+                        runner.infer(feeds)
             if self.warm_infer_us is not None and self.warm_infer_us < self.TIMING_RUNS_BELOW_US:
                 feeds = self.example_feeds(1)
                 for _ in range(self.TIMING_RUNS):
-                    t0 = time.perf_counter()
-                    runner.infer(feeds)
-                    self._timed(t0)
+                    self._timed_run(runner, feeds)
         finally:
             self.runner = None
 
-    def _timed(self, t0: float) -> None:
-        """Keep the fastest batch-1 warm-up run (us): the others were slowed by something else."""
+    def _timed_run(self, runner: Runner, feeds: dict) -> None:
+        """One batch-1 run; keep the fastest (us) in warm_infer_us: the others were slowed by something else."""
+        t0 = time.perf_counter()
+        runner.infer(feeds)
         us = (time.perf_counter() - t0) * 1e6
         self.warm_infer_us = us if self.warm_infer_us is None else min(self.warm_infer_us, us)
 
