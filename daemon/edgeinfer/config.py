@@ -204,6 +204,12 @@ class OnnxRuntimeConfig:
     # the process's mask where taskset/CPUAffinity= narrows it (loader.intra_op_threads).
     intra_op_threads: int = field(default=0, metadata=_non_negative)
     inter_op_threads: int = field(default=0, metadata=_non_negative)
+    # false: ORT's intra-op threads sleep between parallel sections instead of
+    # spinning for work (ORT's default). With concurrent requests on a small CPU
+    # the spinning takes cores from the other requests: EfficientNet-Lite0 at c=8
+    # on 2 cores, +7% img/s through the daemon; a lone request then waits for its
+    # threads to wake: c=1 -23% img/s (8 interleaved rounds, docs/NOTES.md session 16).
+    intra_op_spinning: bool = True
     # Concurrent Run() calls allowed on one session.
     instances: int = field(default=2, metadata=_positive)
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"

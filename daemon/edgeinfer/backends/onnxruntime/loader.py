@@ -87,6 +87,8 @@ class RunnerFromOnnx:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads(cfg.intra_op_threads)
         opts.inter_op_num_threads = cfg.inter_op_threads
+        if not cfg.intra_op_spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[cfg.graph_optimization])
         # Quiet ORT's warnings about initializers listed as graph inputs (old IR models).
         opts.log_severity_level = 3
