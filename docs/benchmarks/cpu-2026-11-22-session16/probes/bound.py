@@ -1,6 +1,6 @@
 """The bound: the in-process ceiling alone vs the same ceiling while the load generator drives a bare
 grpc.aio echo (answers after 50 ms, so ~150 req/s at c=8, the daemon's rate) on the same cores."""
-import os, subprocess, sys, time, threading, statistics as S
+import subprocess, sys, time, threading, statistics as S
 sys.path[:0] = ["/work/main/daemon", "/work/main/clients"]
 from pathlib import Path
 from edgeinfer.config import load_config

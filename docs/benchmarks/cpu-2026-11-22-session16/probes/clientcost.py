@@ -13,7 +13,6 @@ def child(kind, reqs, share, dur, q):
         call = ch.unary_unary(METHOD)
         call(reqs[0])
         stop = time.monotonic() + 1 + dur
-        t = {}
         def w(k):
             i = k
             while time.monotonic() < stop:

@@ -1,5 +1,5 @@
 """A bare grpc.aio echo that answers after a delay: the transport's per-request server CPU at the daemon's rate."""
-import asyncio, os, sys, time, concurrent.futures as cf
+import asyncio, sys, time, concurrent.futures as cf
 import grpc, uvloop
 MODE = sys.argv[1]; DELAY = float(sys.argv[2])
 pool = cf.ThreadPoolExecutor(8)

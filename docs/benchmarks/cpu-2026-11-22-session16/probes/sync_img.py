@@ -1,5 +1,5 @@
 """Probe: the image path on gRPC's thread-pool server (grpc.server): one hop per request instead of loop -> worker -> loop."""
-import sys, time
+import sys
 sys.path[:0] = ["/work/main/daemon", "/work/main/clients"]
 from concurrent import futures
 from pathlib import Path

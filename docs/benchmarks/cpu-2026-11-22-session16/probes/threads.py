@@ -1,5 +1,5 @@
 """Per-thread CPU of a running daemon under imagenet c=8 load (probe, not project code)."""
-import os, subprocess, sys, time, json
+import os, subprocess, sys, time
 from pathlib import Path
 sys.path[:0] = ["/work/main/daemon", "/work/main/clients"]
 from edgeinfer.bench.loadgen import LoadSpec, run_load, INFER_METHOD
