@@ -45,7 +45,11 @@ def child(kind, reqs, share, dur, q):
 if __name__ == "__main__":
     from edgeinfer.bench.workload import image_payload, find_images, default_image_dir
     kind = sys.argv[1]; procs = int(sys.argv[2]); conc = int(sys.argv[3])
-    reqs = image_payload(sys.argv[4] if len(sys.argv) > 4 else "imagenet", find_images(default_image_dir(Path("/work/main/assets/media")))[:5]).requests
+    if len(sys.argv) > 4 and sys.argv[4] == "trivial":
+        from edgeinfer.bench.workload import tensor_payload
+        reqs = tensor_payload("trivial", {"x": (1, 64)}).requests
+    else:
+        reqs = image_payload(sys.argv[4] if len(sys.argv) > 4 else "imagenet", find_images(default_image_dir(Path("/work/main/assets/media")))[:5]).requests
     ctx = mp.get_context("spawn"); q = ctx.Queue()
     ps = [ctx.Process(target=child, args=(kind, reqs, conc // procs, 8.0, q)) for _ in range(procs)]
     for p in ps: p.start()

@@ -5,6 +5,8 @@ MODE = sys.argv[1]; DELAY = float(sys.argv[2])
 pool = cf.ThreadPoolExecutor(8)
 def handler_factory():
     async def echo(request, context):
+        if MODE == "none":
+            return request
         if MODE == "sleep":
             await asyncio.sleep(DELAY)
         elif MODE == "hop":

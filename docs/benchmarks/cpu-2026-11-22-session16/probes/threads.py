@@ -24,8 +24,12 @@ def main():
     d = subprocess.Popen(["/work/main/.venv/bin/edgeinfer", "serve", "--config", cfg], env=env,
                          stdout=subprocess.DEVNULL, stderr=open("/tmp/probe/daemon.log", "w"))
     time.sleep(12)
-    paths = find_images(default_image_dir(Path("/work/main/assets/media")))
-    pay = image_payload(model, paths[:5])
+    if model == "trivial":
+        from edgeinfer.bench.workload import tensor_payload
+        pay = tensor_payload("trivial", {"x": (1, 64)})
+    else:
+        paths = find_images(default_image_dir(Path("/work/main/assets/media")))
+        pay = image_payload(model, paths[:5])
     spec = LoadSpec(address="127.0.0.1:50051", method=INFER_METHOD, mode="unary", requests=pay.requests,
                     concurrency=conc, duration_s=float(os.environ.get("DUR", "10")), warmup_s=1.0, loop="uvloop",
                     response_kind="infer")
