@@ -61,6 +61,11 @@ def test_unknown_key(write):
     assert "[models.m.input] sizee: unknown key" in msg and "size" in msg
 
 
+def test_onnxruntime_spinning_takes_true_or_false(write):
+    msg = _error(write(GOOD + '\n[models.onnxruntime]\nintra_op_spinning = "no"\n'))
+    assert "intra_op_spinning" in msg and "true or false" in msg, msg
+
+
 def test_unknown_top_level_table(write):
     assert "servr: unknown key" in _error(write(GOOD + "\n[servr]\nlisten='x'\n"))
 

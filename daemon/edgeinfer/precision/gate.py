@@ -83,14 +83,11 @@ def session_callable(path: Path, graph_optimization: str = "all") -> ModelFn:
     """
     import onnxruntime as ort
 
-    from ..backends.onnxruntime.loader import OPT_LEVELS, intra_op_threads
+    from ..backends.onnxruntime.loader import session_options
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = intra_op_threads()  # within this process's CPU mask
-    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[graph_optimization])
-    opts.log_severity_level = 3  # old-IR models warn about initializers as inputs
     try:
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), sess_options=session_options(graph_optimization),
+                                       providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own types
         raise PrecisionError(f"onnxruntime cannot load {path}: {exc}") from exc
     names = [o.name for o in session.get_outputs()]

@@ -63,6 +63,24 @@ def intra_op_threads(configured: int = 0) -> int:
     return allowed if allowed < (os.cpu_count() or allowed) else 0
 
 
+def session_options(graph_optimization: str = "all", intra_op: int = 0, inter_op: int = 0,
+                    spinning: bool = True) -> "ort.SessionOptions":
+    """SessionOptions as every session of the daemon gets them (the served ones and the precision gate's).
+
+    Threads within this process's CPU mask (`intra_op_threads`), the graph optimization
+    level by its config name, and ORT's warnings about initializers listed as graph
+    inputs (old IR models) kept quiet.
+    """
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads(intra_op)
+    opts.inter_op_num_threads = inter_op
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[graph_optimization])
+    opts.log_severity_level = 3
+    return opts
+
+
 def _with_options(provider: str, cfg) -> "str | tuple[str, dict]":
     """A provider name, or (name, options) where the config sets any for it."""
     if provider == "CUDAExecutionProvider" and cfg.cudnn_conv_algo_search != "auto":
@@ -84,14 +102,8 @@ class RunnerFromOnnx:
         if unknown:
             raise BackendUnavailable(f"onnxruntime {ort.__version__} has no {unknown} "
                                      f"(available: {ort.get_available_providers()})")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_op_threads(cfg.intra_op_threads)
-        opts.inter_op_num_threads = cfg.inter_op_threads
-        if not cfg.intra_op_spinning:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[cfg.graph_optimization])
-        # Quiet ORT's warnings about initializers listed as graph inputs (old IR models).
-        opts.log_severity_level = 3
+        opts = session_options(cfg.graph_optimization, cfg.intra_op_threads, cfg.inter_op_threads,
+                               cfg.intra_op_spinning)
         self.request.progress(f"creating onnxruntime session ({', '.join(providers)})")
         session = self._session(opts, provider_args)
         # ORT silently drops a provider it cannot initialise (e.g. CUDA without
