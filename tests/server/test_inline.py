@@ -230,3 +230,43 @@ def test_stream_frames_answer_in_order_across_short_path_workers_and_errors(star
     assert sorted(threads).count(d.thread.name) == 6
     assert [t for t in threads if t != d.thread.name] and all(t.startswith("infer") for t in threads
                                                               if t != d.thread.name)
+
+
+def test_short_path_refills_one_response_and_rebuilds_it_when_the_outputs_change(start_daemon, trivial_onnx,
+                                                                                   classifier_onnx, tmp_path):
+    """The short path keeps one InferResponse and refills it (server/inline.py): each answer must still
+    carry its own request's id and values once serialized, and outputs of another shape or a dtype
+    the wire cannot carry as they are must not be squeezed into the kept message."""
+    from edgeinfer_client._convert import from_tensor, to_tensor
+    from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2 as pb
+
+    from edgeinfer.server.inline import InlineTensorPath
+
+    d = start_daemon(_config(trivial_onnx, classifier_onnx, tmp_path, inline_max_us=10_000_000))
+    model = d.daemon.registry.get("trivial")
+    path = InlineTensorPath(model, model.runner)
+    rng = np.random.default_rng(11)
+    xs = [rng.standard_normal((1, 64)).astype(np.float32) for _ in range(3)]
+    sent = []
+    for i, x in enumerate(xs):
+        msg = path.answer(pb.InferRequest(model="trivial", request_id=f"r{i}",
+                                          tensors=pb.TensorSet(tensors=[to_tensor("x", x)])))
+        sent.append((msg, msg.SerializeToString()))  # as Infer does, before the next request
+    assert sent[1][0] is sent[0][0] and sent[2][0] is sent[0][0], "the response must be kept and refilled"
+    for i, (_, wire) in enumerate(sent):
+        answer = pb.InferResponse.FromString(wire)
+        assert answer.request_id == f"r{i}" and answer.timing.batch_size == 1
+        np.testing.assert_array_equal(from_tensor(answer.outputs[0]), xs[i] + 1)
+
+    kept = sent[0][0]
+    wider, _ = path._response("w", {"y": np.ones((2, 64), np.float32)})
+    assert wider is not kept and from_tensor(wider.outputs[0]).shape == (2, 64)
+    # Big-endian floats need a conversion on the way out: a new message each time, converted right.
+    big = np.arange(64, dtype=">f4")[None]
+    first, _ = path._response("b1", {"y": big})
+    again, _ = path._response("b2", {"y": big})
+    assert first is not again and again.request_id == "b2"
+    np.testing.assert_array_equal(from_tensor(again.outputs[0]), big.astype(np.float32))
+    # A renamed output also gets a message of its own.
+    renamed, _ = path._response("n", {"z": np.ones((1, 64), np.float32)})
+    assert [t.name for t in renamed.outputs] == ["z"]

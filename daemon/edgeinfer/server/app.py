@@ -18,7 +18,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2, inference_pb2_grpc
 
 from .. import __version__, systemd
 from ..config import Config
@@ -26,11 +25,10 @@ from ..metrics import DaemonCollector, Metrics, MetricsEndpoint, MetricsEndpoint
 from ..pipeline.model import ModelState, ServedModel
 from ..registry import ModelRegistry
 from .pipeline import InferencePipeline
-from .servicer import InferenceServicer
+from .servicer import SERVICE_NAME, InferenceServicer, add_to_server
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -81,7 +79,7 @@ class Daemon:
             ("grpc.so_reuseport", 1 if self.reuse_port else 0),
         ])
         servicer = InferenceServicer(self.registry, self.pipeline, self.config.server.stream_window)
-        inference_pb2_grpc.add_InferenceServicer_to_server(servicer, self.server)
+        add_to_server(servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [SERVICE_NAME, health.SERVICE_NAME]
         if self.config.server.reflection:

@@ -22,6 +22,14 @@ on the dev box with the trivial model at concurrency 8 (session 14), the
 daemon's event-loop thread spent ~314 us a request against ~290 for a minimal
 ORT handler; the runtime call inside a request took ~35 us, of which
 `session.run`'s own conversions are most (see bound_call.py).
+
+The response is one message per path, refilled for each request (`_Reply`):
+building an InferResponse and its output tensors anew cost ~20 us of the event
+loop's CPU a request at concurrency 8 (session 17, dev box, minimal servers of
+the trivial model: 220 against 201 us of server CPU a request), refilling the
+kept one a few. So `answer()` returns a message the next call overwrites: the
+caller serializes or copies it first (Infer serializes it at once; a stream's
+StreamResponse(response=...) copies it).
 """
 from __future__ import annotations
 
@@ -37,6 +45,40 @@ from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2 as pb
 from ..backends.base import BoundCall, Runner, TensorSpec
 from ..pipeline.model import ModelState, ServedModel
 from .converters import add_output
+
+
+def _on_the_wire_as_is(array: np.ndarray) -> bool:
+    """Whether the array's bytes are the wire's (a proto dtype, little-endian), so refilling copies them as they are."""
+    return array.dtype in PB_DTYPE and array.dtype.byteorder != ">"
+
+
+class _Reply:
+    """One kept InferResponse, refilled while the outputs keep their names, dtypes and shapes."""
+
+    __slots__ = ("msg", "timing", "_layout")
+
+    def __init__(self, fields: dict, outputs: dict[str, np.ndarray]):
+        self.msg = pb.InferResponse(**fields)
+        self.timing = self.msg.timing
+        self._layout = [(name, arr.dtype, arr.shape, add_output(self.msg.outputs, name, arr))
+                        for name, arr in outputs.items()]
+
+    @staticmethod
+    def keeps(outputs: dict[str, np.ndarray]) -> bool:
+        """Whether outputs like these can be refilled: those needing a dtype conversion are built anew each time."""
+        return all(_on_the_wire_as_is(arr) for arr in outputs.values())
+
+    def refill(self, request_id: str, outputs: dict[str, np.ndarray]) -> bool:
+        """Put the request's id and outputs in the kept message; False if the outputs' layout changed
+        (then the message holds a mix: the caller makes a new _Reply)."""
+        if len(outputs) != len(self._layout):
+            return False
+        for (name, arr), (kept_name, dtype, shape, tensor) in zip(outputs.items(), self._layout):
+            if name != kept_name or arr.dtype != dtype or arr.shape != shape:
+                return False
+            tensor.data = arr.tobytes()
+        self.msg.request_id = request_id
+        return True
 
 
 class _Signature:
@@ -92,6 +134,7 @@ class InlineTensorPath:
         self._inputs = {s.name: _Signature(s, bound.get(s.name)) for s in runner.inputs}
         # The common model of one input skips the loop and the duplicate-name check.
         self._single = next(iter(self._inputs.values())) if self._call is not None and len(self._inputs) == 1 else None
+        self._reply: Optional[_Reply] = None  # made by the first answer whose outputs can be kept
 
     @staticmethod
     def suits(model: ServedModel) -> bool:
@@ -140,8 +183,25 @@ class InlineTensorPath:
                 return False
         return len({t.name for t in tensors}) == len(tensors)  # a name sent twice
 
+    def _response(self, request_id: str, outputs: dict[str, np.ndarray]) -> tuple[pb.InferResponse, pb.Timing]:
+        """The response message holding the outputs (the kept one where it fits) and its timing field."""
+        reply = self._reply
+        if reply is not None and reply.refill(request_id, outputs):
+            return reply.msg, reply.timing
+        if _Reply.keeps(outputs):
+            reply = self._reply = _Reply(self._fields, outputs)
+            reply.msg.request_id = request_id
+            return reply.msg, reply.timing
+        msg = pb.InferResponse(request_id=request_id, **self._fields)
+        for name, arr in outputs.items():
+            add_output(msg.outputs, name, arr)
+        return msg, msg.timing
+
     def answer(self, request: pb.InferRequest) -> Optional[pb.InferResponse]:
         """The response, or None when the request does not fit this path (then nothing was run or counted).
+
+        The message may be the path's kept one, which the next call overwrites:
+        serialize or copy it before answering another request.
 
         Raises:
             InferenceError: the runtime failed (the caller counts and translates it).
@@ -161,12 +221,9 @@ class InlineTensorPath:
             t0 = clock()
             outputs = self.runner.infer_impl(feeds)  # feeds already match runner.inputs exactly
         t1 = clock()
-        msg = pb.InferResponse(request_id=request.request_id, **self._fields)
-        for name, arr in outputs.items():
-            add_output(msg.outputs, name, arr)
+        msg, timing = self._response(request.request_id, outputs)
         t2 = clock()
         pre, inf, post, total = (t0 - start) // 1000, (t1 - t0) // 1000, (t2 - t1) // 1000, (t2 - start) // 1000
-        timing = msg.timing
         timing.preprocess_us, timing.inference_us, timing.postprocess_us = pre, inf, post
         timing.total_us, timing.batch_size = total, 1
         if self.metrics is not None:

@@ -9,6 +9,7 @@ import asyncio
 import logging
 from typing import AsyncIterator, Callable, Optional
 
+import grpc
 from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2 as pb
 from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
 
@@ -21,6 +22,8 @@ from .inline import InlineTensorPath
 from .pipeline import InferencePipeline
 
 log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
@@ -88,7 +91,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def Infer(self, request, context):
         try:
             response = self._answer_inline(request)
-            return response if response is not None else await self._answer(request, context.time_remaining)
+            if response is not None:
+                # The short path's message is refilled by its next request: send its bytes now.
+                return response.SerializeToString()
+            return await self._answer(request, context.time_remaining)
         except Exception as exc:  # noqa: BLE001 - every error becomes a status, never a crash
             await abort_with(context, exc)
 
@@ -154,3 +160,28 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     @translate_errors
     async def GetModel(self, request, context):
         return converters.model_info(self.registry.get(request.name))
+
+
+def _infer_response_bytes(response) -> bytes:
+    """Infer answers a message, or (the short path) the message's bytes already."""
+    return response if response.__class__ is bytes else response.SerializeToString()
+
+
+def add_to_server(servicer: InferenceServicer, server) -> None:
+    """Serve `servicer` as edgeinfer.v1.Inference: the generated add_InferenceServicer_to_server,
+    except that Infer may answer serialized bytes (see Infer)."""
+    handlers = {
+        "Infer": grpc.unary_unary_rpc_method_handler(
+            servicer.Infer, request_deserializer=pb.InferRequest.FromString,
+            response_serializer=_infer_response_bytes),
+        "InferStream": grpc.stream_stream_rpc_method_handler(
+            servicer.InferStream, request_deserializer=pb.InferRequest.FromString,
+            response_serializer=pb.StreamResponse.SerializeToString),
+        "ListModels": grpc.unary_unary_rpc_method_handler(
+            servicer.ListModels, request_deserializer=pb.ListModelsRequest.FromString,
+            response_serializer=pb.ListModelsResponse.SerializeToString),
+        "GetModel": grpc.unary_unary_rpc_method_handler(
+            servicer.GetModel, request_deserializer=pb.GetModelRequest.FromString,
+            response_serializer=pb.ModelInfo.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
