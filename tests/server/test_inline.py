@@ -244,19 +244,25 @@ def test_short_path_refills_one_response_and_rebuilds_it_when_the_outputs_change
 
     d = start_daemon(_config(trivial_onnx, classifier_onnx, tmp_path, inline_max_us=10_000_000))
     model = d.daemon.registry.get("trivial")
-    path = InlineTensorPath(model, model.runner)
     rng = np.random.default_rng(11)
     xs = [rng.standard_normal((1, 64)).astype(np.float32) for _ in range(3)]
-    sent = []
-    for i, x in enumerate(xs):
-        msg = path.answer(pb.InferRequest(model="trivial", request_id=f"r{i}",
-                                          tensors=pb.TensorSet(tensors=[to_tensor("x", x)])))
-        sent.append((msg, msg.SerializeToString()))  # as Infer does, before the next request
-    assert sent[1][0] is sent[0][0] and sent[2][0] is sent[0][0], "the response must be kept and refilled"
-    for i, (_, wire) in enumerate(sent):
-        answer = pb.InferResponse.FromString(wire)
-        assert answer.request_id == f"r{i}" and answer.timing.batch_size == 1
-        np.testing.assert_array_equal(from_tensor(answer.outputs[0]), xs[i] + 1)
+    # With the CPU EP's bound call, and without one (the runner's own call, as on a GPU runner).
+    bound_path = InlineTensorPath(model, model.runner)
+    model.runner.bound_call = lambda: None
+    plain_path = InlineTensorPath(model, model.runner)
+    del model.runner.bound_call
+    for path in (plain_path, bound_path):
+        sent = []
+        for i, x in enumerate(xs):
+            msg = path.answer(pb.InferRequest(model="trivial", request_id=f"r{i}",
+                                              tensors=pb.TensorSet(tensors=[to_tensor("x", x)])))
+            sent.append((msg, msg.SerializeToString()))  # as Infer does, before the next request
+        assert sent[1][0] is sent[0][0] and sent[2][0] is sent[0][0], "the response must be kept and refilled"
+        for i, (_, wire) in enumerate(sent):
+            answer = pb.InferResponse.FromString(wire)
+            assert answer.request_id == f"r{i}" and answer.timing.batch_size == 1
+            np.testing.assert_array_equal(from_tensor(answer.outputs[0]), xs[i] + 1)
+    assert plain_path._call is None and bound_path._call is not None
 
     kept = sent[0][0]
     wider, _ = path._response("w", {"y": np.ones((2, 64), np.float32)})
