@@ -18,7 +18,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-
 from .. import __version__, systemd
 from ..config import Config
 from ..metrics import DaemonCollector, Metrics, MetricsEndpoint, MetricsEndpointError

@@ -18,12 +18,11 @@ def main():
     pay = tensor_payload("trivial", {"x": (1, 64)})
     procs = {}
     for i, m in enumerate(modes):
-        if m == "echo": continue
+        if m == "echo":
+            continue
         port = 50060 + i
         if m in ("serve", "serveold"):
-            import re
             txt = open("/tmp/cfg/trivial.toml").read().replace("127.0.0.1:50051", f"127.0.0.1:{port}")
-            open("/tmp/probe/serve.toml", "w").write(txt)
             cmd = ["/work/main/.venv/bin/edgeinfer"] if m == "serve" else ["/work/main/.venv/bin/python", "-c", "import sys; sys.path[:0]=['/tmp/oldtree/daemon','/tmp/oldtree/clients']; sys.argv[0]='edgeinfer'; from edgeinfer.cli import main; sys.exit(main())"]
             open(f"/tmp/probe/{m}.toml", "w").write(txt)
             p = subprocess.Popen(cmd + ["serve", "--config", f"/tmp/probe/{m}.toml"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -33,8 +32,6 @@ def main():
     echo = EchoServer(loop="uvloop").start() if "echo" in modes else None
     if echo: procs["echo"] = (echo, echo.address)
     time.sleep(10)
-    # learn the response size for echo
-    resp_bytes = 0
     res = {m: [] for m in modes}
     for r in range(rounds):
         order = modes if r % 2 == 0 else modes[::-1]

@@ -1,8 +1,8 @@
 """Variant servers between the minimal ORT handler and the daemon (probe). argv: MODE PORT"""
-import asyncio, sys, os
+import asyncio, sys
 sys.path[:0] = ["/work/main/daemon", "/work/main/clients"]
 import grpc, uvloop, numpy as np
-from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2 as pb, inference_pb2_grpc as pbg
+from edgeinfer_client._proto.edgeinfer.v1 import inference_pb2 as pb
 from edgeinfer.server.converters import add_output
 MODE, PORT = sys.argv[1], sys.argv[2]
 
@@ -40,7 +40,6 @@ async def main():
             def run(self):
                 t = clock(); r = orun(self); acc["run"] += clock() - t; return r
             bc.CpuBoundCall.run = run
-            oser = svm._infer_response_bytes
             async def rep():
                 while True:
                     await asyncio.sleep(3)
