@@ -265,14 +265,14 @@ def test_short_path_refills_one_response_and_rebuilds_it_when_the_outputs_change
     assert plain_path._call is None and bound_path._call is not None
 
     kept = sent[0][0]
-    wider, _ = path._response("w", {"y": np.ones((2, 64), np.float32)})
+    wider = path._response("w", {"y": np.ones((2, 64), np.float32)})
     assert wider is not kept and from_tensor(wider.outputs[0]).shape == (2, 64)
     # Big-endian floats need a conversion on the way out: a new message each time, converted right.
     big = np.arange(64, dtype=">f4")[None]
-    first, _ = path._response("b1", {"y": big})
-    again, _ = path._response("b2", {"y": big})
+    first = path._response("b1", {"y": big})
+    again = path._response("b2", {"y": big})
     assert first is not again and again.request_id == "b2"
     np.testing.assert_array_equal(from_tensor(again.outputs[0]), big.astype(np.float32))
     # A renamed output also gets a message of its own.
-    renamed, _ = path._response("n", {"z": np.ones((1, 64), np.float32)})
+    renamed = path._response("n", {"z": np.ones((1, 64), np.float32)})
     assert [t.name for t in renamed.outputs] == ["z"]

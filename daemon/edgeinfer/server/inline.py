@@ -53,13 +53,13 @@ def _on_the_wire_as_is(array: np.ndarray) -> bool:
 
 
 class _Reply:
-    """One kept InferResponse, refilled while the outputs keep their names, dtypes and shapes."""
+    """An InferResponse for one request's outputs; the path keeps it and refills it while the outputs
+    keep their names, dtypes and shapes."""
 
-    __slots__ = ("msg", "timing", "_layout")
+    __slots__ = ("msg", "_layout")
 
-    def __init__(self, fields: dict, outputs: dict[str, np.ndarray]):
-        self.msg = pb.InferResponse(**fields)
-        self.timing = self.msg.timing
+    def __init__(self, fields: dict, request_id: str, outputs: dict[str, np.ndarray]):
+        self.msg = pb.InferResponse(request_id=request_id, **fields)
         self._layout = [(name, arr.dtype, arr.shape, add_output(self.msg.outputs, name, arr))
                         for name, arr in outputs.items()]
 
@@ -183,19 +183,16 @@ class InlineTensorPath:
                 return False
         return len({t.name for t in tensors}) == len(tensors)  # a name sent twice
 
-    def _response(self, request_id: str, outputs: dict[str, np.ndarray]) -> tuple[pb.InferResponse, pb.Timing]:
-        """The response message holding the outputs (the kept one where it fits) and its timing field."""
+    def _response(self, request_id: str, outputs: dict[str, np.ndarray]) -> pb.InferResponse:
+        """The response message holding the outputs: the kept one where it fits, else a new one (kept
+        when its outputs can be refilled later)."""
         reply = self._reply
         if reply is not None and reply.refill(request_id, outputs):
-            return reply.msg, reply.timing
+            return reply.msg
+        reply = _Reply(self._fields, request_id, outputs)
         if _Reply.keeps(outputs):
-            reply = self._reply = _Reply(self._fields, outputs)
-            reply.msg.request_id = request_id
-            return reply.msg, reply.timing
-        msg = pb.InferResponse(request_id=request_id, **self._fields)
-        for name, arr in outputs.items():
-            add_output(msg.outputs, name, arr)
-        return msg, msg.timing
+            self._reply = reply
+        return reply.msg
 
     def answer(self, request: pb.InferRequest) -> Optional[pb.InferResponse]:
         """The response, or None when the request does not fit this path (then nothing was run or counted).
@@ -221,9 +218,10 @@ class InlineTensorPath:
             t0 = clock()
             outputs = self.runner.infer_impl(feeds)  # feeds already match runner.inputs exactly
         t1 = clock()
-        msg, timing = self._response(request.request_id, outputs)
+        msg = self._response(request.request_id, outputs)
         t2 = clock()
         pre, inf, post, total = (t0 - start) // 1000, (t1 - t0) // 1000, (t2 - t1) // 1000, (t2 - start) // 1000
+        timing = msg.timing
         timing.preprocess_us, timing.inference_us, timing.postprocess_us = pre, inf, post
         timing.total_us, timing.batch_size = total, 1
         if self.metrics is not None:

@@ -51,4 +51,3 @@ def test_default_leaves_ort_spinning(tmp_path):
         assert _spin_entry(runner) == "unset"
     finally:
         runner.deactivate()
-
