@@ -51,6 +51,14 @@ def classifier_onnx() -> Path:
 
 
 @pytest.fixture(scope="session")
+def trivial_onnx(tmp_path_factory) -> Path:
+    """The bench's trivial model (y = x + 1 on float32 [N, 64]), written once a session."""
+    from edgeinfer.bench.trivial import build_trivial_onnx
+
+    return build_trivial_onnx(tmp_path_factory.mktemp("trivial") / "trivial.onnx")
+
+
+@pytest.fixture(scope="session")
 def media() -> Path:
     _need(MEDIA / "astronaut.png", "test photos")
     return MEDIA

@@ -291,6 +291,9 @@ def test_interleaved_rounds_pair_each_daemon_slice_with_its_own_ceiling_and_echo
         assert sorted(p["pair"] for p in echoes) == ["stream c=1", "unary c=1"]
         for p in run["points"] + echoes:
             assert p["errors"] == 0 and p["count"] > 0, p
+        for p in echoes:  # one echo for all: each slice answers with its pair's daemon answer size
+            answers = next(d for d in run["points"] if d["target"] == "daemon" and d["pair"] == p["pair"])
+            assert p["response_bytes"] == pytest.approx(answers["response_bytes"], abs=8)
         for r in (r for r in results["ratios"] if r["run"] == run["label"] and r["name"] == "daemon/ceiling"):
             pair = f"{r['mode']} c={r['concurrency']}"
             best = max(p["throughput"] for p in run["points"] if p["target"] == "ceiling" and p["pair"] == pair)

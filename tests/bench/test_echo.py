@@ -1,4 +1,4 @@
-"""The bare echo server answers with the size named in the method, unary and streaming."""
+"""The bare echo server answers with the size it was last given, unary and streaming."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from edgeinfer.bench.echo import EchoServer, stream_method, unary_method
+from edgeinfer.bench.echo import STREAM, UNARY, EchoServer
 from edgeinfer.bench.loadgen import LoadSpec, run_load
 
 
@@ -18,29 +18,36 @@ def echo():
 
 def test_unary_and_stream_answer_with_the_requested_size(echo):
     with grpc.insecure_channel(echo.address) as ch:
-        assert ch.unary_unary(unary_method(123))(b"hello", timeout=10) == bytes(123)
-        replies = list(ch.stream_stream(stream_method(7))(iter([b"a", b"b", b"c"]), timeout=10))
+        echo.respond_with(123)
+        assert ch.unary_unary(UNARY)(b"hello", timeout=10) == bytes(123)
+        echo.respond_with(7)
+        replies = list(ch.stream_stream(STREAM)(iter([b"a", b"b", b"c"]), timeout=10))
         assert replies == [bytes(7)] * 3
+        with pytest.raises(RuntimeError, match="refused answer size 1073741824"):
+            echo.respond_with(1 << 30)
+        assert ch.unary_unary(UNARY)(b"", timeout=10) == bytes(7)  # a refused size changes nothing
         with pytest.raises(grpc.RpcError) as info:
             ch.unary_unary("/edgeinfer.bench.Echo/Nope")(b"x", timeout=10)
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_load_generator_measures_the_echo_server(echo):
-    spec = LoadSpec(echo.address, unary_method(64), "unary", [b"x" * 300], concurrency=2,
+    echo.respond_with(64)
+    spec = LoadSpec(echo.address, UNARY, "unary", [b"x" * 300], concurrency=2,
                     duration_s=0.6, warmup_s=0.2, label="echo test")
     res = run_load(spec, progress=None)
     assert res.summary.errors == 0 and res.summary.count > 20
     assert res.response_bytes == 64 and res.request_bytes == 300
     assert 0 < res.summary.p50_ms < 200
-    spec = LoadSpec(echo.address, stream_method(32), "stream", [b"y" * 10], concurrency=1,
+    echo.respond_with(32)
+    spec = LoadSpec(echo.address, STREAM, "stream", [b"y" * 10], concurrency=1,
                     duration_s=0.6, warmup_s=0.2, stream_window=4, label="echo stream test")
     res = run_load(spec, progress=None)
     assert res.summary.errors == 0 and res.summary.count > 20 and res.response_bytes == 32
 
 
 def test_load_generator_reports_an_unreachable_target():
-    spec = LoadSpec("127.0.0.1:1", unary_method(8), "unary", [b"x"], concurrency=1, duration_s=0.2,
+    spec = LoadSpec("127.0.0.1:1", UNARY, "unary", [b"x"], concurrency=1, duration_s=0.2,
                     warmup_s=0.0, label="nowhere", connect_timeout_s=1)
     with pytest.raises(RuntimeError, match="nowhere: client process failed"):
         run_load(spec, progress=None)
@@ -50,7 +57,8 @@ def test_load_clients_stay_connected_and_measure_slice_after_slice(echo):
     """The interleaved bench keeps one set of clients open and alternates short slices with the ceiling."""
     from edgeinfer.bench.loadgen import LoadClients
 
-    for mode, method in (("unary", unary_method(16)), ("stream", stream_method(16))):
+    echo.respond_with(16)
+    for mode, method in (("unary", UNARY), ("stream", STREAM)):
         spec = LoadSpec(echo.address, method, mode, [b"z" * 40], concurrency=3, processes=2,
                         duration_s=0.3, warmup_s=0.1, stream_window=2, label=f"slices {mode}")
         with LoadClients(spec) as clients:
@@ -83,11 +91,11 @@ def test_clients_share_their_process_connection_or_open_one_each(echo, channels,
     from edgeinfer.bench.loadgen import LoadClients
 
     before = _connections_to(echo.port)
-    spec = LoadSpec(echo.address, unary_method(64), "unary", [b"x" * 300], concurrency=5, processes=2,
+    spec = LoadSpec(echo.address, UNARY, "unary", [b"x" * 300], concurrency=5, processes=2,
                     duration_s=0.4, warmup_s=0.1, label="layout", channels=channels)
     with LoadClients(spec) as clients:
         assert _connections_to(echo.port) - before == connections
         res = clients.run_slice(progress=None)
     assert res.summary.errors == 0 and res.summary.count > 10 and res.processes == 2
     with pytest.raises(ValueError, match="channels must be one of"):
-        LoadSpec(echo.address, unary_method(64), "unary", [b"x"], 1, 1.0, channels="thread")
+        LoadSpec(echo.address, UNARY, "unary", [b"x"], 1, 1.0, channels="thread")

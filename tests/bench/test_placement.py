@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edgeinfer.bench import environment, report
-from edgeinfer.bench.echo import EchoServer, unary_method
+from edgeinfer.bench.echo import UNARY, EchoServer
 from edgeinfer.bench.loadgen import LoadClients, LoadSpec
 from edgeinfer.bench.placement import ANYWHERE, Placement, available_cpus, format_cpus, parse_cpus, started_on
 from edgeinfer.bench.session import BenchSettings, RunSpec, run_benchmark
@@ -74,7 +74,7 @@ def test_load_generator_and_echo_server_run_on_their_own_cpus_and_still_measure(
     server, clients = frozenset({CPUS[-1]}), frozenset({CPUS[0]})
     with EchoServer(cpus=server) as echo:
         assert os.sched_getaffinity(echo.pid) == server
-        spec = LoadSpec(echo.address, unary_method(64), "unary", [b"x" * 300], concurrency=2, processes=2,
+        spec = LoadSpec(echo.address, UNARY, "unary", [b"x" * 300], concurrency=2, processes=2,
                         duration_s=0.5, warmup_s=0.1, label="placed", cpus=clients)
         with LoadClients(spec) as load:
             assert [os.sched_getaffinity(p.pid) for p in load._procs] == [clients, clients]

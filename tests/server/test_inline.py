@@ -63,13 +63,6 @@ def _latency_count(d, model, stage="total"):
                                                       {"model": model, "stage": stage})
 
 
-@pytest.fixture(scope="module")
-def trivial_onnx(tmp_path_factory):
-    from edgeinfer.bench.trivial import build_trivial_onnx
-
-    return build_trivial_onnx(tmp_path_factory.mktemp("trivial") / "trivial.onnx")
-
-
 def test_tiny_model_tensors_run_on_the_loop_images_on_workers(start_daemon, trivial_onnx, classifier_onnx,
                                                               media, tmp_path):
     # A threshold no model misses: which path runs must follow the input kind, not timing luck.

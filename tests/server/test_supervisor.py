@@ -43,13 +43,6 @@ def _config(tmp_path, trivial_onnx, metrics_port=0, processes=2, inference="per-
     }, source="test_supervisor")
 
 
-@pytest.fixture(scope="module")
-def trivial_onnx(tmp_path_factory):
-    from edgeinfer.bench.trivial import build_trivial_onnx
-
-    return build_trivial_onnx(tmp_path_factory.mktemp("trivial") / "trivial.onnx")
-
-
 class Running:
     """A Supervisor started here, run() on a thread (signals stay with pytest)."""
 

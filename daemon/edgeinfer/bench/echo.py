@@ -1,63 +1,40 @@
 """The transport floor: a bare grpc.aio server in its own process that does no work.
 
-It answers every request with a response of a fixed size named in the method
-(`/edgeinfer.bench.Echo/Unary<bytes>`, `.../Stream<bytes>`), so the floor is
-measured with the daemon's own request and response sizes. Requests are
-received as bytes and never parsed; responses are one preallocated blob.
-It runs in a separate process started like the daemon's (spawn, same gRPC
-server options, same event-loop choice) so the two differ only by the
-daemon's work.
+It answers every request with one preallocated blob, `Unary` once a call and
+`Stream` once a message, so the floor is measured with the daemon's own
+request and response sizes: the parent sets the blob's size before each
+measurement (`EchoServer.respond_with`). Requests are received as bytes and
+never parsed. Its methods are served the way the daemon's are (a generic
+handler, also registered with gRPC's core where grpcio can: server/methods.py),
+so that the two differ only by the daemon's work. It runs in a separate
+process started like the daemon's (spawn, same gRPC server options, same
+event-loop choice).
 """
 from __future__ import annotations
 
-import re
 from typing import Optional
 
 from .child import ChildServer, report_failure
 
 SERVICE = "edgeinfer.bench.Echo"
-_METHOD = re.compile(rf"^/{re.escape(SERVICE)}/(Unary|Stream)(\d+)$")
+UNARY = f"/{SERVICE}/Unary"
+STREAM = f"/{SERVICE}/Stream"
 _MAX_MESSAGE = 64 * 1024 * 1024
 
 
-def unary_method(response_bytes: int) -> str:
-    return f"/{SERVICE}/Unary{int(response_bytes)}"
-
-
-def stream_method(response_bytes: int) -> str:
-    return f"/{SERVICE}/Stream{int(response_bytes)}"
-
-
-def _handler():
+def _handlers(blob: list[bytes]) -> dict:
+    """The echo's methods; they answer `blob[0]`, which the parent's size messages replace."""
     import grpc
 
-    blobs: dict[int, bytes] = {}
+    async def unary(request, context):
+        return blob[0]
 
-    def blob(n: int) -> bytes:
-        if n not in blobs:
-            blobs[n] = bytes(n)
-        return blobs[n]
+    async def stream(request_iterator, context):
+        async for _ in request_iterator:
+            yield blob[0]
 
-    class EchoHandler(grpc.GenericRpcHandler):
-        def service(self, details):
-            m = _METHOD.match(details.method)
-            if m is None:
-                return None
-            kind, size = m.group(1), int(m.group(2))
-            if size > _MAX_MESSAGE:
-                return None
-            payload = blob(size)
-            if kind == "Unary":
-                async def unary(request, context):
-                    return payload
-                return grpc.unary_unary_rpc_method_handler(unary)
-
-            async def stream(request_iterator, context):
-                async for _ in request_iterator:
-                    yield payload
-            return grpc.stream_stream_rpc_method_handler(stream)
-
-    return EchoHandler()
+    return {"Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "Stream": grpc.stream_stream_rpc_method_handler(stream)}
 
 
 async def _serve(conn, listen: str) -> None:
@@ -65,18 +42,30 @@ async def _serve(conn, listen: str) -> None:
 
     import grpc
 
+    from ..server.methods import add_service
+
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", _MAX_MESSAGE),
         ("grpc.max_send_message_length", _MAX_MESSAGE),
         ("grpc.so_reuseport", 0),
     ])
-    server.add_generic_rpc_handlers((_handler(),))
+    blob = [bytes(256)]
+    add_service(server, SERVICE, _handlers(blob))
     port = server.add_insecure_port(listen)
     await server.start()
     conn.send(("port", port))
     loop = asyncio.get_running_loop()
-    # The parent closes or writes to the pipe to stop us.
-    await loop.run_in_executor(None, conn.recv)
+    # ("size", n) sets the answers' size; anything else, or a closed pipe, stops us.
+    while True:
+        message = await loop.run_in_executor(None, conn.recv)
+        if not (isinstance(message, tuple) and message[0] == "size"):
+            break
+        size = int(message[1])
+        if 0 <= size <= _MAX_MESSAGE:
+            blob[0] = bytes(size)
+            conn.send(("size", size))
+        else:
+            conn.send(("error", f"answer size {size} is not within 0..{_MAX_MESSAGE} bytes"))
     await server.stop(0.5)
 
 
@@ -96,7 +85,8 @@ class EchoServer(ChildServer):
 
     Example:
         with EchoServer() as echo:
-            run_load(LoadSpec(echo.address, unary_method(200), "unary", [b"x" * 64], 1, 1.0))
+            echo.respond_with(200)
+            run_load(LoadSpec(echo.address, UNARY, "unary", [b"x" * 64], 1, 1.0))
     """
 
     def __init__(self, loop: str = "asyncio", listen: str = "127.0.0.1:0", cpus: frozenset[int] = frozenset()):
@@ -115,3 +105,18 @@ class EchoServer(ChildServer):
             raise self._failed("echo server", value)
         self.port = int(value)
         return self
+
+    def respond_with(self, size: int, timeout: float = 10.0) -> None:
+        """Answer every later call (Unary) or message (Stream) with `size` bytes.
+
+        Raises:
+            RuntimeError: the echo refused the size or did not confirm it within `timeout`.
+        """
+        if self._conn is None:
+            raise RuntimeError("echo server is not running")
+        self._conn.send(("size", int(size)))
+        if not self._conn.poll(timeout):
+            raise RuntimeError(f"echo server did not confirm answer size {size} within {timeout:.0f}s")
+        reply = self._conn.recv()
+        if reply != ("size", int(size)):
+            raise RuntimeError(f"echo server refused answer size {size}: {reply[1] if len(reply) > 1 else reply}")

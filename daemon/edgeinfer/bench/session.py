@@ -29,7 +29,7 @@ from ..config import Config, ModelConfig, OnnxRuntimeConfig, TensorRTConfig
 from . import analysis, environment
 from .ceiling import CeilingProcess, CeilingSpec
 from .daemon_proc import DaemonProcess
-from .echo import EchoServer, stream_method, unary_method
+from .echo import STREAM, UNARY, EchoServer
 from .loadgen import INFER_METHOD, STREAM_METHOD, ClientLayout, LoadClients, LoadSpec
 from ..eventloop import resolve
 from .placement import ANYWHERE, Placement
@@ -355,10 +355,10 @@ def _ceiling_points(label: str, config: Config, payloads: dict[str, Payload], se
     return points, served
 
 
-def _echo_spec(label: str, address: str, name: str, mode: str, c: int, response_bytes: int,
-               settings: BenchSettings, prep: _Prepared) -> LoadSpec:
-    method = unary_method(response_bytes) if mode == "unary" else stream_method(response_bytes)
-    return LoadSpec(address=address, method=method, mode=mode, requests=prep.payloads[name].requests,
+def _echo_spec(label: str, address: str, name: str, mode: str, c: int, settings: BenchSettings,
+               prep: _Prepared) -> LoadSpec:
+    """Load on the echo with `name`'s requests; set its answers' size (EchoServer.respond_with) first."""
+    return LoadSpec(address=address, method=UNARY if mode == "unary" else STREAM, mode=mode, requests=prep.payloads[name].requests,
                     concurrency=c, duration_s=settings.duration_s, warmup_s=settings.warmup_s,
                     stream_window=prep.window, processes=prep.clients.processes, loop=prep.loop,
                     response_kind="none", label=f"{label} echo ({name} sizes) {mode} c={c}",
@@ -383,9 +383,9 @@ def _echo_points(label: str, daemon_points: list[dict], settings: BenchSettings,
             for mode in settings.modes:
                 sizes = [p["response_bytes"] for p in daemon_points
                          if p["model"] == name and p["mode"] == mode and p["response_bytes"]]
-                resp = int(sum(sizes) / len(sizes)) if sizes else 256
+                echo.respond_with(int(sum(sizes) / len(sizes)) if sizes else 256)
                 for c in settings.echo_concurrency:
-                    spec = _echo_spec(label, echo.address, name, mode, c, resp, settings, prep)
+                    spec = _echo_spec(label, echo.address, name, mode, c, settings, prep)
                     points.append(_echo_point(label, name, spec,
                                               _measure(spec, echo.pid, settings, progress, profile=False), progress))
     return points
@@ -651,6 +651,7 @@ def _interleave_point(entries: list[_Interleaved], name: str, mode: str, c: int,
             spec = _daemon_spec(e.spec.label, e.address, name, mode, c, settings, e.prep)
             clients.append(stack.enter_context(LoadClients(spec)))
         echo_clients: dict[int, LoadClients] = {}
+        echo_sizes: dict[int, int] = {}
         rounds = len(entries[0].rounds)
         for k in range(rounds):
             progress(f"[bench] round {k + 1}/{rounds}: {labels} {name} {pair}")
@@ -671,9 +672,10 @@ def _interleave_point(entries: list[_Interleaved], name: str, mode: str, c: int,
                     if what not in echo_clients:  # round 1 measured the daemon first: its answers' size
                         sizes = [p["response_bytes"] for p in e.rounds[0]["points"]
                                  if p["target"] == "daemon" and p.get("pair") == pair and p["model"] == name]
-                        espec = _echo_spec(e.spec.label, e.echo.address, name, mode, c, sizes[0] or 256, settings,
-                                           e.prep)
+                        echo_sizes[what] = sizes[0] or 256
+                        espec = _echo_spec(e.spec.label, e.echo.address, name, mode, c, settings, e.prep)
                         echo_clients[what] = stack.enter_context(LoadClients(espec))
+                    e.echo.respond_with(echo_sizes[what])  # runs may share one echo and differ in size
                     measured = _measure_slice(echo_clients[what], e.echo.pid, settings, quiet, profile=False)
                     e.echoes[k].append(_echo_point(e.rounds[k]["label"], name, echo_clients[what].spec, measured,
                                                    progress, pair=pair))

@@ -19,6 +19,7 @@ from ..registry import ModelRegistry
 from . import converters
 from .errors import abort_with, status_of, translate_errors
 from .inline import InlineTensorPath
+from .methods import add_service
 from .pipeline import InferencePipeline
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,8 @@ def _infer_response_bytes(response) -> bytes:
 
 def add_to_server(servicer: InferenceServicer, server) -> None:
     """Serve `servicer` as edgeinfer.v1.Inference: the generated add_InferenceServicer_to_server,
-    except that Infer may answer serialized bytes (see Infer)."""
+    except that Infer may answer serialized bytes (see Infer). Registered with gRPC's core where
+    grpcio can (methods.add_service)."""
     handlers = {
         "Infer": grpc.unary_unary_rpc_method_handler(
             servicer.Infer, request_deserializer=pb.InferRequest.FromString,
@@ -184,4 +186,4 @@ def add_to_server(servicer: InferenceServicer, server) -> None:
             servicer.GetModel, request_deserializer=pb.GetModelRequest.FromString,
             response_serializer=pb.ModelInfo.SerializeToString),
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    add_service(server, SERVICE_NAME, handlers)
