@@ -20,7 +20,9 @@ def _config(trivial_onnx, classifier_onnx, tmp_path, inline_max_us):
         "cache": {"dir": str(tmp_path)},
         "models": [
             {"name": "trivial", "onnx": str(trivial_onnx), "backends": ["onnxruntime"],
-             "postprocess": {"task": "raw"}, "onnxruntime": {"intra_op_threads": 1}},
+             "postprocess": {"task": "raw"},
+             # the CPU EP, whose batch-1 bound call these tests watch, on a GPU host too
+             "onnxruntime": {"providers": ["CPUExecutionProvider"], "intra_op_threads": 1}},
             {"name": "imagenet", "onnx": str(classifier_onnx), "backends": ["onnxruntime"],
              "input": {"resize": "center-crop", "mean": [127.0] * 3, "std": [128.0] * 3},
              "postprocess": {"task": "classification", "labels": str(labels)}},
