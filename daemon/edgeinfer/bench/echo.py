@@ -119,4 +119,4 @@ class EchoServer(ChildServer):
             raise RuntimeError(f"echo server did not confirm answer size {size} within {timeout:.0f}s")
         reply = self._conn.recv()
         if reply != ("size", int(size)):
-            raise RuntimeError(f"echo server refused answer size {size}: {reply[1] if len(reply) > 1 else reply}")
+            raise RuntimeError(f"echo server refused answer size {size}: {reply[-1]}")

@@ -358,9 +358,10 @@ def _ceiling_points(label: str, config: Config, payloads: dict[str, Payload], se
 def _echo_spec(label: str, address: str, name: str, mode: str, c: int, settings: BenchSettings,
                prep: _Prepared) -> LoadSpec:
     """Load on the echo with `name`'s requests; set its answers' size (EchoServer.respond_with) first."""
-    return LoadSpec(address=address, method=UNARY if mode == "unary" else STREAM, mode=mode, requests=prep.payloads[name].requests,
-                    concurrency=c, duration_s=settings.duration_s, warmup_s=settings.warmup_s,
-                    stream_window=prep.window, processes=prep.clients.processes, loop=prep.loop,
+    return LoadSpec(address=address, method=UNARY if mode == "unary" else STREAM, mode=mode,
+                    requests=prep.payloads[name].requests, concurrency=c, duration_s=settings.duration_s,
+                    warmup_s=settings.warmup_s, stream_window=prep.window, processes=prep.clients.processes,
+                    loop=prep.loop,
                     response_kind="none", label=f"{label} echo ({name} sizes) {mode} c={c}",
                     cpus=prep.placement.clients, channels=prep.clients.channels)
 
@@ -650,8 +651,7 @@ def _interleave_point(entries: list[_Interleaved], name: str, mode: str, c: int,
         for e in entries:
             spec = _daemon_spec(e.spec.label, e.address, name, mode, c, settings, e.prep)
             clients.append(stack.enter_context(LoadClients(spec)))
-        echo_clients: dict[int, LoadClients] = {}
-        echo_sizes: dict[int, int] = {}
+        echo_clients: dict[int, tuple[LoadClients, int]] = {}  # entry -> its echo clients, answer size
         rounds = len(entries[0].rounds)
         for k in range(rounds):
             progress(f"[bench] round {k + 1}/{rounds}: {labels} {name} {pair}")
@@ -672,10 +672,10 @@ def _interleave_point(entries: list[_Interleaved], name: str, mode: str, c: int,
                     if what not in echo_clients:  # round 1 measured the daemon first: its answers' size
                         sizes = [p["response_bytes"] for p in e.rounds[0]["points"]
                                  if p["target"] == "daemon" and p.get("pair") == pair and p["model"] == name]
-                        echo_sizes[what] = sizes[0] or 256
                         espec = _echo_spec(e.spec.label, e.echo.address, name, mode, c, settings, e.prep)
-                        echo_clients[what] = stack.enter_context(LoadClients(espec))
-                    e.echo.respond_with(echo_sizes[what])  # runs may share one echo and differ in size
-                    measured = _measure_slice(echo_clients[what], e.echo.pid, settings, quiet, profile=False)
-                    e.echoes[k].append(_echo_point(e.rounds[k]["label"], name, echo_clients[what].spec, measured,
+                        echo_clients[what] = (stack.enter_context(LoadClients(espec)), sizes[0] or 256)
+                    load, size = echo_clients[what]
+                    e.echo.respond_with(size)  # runs may share one echo and differ in size
+                    measured = _measure_slice(load, e.echo.pid, settings, quiet, profile=False)
+                    e.echoes[k].append(_echo_point(e.rounds[k]["label"], name, load.spec, measured,
                                                    progress, pair=pair))
