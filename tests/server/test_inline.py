@@ -10,6 +10,8 @@ import pytest
 
 from edgeinfer_client import Client
 
+from edgeinfer.backends.onnxruntime.bound_call import CpuBoundCall
+
 
 def _config(trivial_onnx, classifier_onnx, tmp_path, inline_max_us):
     from edgeinfer.config import parse_config
@@ -29,18 +31,34 @@ def _config(trivial_onnx, classifier_onnx, tmp_path, inline_max_us):
         ]}, source="test_inline")
 
 
-def _spy_threads(model):
+def _spy_threads(model, monkeypatch):
     """Record the thread each ONNX Runtime call of `model` runs on: `session.run` (the general path)
-    and `run_with_iobinding` (the short path's bound call)."""
+    and its runner's bound calls (the short path: CpuBoundCall.run, which calls ORT's compiled
+    session directly, so the session's Python method never sees it)."""
     seen = []
     session = model.runner.session
-    for name in ("run", "run_with_iobinding"):
-        inner = getattr(session, name)
+    inner = session.run
 
-        def spy(*args, _inner=inner, **kwargs):
+    def spy(*args, **kwargs):
+        seen.append(threading.current_thread().name)
+        return inner(*args, **kwargs)
+    session.run = spy
+    _spy_bound_runs(model, monkeypatch, seen)
+    return seen
+
+
+def _spy_bound_runs(model, monkeypatch, seen=None):
+    """Record (in `seen`) the thread of each run of a bound call made by `model`'s current runner."""
+    seen = [] if seen is None else seen
+    runner = model.runner
+    inner = CpuBoundCall.run
+
+    def spy(call):
+        if call in runner._bound_calls:
             seen.append(threading.current_thread().name)
-            return _inner(*args, **kwargs)
-        setattr(session, name, spy)
+        return inner(call)
+    # Wrap whatever is there: each spying model's spy filters its own runner's calls.
+    monkeypatch.setattr(CpuBoundCall, "run", spy)
     return seen
 
 
@@ -66,12 +84,12 @@ def _latency_count(d, model, stage="total"):
 
 
 def test_tiny_model_tensors_run_on_the_loop_images_on_workers(start_daemon, trivial_onnx, classifier_onnx,
-                                                              media, tmp_path):
+                                                              media, tmp_path, monkeypatch):
     # A threshold no model misses: which path runs must follow the input kind, not timing luck.
     d = start_daemon(_config(trivial_onnx, classifier_onnx, tmp_path, inline_max_us=10_000_000))
     trivial, imagenet = d.daemon.registry.get("trivial"), d.daemon.registry.get("imagenet")
     assert trivial.warm_infer_us is not None and trivial.warm_infer_us > 0
-    on_trivial, on_imagenet = _spy_threads(trivial), _spy_threads(imagenet)
+    on_trivial, on_imagenet = _spy_threads(trivial, monkeypatch), _spy_threads(imagenet, monkeypatch)
     x = np.arange(64, dtype=np.float32)[None]
     with Client(d.address, timeout=30) as c:
         for _ in range(3):
@@ -91,9 +109,10 @@ def test_tiny_model_tensors_run_on_the_loop_images_on_workers(start_daemon, triv
     assert d.daemon.pipeline._lanes["trivial"].inline
 
 
-def test_inline_off_when_the_threshold_is_zero(start_daemon, trivial_onnx, classifier_onnx, tmp_path):
+def test_inline_off_when_the_threshold_is_zero(start_daemon, trivial_onnx, classifier_onnx, tmp_path,
+                                              monkeypatch):
     d = start_daemon(_config(trivial_onnx, classifier_onnx, tmp_path, inline_max_us=0))
-    seen = _spy_threads(d.daemon.registry.get("trivial"))
+    seen = _spy_threads(d.daemon.registry.get("trivial"), monkeypatch)
     x = np.ones((1, 64), np.float32)
     with Client(d.address, timeout=30) as c:
         np.testing.assert_array_equal(c.infer("trivial", tensors={"x": x}).outputs["y"], x + 1)
@@ -102,7 +121,7 @@ def test_inline_off_when_the_threshold_is_zero(start_daemon, trivial_onnx, class
 
 
 def test_short_path_answers_as_the_general_path_and_counts_the_same(start_daemon, trivial_onnx, classifier_onnx,
-                                                                     tmp_path):
+                                                                     tmp_path, monkeypatch):
     """After the first answer, fitting tensor requests skip the domain objects (server/inline.py)."""
     d = start_daemon(_config(trivial_onnx, classifier_onnx, tmp_path, inline_max_us=10_000_000))
     trivial = d.daemon.registry.get("trivial")
@@ -113,7 +132,7 @@ def test_short_path_answers_as_the_general_path_and_counts_the_same(start_daemon
         assert len(general) == 1
         ok0, lat0 = _requests_ok(d, "trivial"), _latency_count(d, "trivial")
         session = trivial.runner.session
-        plain, bound = _spy_calls(session, "run"), _spy_calls(session, "run_with_iobinding")
+        plain, bound = _spy_calls(session, "run"), _spy_bound_runs(trivial, monkeypatch)
         xs = [x + i for i in range(5)]  # each request refills the bound input: no answer may repeat the last
         answers = [c.infer("trivial", tensors={"x": xs[i]}, request_id=f"b{i}") for i in range(5)]
         assert len(general) == 1, "fitting requests must not take the general path any more"
@@ -147,7 +166,7 @@ def test_short_path_answers_as_the_general_path_and_counts_the_same(start_daemon
             "edgeinfer_requests_total", {"model": "trivial", "code": "INVALID_ARGUMENT"}) == len(cases)
 
 
-def test_short_path_stops_with_the_model(start_daemon, trivial_onnx, classifier_onnx, tmp_path):
+def test_short_path_stops_with_the_model(start_daemon, trivial_onnx, classifier_onnx, tmp_path, monkeypatch):
     d = start_daemon(_config(trivial_onnx, classifier_onnx, tmp_path, inline_max_us=10_000_000))
     trivial = d.daemon.registry.get("trivial")
     x = np.ones((1, 64), np.float32)
@@ -155,7 +174,7 @@ def test_short_path_stops_with_the_model(start_daemon, trivial_onnx, classifier_
         c.infer("trivial", tensors={"x": x})
         c.infer("trivial", tensors={"x": x})  # the short path now
         session = trivial.runner.session
-        runs, bound_runs = _spy_calls(session, "run"), _spy_calls(session, "run_with_iobinding")
+        runs, bound_runs = _spy_calls(session, "run"), _spy_bound_runs(trivial, monkeypatch)
         trivial.unload()  # as shutdown does
         with pytest.raises(Exception) as err:  # not the stale runner: the model says it is not ready
             c.infer("trivial", tensors={"x": x})
@@ -169,28 +188,29 @@ def test_short_path_stops_with_the_model(start_daemon, trivial_onnx, classifier_
     assert alive() is None
 
 
-def test_short_path_failure_is_counted_and_answered(start_daemon, trivial_onnx, classifier_onnx, tmp_path):
+def test_short_path_failure_is_counted_and_answered(start_daemon, trivial_onnx, classifier_onnx, tmp_path,
+                                                   monkeypatch):
     d = start_daemon(_config(trivial_onnx, classifier_onnx, tmp_path, inline_max_us=10_000_000))
     runner = d.daemon.registry.get("trivial").runner
     x = np.ones((1, 64), np.float32)
     with Client(d.address, timeout=30) as c:
         c.infer("trivial", tensors={"x": x})  # learns the short path
-        session = runner.session
+        (call,) = list(runner._bound_calls)
 
-        def failing(*args, **kwargs):  # the short path's runtime call fails
+        def failing():  # the short path's runtime call (ORT's Run) fails
             raise RuntimeError("injected")
-        session.run_with_iobinding = failing
-        with pytest.raises(Exception) as err:
-            c.infer("trivial", tensors={"x": x})
+        with monkeypatch.context() as patch:
+            patch.setattr(call, "_run", failing)
+            with pytest.raises(Exception) as err:
+                c.infer("trivial", tensors={"x": x})
         assert "INTERNAL" in str(err.value) and "onnxruntime failed: injected" in str(err.value)
-        del session.run_with_iobinding  # the class's method again
         np.testing.assert_array_equal(c.infer("trivial", tensors={"x": x}).outputs["y"], x + 1)
     assert d.daemon.metrics.registry.get_sample_value(
         "edgeinfer_requests_total", {"model": "trivial", "code": "INTERNAL"}) == 1
 
 
 def test_stream_frames_answer_in_order_across_short_path_workers_and_errors(start_daemon, trivial_onnx,
-                                                                             classifier_onnx, tmp_path):
+                                                                             classifier_onnx, tmp_path, monkeypatch):
     """InferStream answers frames the short path takes as they are read (no task each); the others
     still go through the general path, and every answer comes back in the frames' order."""
     import grpc
@@ -203,7 +223,7 @@ def test_stream_frames_answer_in_order_across_short_path_workers_and_errors(star
     trivial = d.daemon.registry.get("trivial")
     with Client(d.address, timeout=30) as c:
         c.infer("trivial", tensors={"x": np.zeros((1, 64), np.float32)})  # learns the short path
-    threads = _spy_threads(trivial)
+    threads = _spy_threads(trivial, monkeypatch)
     rng = np.random.default_rng(7)
     frames = [rng.standard_normal((1, 64)).astype(np.float32) for _ in range(6)]
     frames.insert(2, rng.standard_normal((3, 64)).astype(np.float32))  # batch 3: the general path, a worker

@@ -91,8 +91,9 @@ class _Signature:
         self.dtype = np.dtype(spec.dtype)
         self.code = PB_DTYPE.get(self.dtype.newbyteorder("="))
         self.batched = spec.dynamic_batch
-        # A bound input has one shape (batch 1), so one comparison checks it.
-        self.shape = bound.shape if bound is not None else None
+        # A bound input has one shape (batch 1), so one comparison checks it. A list, because
+        # protobuf's repeated field equals a list (not a tuple) and comparing it so copies nothing.
+        self.shape = list(bound.shape) if bound is not None else None
         self.nbytes = bound.nbytes if bound is not None else None
         self.buffer = memoryview(bound).cast("B") if bound is not None else None
 
@@ -111,7 +112,7 @@ class _Signature:
     def fill(self, t: pb.Tensor) -> bool:
         """Copy the tensor into the bound input when it fits exactly; False (nothing promised) otherwise."""
         data = t.data
-        if t.dtype != self.code or len(data) != self.nbytes or tuple(t.shape) != self.shape:
+        if t.dtype != self.code or len(data) != self.nbytes or t.shape != self.shape:
             return False
         self.buffer[:] = data
         return True
@@ -165,8 +166,7 @@ class InlineTensorPath:
 
     def fill(self, request: pb.InferRequest) -> bool:
         """Copy the request's tensors into the bound call's inputs when every one fits exactly."""
-        if request.WhichOneof("input") != "tensors":
-            return False
+        # No oneof check: a request that carries an image (or nothing) reads as no tensors here.
         tensors = request.tensors.tensors
         single = self._single
         if single is not None:

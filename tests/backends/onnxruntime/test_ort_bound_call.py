@@ -62,6 +62,35 @@ def test_bound_call_answers_as_session_run_call_after_call(add_and_nonzero):
         assert got["nz"].shape == (2, int((x > 0).sum()))
 
 
+class _PublicOnly:
+    """A session that offers only ONNX Runtime's public methods, as a release without the private
+    names the direct call uses would."""
+
+    def __init__(self, session):
+        self.io_binding = session.io_binding
+        self.run_with_iobinding = session.run_with_iobinding
+
+
+def test_the_direct_call_and_the_public_method_answer_alike(add_and_nonzero):
+    runner = add_and_nonzero
+    session = runner.session
+    specs = (runner.inputs, runner.outputs, [(1, 8)])
+    direct = CpuBoundCall(session, *specs)
+    public = CpuBoundCall(_PublicOnly(session), *specs)
+    # Where ORT has them, the call goes to the compiled session with kept RunOptions, else the public method.
+    assert direct._run.func == session._sess.run_with_iobinding and len(direct._run.args) == 2
+    assert public._run.func == session.run_with_iobinding
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        x = rng.standard_normal((1, 8)).astype(np.float32)
+        direct.inputs["x"][...] = x
+        public.inputs["x"][...] = x
+        got, want = direct.run(), public.run()
+        np.testing.assert_array_equal(got["y"], x + 1)
+        np.testing.assert_array_equal(want["y"], x + 1)
+        np.testing.assert_array_equal(got["nz"], want["nz"])
+
+
 def test_bound_call_writes_into_its_own_buffers(add_and_nonzero):
     call = add_and_nonzero.bound_call()
     call.inputs["x"][...] = 1.0
