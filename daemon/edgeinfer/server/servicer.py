@@ -90,12 +90,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         return response
 
     async def Infer(self, request, context):
+        """Answers serialized bytes (see add_to_server): the short path's message is refilled by its
+        next request, so its bytes are taken now."""
         try:
             response = self._answer_inline(request)
-            if response is not None:
-                # The short path's message is refilled by its next request: send its bytes now.
-                return response.SerializeToString()
-            return await self._answer(request, context.time_remaining)
+            if response is None:
+                response = await self._answer(request, context.time_remaining)
+            return response.SerializeToString()
         except Exception as exc:  # noqa: BLE001 - every error becomes a status, never a crash
             await abort_with(context, exc)
 
@@ -163,19 +164,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         return converters.model_info(self.registry.get(request.name))
 
 
-def _infer_response_bytes(response) -> bytes:
-    """Infer answers a message, or (the short path) the message's bytes already."""
-    return response if response.__class__ is bytes else response.SerializeToString()
-
-
 def add_to_server(servicer: InferenceServicer, server) -> None:
     """Serve `servicer` as edgeinfer.v1.Inference: the generated add_InferenceServicer_to_server,
-    except that Infer may answer serialized bytes (see Infer). Registered with gRPC's core where
-    grpcio can (methods.add_service)."""
+    except that Infer answers serialized bytes (see Infer), which gRPC sends as they are (no
+    serializer). Registered with gRPC's core where grpcio can (methods.add_service)."""
     handlers = {
         "Infer": grpc.unary_unary_rpc_method_handler(
-            servicer.Infer, request_deserializer=pb.InferRequest.FromString,
-            response_serializer=_infer_response_bytes),
+            servicer.Infer, request_deserializer=pb.InferRequest.FromString),
         "InferStream": grpc.stream_stream_rpc_method_handler(
             servicer.InferStream, request_deserializer=pb.InferRequest.FromString,
             response_serializer=pb.StreamResponse.SerializeToString),

@@ -58,7 +58,6 @@ class CpuBoundCall(BoundCall):
                  input_shapes: Sequence[tuple[int, ...]]):
         import onnxruntime as ort
 
-        self._session = session
         self._binding = session.io_binding()
         # The arrays must live as long as the binding: ORT reads and writes their memory.
         self.inputs = {}
@@ -91,11 +90,11 @@ class CpuBoundCall(BoundCall):
 
     def close(self) -> None:
         """Let go of the session and the buffers (the runner deactivates); run() then raises."""
-        self._session = self._binding = self._run = None
+        self._binding = self._run = None
         self.inputs, self._ours, self._allocated = {}, {}, []
 
     def run(self) -> dict[str, np.ndarray]:
-        if self._session is None:
+        if self._run is None:
             raise InferenceError("onnxruntime failed: the runner was deactivated")
         try:
             for _, name in self._allocated:
