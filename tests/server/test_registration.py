@@ -1,11 +1,14 @@
-"""edgeinfer.v1.Inference is registered with gRPC's core where grpcio can (>= 1.63) and has a generic
-handler too, as generated code does; the generic one alone (grpcio 1.62, our floor) serves every
-method alike."""
+"""Infer, called once per request, is registered with gRPC's core where grpcio can (>= 1.63); every
+method of every service has a generic handler, which alone serves the rest (health, reflection,
+ListModels, GetModel, InferStream: server/methods.py says why) and, on grpcio 1.62, our floor,
+every method alike."""
 from __future__ import annotations
 
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from edgeinfer_client import Client, ClientError
 from edgeinfer_client._convert import build_request
@@ -66,10 +69,18 @@ def _serves_every_method(address: str) -> None:
         with pytest.raises(grpc.RpcError) as info:
             ch.unary_unary(f"/{SERVICE_NAME}/Nope")(b"", timeout=10)
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        # health and reflection, through their generic handlers
+        health = health_pb2_grpc.HealthStub(ch)
+        assert health.Check(health_pb2.HealthCheckRequest(service="trivial"), timeout=10).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        listing = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+        names = {s.name for r in listing for s in r.list_services_response.service}
+        assert {SERVICE_NAME, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
 
 
-def test_inference_is_registered_with_the_core_where_grpcio_can(start_daemon, trivial_onnx, tmp_path,
-                                                                 monkeypatch):
+def test_only_infer_is_registered_with_the_core_where_grpcio_can(start_daemon, trivial_onnx, tmp_path,
+                                                                  monkeypatch):
     from grpc.aio._server import Server
 
     if not hasattr(Server, "add_registered_method_handlers"):
@@ -77,9 +88,10 @@ def test_inference_is_registered_with_the_core_where_grpcio_can(start_daemon, tr
     registered = _record(monkeypatch, "add_registered_method_handlers")
     generic = _record(monkeypatch, "add_generic_rpc_handlers")
     d = start_daemon(_config(trivial_onnx, tmp_path))
-    ours = [sorted(handlers) for service, handlers in registered if service == "edgeinfer.v1.Inference"]
-    assert ours == [["GetModel", "Infer", "InferStream", "ListModels"]]
-    assert "edgeinfer.v1.Inference" in _generic_names(generic)
+    # Not health's or reflection's methods either, though their generated code registers them all.
+    assert [(service, sorted(handlers)) for service, handlers in registered] == [("edgeinfer.v1.Inference", ["Infer"])]
+    assert {"edgeinfer.v1.Inference", "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection"} <= set(_generic_names(generic))
     _serves_every_method(d.address)
 
 
@@ -97,3 +109,30 @@ def test_the_generic_handler_alone_serves_every_method(start_daemon, trivial_onn
     d = start_daemon(_config(trivial_onnx, tmp_path))
     assert "edgeinfer.v1.Inference" in _generic_names(generic)
     _serves_every_method(d.address)
+
+
+def test_add_service_registers_only_the_named_methods_and_refuses_unknown_names(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgeinfer.server.methods import GenericOnly, add_service
+
+    with ThreadPoolExecutor(1) as pool:
+        server = grpc.server(pool)
+        if not hasattr(server, "add_registered_method_handlers"):
+            pytest.skip(f"grpcio {grpc.__version__} cannot register methods (< 1.63)")
+        registered, generic = [], []
+        monkeypatch.setattr(server, "add_registered_method_handlers", lambda s, h: registered.append((s, sorted(h))))
+        monkeypatch.setattr(server, "add_generic_rpc_handlers", lambda h: generic.extend(h))
+        handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+        add_service(server, "t.S", {"A": handler, "B": handler}, registered=("A",))
+        assert registered == [("t.S", ["A"])] and [h.service_name() for h in generic] == ["t.S"]
+        add_service(server, "t.R", {"A": handler})  # nothing named: a generic handler only
+        assert registered == [("t.S", ["A"])] and [h.service_name() for h in generic] == ["t.S", "t.R"]
+        with pytest.raises(KeyError):
+            add_service(server, "t.U", {"A": handler}, registered=("Nope",))
+        assert [h.service_name() for h in generic] == ["t.S", "t.R"]  # nothing added for t.U
+        # What a generated add_*_to_server does, through GenericOnly: its registration is dropped.
+        adapter = GenericOnly(server)
+        adapter.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.G", {"A": handler}),))
+        adapter.add_registered_method_handlers("t.G", {"A": handler})
+        assert registered == [("t.S", ["A"])] and generic[-1].service_name() == "t.G"

@@ -5,8 +5,9 @@ It answers every request with one preallocated blob, `Unary` once a call and
 request and response sizes: the parent sets the blob's size before each
 measurement (`EchoServer.respond_with`). Requests are received as bytes and
 never parsed. Its methods are served the way the daemon's are (a generic
-handler, also registered with gRPC's core where grpcio can: server/methods.py),
-so that the two differ only by the daemon's work. It runs in a separate
+handler; the unary method, like the daemon's Infer, also registered with gRPC's
+core where grpcio can: server/methods.py), so that the two differ only by the
+daemon's work. It runs in a separate
 process started like the daemon's (spawn, same gRPC server options, same
 event-loop choice).
 """
@@ -50,7 +51,7 @@ async def _serve(conn, listen: str) -> None:
         ("grpc.so_reuseport", 0),
     ])
     blob = [bytes(256)]
-    add_service(server, SERVICE, _handlers(blob))
+    add_service(server, SERVICE, _handlers(blob), registered=("Unary",))
     port = server.add_insecure_port(listen)
     await server.start()
     conn.send(("port", port))

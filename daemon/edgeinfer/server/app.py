@@ -16,13 +16,14 @@ from typing import Callable, Optional
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from .. import __version__, systemd
 from ..config import Config
 from ..metrics import DaemonCollector, Metrics, MetricsEndpoint, MetricsEndpointError
 from ..pipeline.model import ModelState, ServedModel
 from ..registry import ModelRegistry
+from .methods import GenericOnly
 from .pipeline import InferencePipeline
 from .servicer import SERVICE_NAME, InferenceServicer, add_to_server
 
@@ -79,11 +80,15 @@ class Daemon:
         ])
         servicer = InferenceServicer(self.registry, self.pipeline, self.config.server.stream_window)
         add_to_server(servicer, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        # Health and reflection through generic handlers only: a method registered with the core
+        # costs every call a little (server/methods.py), and these are called rarely.
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, GenericOnly(self.server))
         names = [SERVICE_NAME, health.SERVICE_NAME]
         if self.config.server.reflection:
             names.append(reflection.SERVICE_NAME)
-            reflection.enable_server_reflection(names, self.server)
+            # What reflection.enable_server_reflection does for an aio server, minus the registration.
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names),
+                                                                        GenericOnly(self.server))
         listen = self.config.server.listen
         self.port = self.server.add_insecure_port(listen)
         if self.port == 0 and not listen.startswith("unix:"):

@@ -167,7 +167,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 def add_to_server(servicer: InferenceServicer, server) -> None:
     """Serve `servicer` as edgeinfer.v1.Inference: the generated add_InferenceServicer_to_server,
     except that Infer answers serialized bytes (see Infer), which gRPC sends as they are (no
-    serializer). Registered with gRPC's core where grpcio can (methods.add_service)."""
+    serializer). Infer, called once per request, is also registered with gRPC's core where grpcio can;
+    the other methods are looked up by the generic handler (methods.add_service says why)."""
     handlers = {
         "Infer": grpc.unary_unary_rpc_method_handler(
             servicer.Infer, request_deserializer=pb.InferRequest.FromString),
@@ -181,4 +182,4 @@ def add_to_server(servicer: InferenceServicer, server) -> None:
             servicer.GetModel, request_deserializer=pb.GetModelRequest.FromString,
             response_serializer=pb.ModelInfo.SerializeToString),
     }
-    add_service(server, SERVICE_NAME, handlers)
+    add_service(server, SERVICE_NAME, handlers, registered=("Infer",))
