@@ -361,8 +361,7 @@ def _echo_spec(label: str, address: str, name: str, mode: str, c: int, settings:
     return LoadSpec(address=address, method=UNARY if mode == "unary" else STREAM, mode=mode,
                     requests=prep.payloads[name].requests, concurrency=c, duration_s=settings.duration_s,
                     warmup_s=settings.warmup_s, stream_window=prep.window, processes=prep.clients.processes,
-                    loop=prep.loop,
-                    response_kind="none", label=f"{label} echo ({name} sizes) {mode} c={c}",
+                    loop=prep.loop, response_kind="none", label=f"{label} echo ({name} sizes) {mode} c={c}",
                     cpus=prep.placement.clients, channels=prep.clients.channels)
 
 

@@ -149,9 +149,7 @@ class InlineTensorPath:
 
     def feeds(self, request: pb.InferRequest) -> Optional[dict[str, np.ndarray]]:
         """The request's tensors as feeds when every one fits the model exactly, else None."""
-        if request.WhichOneof("input") != "tensors":
-            return None
-        tensors = request.tensors.tensors
+        tensors = request.tensors.tensors  # none for a request with an image, as in fill()
         inputs = self._inputs
         if len(tensors) != len(inputs):
             return None
