@@ -1,5 +1,5 @@
 """A bare grpc.aio echo with extra server options (argv: port answer_size options-json). Probe, session 21."""
-import asyncio, json, sys
+import json, sys
 sys.path[:0] = ["/work/main/daemon", "/work/main/clients"]
 import grpc, uvloop
 from edgeinfer.server.methods import add_service
