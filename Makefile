@@ -19,10 +19,16 @@ all: test
 
 venv: $(STAMP)
 
+# $(call project_venv,DIR,PIP_ARGS): a venv in DIR with the project installed
+# editable, daemon and dev extras; PIP_ARGS adds to that install (e.g. -c pins).
+define project_venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip --disable-pip-version-check install --quiet --upgrade pip
+	$(1)/bin/python -m pip --disable-pip-version-check install --quiet $(2) -e '.[daemon,dev]'
+endef
+
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[daemon,dev]'
+	$(call project_venv,$(VENV),)
 	# PyTorch is needed once, to export the classifier to ONNX. Only a local
 	# CPU wheel is taken (--no-index): never a multi-GB CUDA download. Where
 	# none is found the classifier is skipped, and so are its tests.
@@ -53,9 +59,7 @@ FLOOR_STAMP := $(FLOOR_VENV)/.installed
 FLOOR_PINS  := tests/floor-constraints.txt
 
 $(FLOOR_STAMP): pyproject.toml $(FLOOR_PINS)
-	test -x $(FLOOR_PY) || $(PYTHON) -m venv $(FLOOR_VENV)
-	$(FLOOR_PY) -m pip --disable-pip-version-check install --quiet --upgrade pip
-	$(FLOOR_PY) -m pip --disable-pip-version-check install --quiet -c $(FLOOR_PINS) -e '.[daemon,dev]'
+	$(call project_venv,$(FLOOR_VENV),-c $(FLOOR_PINS))
 	touch $(FLOOR_STAMP)
 
 test-floor: $(FLOOR_STAMP) $(ASSETS)
