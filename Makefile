@@ -13,7 +13,7 @@ ASSETS := assets/models/centerface.onnx
 CONFIG ?= configs/dev.toml
 PYTEST_ARGS ?=
 
-.PHONY: all venv assets demo test test-floor protos gpu-check clean
+.PHONY: all venv assets demo test test-floor protos test-gpu lint clean
 
 all: test
 
@@ -69,13 +69,10 @@ test-floor: $(FLOOR_STAMP) $(ASSETS)
 protos: $(STAMP)
 	$(PY) scripts/gen_protos.py
 
-# On the lent GPU machine (H100/H200), with onnxruntime-gpu and TensorRT-RTX in
-# /tmp/site (see docs/gpu.md): the TensorRT build path through our loader and
-# cache, then the whole daemon falling back to ONNX Runtime CUDA.
-GPU_ASSETS ?= assets
-gpu-check:
-	PYTHONPATH=/tmp/site:daemon:clients python3 scripts/gpu_check_trt.py --onnx $(GPU_ASSETS)/models/efficientnet-lite0.onnx
-	PYTHONPATH=/tmp/site:daemon:clients python3 scripts/gpu_check_daemon.py --assets $(GPU_ASSETS)
+# On the lent GPU machine (H100/H200), with onnxruntime-gpu and cuda-python in
+# /tmp/site (see docs/gpu.md): the GPU tests, which skip elsewhere with the reason.
+test-gpu:
+	PYTHONPATH=/tmp/site:daemon:clients python3 -m pytest -m gpu tests/gpu -ra
 
 clean:
 	rm -rf $(VENV) $(FLOOR_VENV) assets .cache build *.egg-info

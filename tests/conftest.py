@@ -6,14 +6,12 @@ it its tests skip with the reason, except on CI (CI=true), where they fail.
 """
 from __future__ import annotations
 
-import asyncio
-import importlib.util
 import os
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
+from testkit.daemon_thread import DaemonThread
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = Path(os.environ.get("EDGEINFER_ASSETS", ROOT / "assets"))
@@ -53,7 +51,7 @@ def classifier_onnx() -> Path:
 @pytest.fixture(scope="session")
 def trivial_onnx(tmp_path_factory) -> Path:
     """The bench's trivial model (y = x + 1 on float32 [N, 64]), written once a session."""
-    from edgeinfer.bench.trivial import build_trivial_onnx
+    from edgeinfer_bench.trivial import build_trivial_onnx
 
     return build_trivial_onnx(tmp_path_factory.mktemp("trivial") / "trivial.onnx")
 
@@ -62,56 +60,6 @@ def trivial_onnx(tmp_path_factory) -> Path:
 def media() -> Path:
     _need(MEDIA / "astronaut.png", "test photos")
     return MEDIA
-
-
-class DaemonThread:
-    """A real edgeinfer Daemon on its own event loop thread, on a free loopback port."""
-
-    def __init__(self, config, **daemon_kwargs):
-        from edgeinfer.server.app import Daemon
-
-        config.server.listen = "127.0.0.1:0"
-        config.metrics.enabled = False
-        self.daemon = Daemon(config, tick_s=0.2, **daemon_kwargs)
-        self.loop = asyncio.new_event_loop()
-        self._started = threading.Event()
-        self._error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="test-daemon", daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-
-        async def main():
-            try:
-                await self.daemon.start()
-            except BaseException as exc:  # noqa: BLE001
-                self._error = exc
-                raise
-            finally:
-                self._started.set()
-            await self.daemon.run()
-
-        try:
-            self.loop.run_until_complete(main())
-        except BaseException:  # noqa: BLE001 - reported through _error
-            pass
-
-    def start(self, wait_loaded: bool = True) -> "DaemonThread":
-        self.thread.start()
-        self._started.wait(30)
-        if self._error:
-            raise self._error
-        if wait_loaded:
-            self.daemon.registry.wait_loaded(120)
-        return self
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.daemon.port}"
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.daemon.request_stop)
-        self.thread.join(30)
 
 
 @pytest.fixture(scope="session")
@@ -152,21 +100,3 @@ def start_daemon():
     for d in started:
         if d.thread.is_alive():
             d.stop()
-
-
-@pytest.fixture(scope="session")
-def load_script():
-    """Factory: load_script("scripts/x.py") -> that script imported as a module (scripts/ is no package)."""
-    loaded = {}
-
-    def _load(relative: str):
-        if relative not in loaded:
-            path = ROOT / relative
-            spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            loaded[relative] = module
-        return loaded[relative]
-
-    return _load
-

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMITTED = ROOT / "clients" / "edgeinfer_client" / "_proto"
+COMMITTED = ROOT / "clients" / "edgeinfer_proto"
 # The floor declared in pyproject.toml (grpcio>=1.62, protobuf>=4.25.1), pinned in one file that
 # `make test-floor` also installs from; the client needs these three of its pins.
 FLOOR_PINS = ROOT / "tests" / "floor-constraints.txt"
@@ -28,7 +28,9 @@ def test_generated_code_matches_the_protos(tmp_path):
     out = tmp_path / "gen"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--out", str(out)],
                    check=True, capture_output=True)
-    assert _files(out) == _files(COMMITTED), "generated file set differs: run `make protos`"
+    # Files at the package's top (its __init__, tensors.py) are written by hand; the rest is generated.
+    committed = {f for f in _files(COMMITTED) if "/" in f}
+    assert _files(out) == committed, "generated file set differs: run `make protos`"
     drifted = [f for f in sorted(_files(out)) if not filecmp.cmp(out / f, COMMITTED / f, shallow=False)]
     assert not drifted, f"generated code is stale for {drifted}: run `make protos` and commit"
 

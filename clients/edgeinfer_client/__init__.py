@@ -8,9 +8,10 @@ Installs with grpcio, protobuf and numpy only (no OpenCV, no inference runtime).
 """
 from .aio import AsyncClient
 from .client import DEFAULT_ADDRESS, Client
+from ._request import build_request
 from .errors import ClientError
 from .types import (Accuracy, Attempt, ClassScore, Detection, InferResult, ModelInfo, StreamError,
                     TensorInfo)
 
 __all__ = ["Accuracy", "AsyncClient", "Attempt", "ClassScore", "Client", "ClientError", "DEFAULT_ADDRESS",
-           "Detection", "InferResult", "ModelInfo", "StreamError", "TensorInfo"]
+           "Detection", "InferResult", "ModelInfo", "StreamError", "TensorInfo", "build_request"]

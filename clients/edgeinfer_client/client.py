@@ -8,9 +8,9 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ._convert import ImageLike, build_request
-from ._proto.edgeinfer.v1 import inference_pb2 as pb
-from ._proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
+from ._request import ImageLike, build_request
+from edgeinfer_proto.edgeinfer.v1 import inference_pb2 as pb
+from edgeinfer_proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
 from .errors import ClientError, from_rpc_error
 from .types import (InferResult, ModelInfo, StreamError, model_from_proto, result_from_proto,
                     stream_item_from_proto)

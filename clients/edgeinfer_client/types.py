@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import numpy as np
 
-from ._convert import from_tensor
-from ._proto.edgeinfer.v1 import inference_pb2 as pb
+from edgeinfer_proto.tensors import from_tensor
+from edgeinfer_proto.edgeinfer.v1 import inference_pb2 as pb
 
 
 @dataclass

@@ -10,9 +10,9 @@ import logging
 import sys
 from typing import Optional
 
-from . import __version__
-from .config import Config, load_config
-from .errors import ConfigError
+from edgeinfer import __version__
+from edgeinfer.config import Config, load_config
+from edgeinfer.errors import ConfigError
 
 log = logging.getLogger("edgeinfer")
 
@@ -29,15 +29,15 @@ def _load(path: str) -> Config:
 # -- commands -------------------------------------------------------------------
 
 def cmd_serve(args) -> int:
-    from . import systemd
-    from .server.app import Daemon
+    from edgeinfer.process import systemd
+    from edgeinfer.process.daemon import Daemon
 
     config = _load(args.config)
     if args.listen:
         config.server.listen = args.listen
     tick = systemd.watchdog_interval_s() or 1.0
     if config.server.supervised:
-        from .server.supervisor import Supervisor
+        from edgeinfer.process.supervisor import Supervisor
 
         supervisor = Supervisor(config, tick_s=min(tick, 1.0))
         try:
@@ -51,7 +51,7 @@ def cmd_serve(args) -> int:
         daemon = Daemon(config, tick_s=min(tick, 1.0))
         await daemon.run()
 
-    from .eventloop import run
+    from edgeinfer.process.eventloop import run
 
     try:
         run(main(), config.server.event_loop)
@@ -85,8 +85,8 @@ def _models_loaded_here(config: Config):
     """Load every model in this process (no server) and describe it."""
     from edgeinfer_client.types import model_from_proto
 
-    from .registry import ModelRegistry
-    from .server.converters import model_info
+    from edgeinfer.model.registry import ModelRegistry
+    from edgeinfer.rpc.converters import model_info
 
     registry = ModelRegistry(config)
     registry.start_loading()
@@ -134,7 +134,7 @@ def cmd_build(args) -> int:
     """Prepare every model as the daemon would at start (transforms, engines), with progress."""
     from pathlib import Path
 
-    from .loading import ModelLoader
+    from edgeinfer.model.loading import ModelLoader
 
     config = _load(args.config)
     models = [m for m in config.models if not args.model or m.name in args.model]
@@ -169,14 +169,14 @@ def cmd_build(args) -> int:
 
 def cmd_cache(args) -> int:
     """Engine cache: list | verify | prune. The cache dir comes from --dir or the config."""
-    from .backends.tensorrt import cache as engine_cache
+    from edgeinfer.cache import engines as engine_cache
 
     if args.dir:
         cache_dir = args.dir
     elif args.config:
         cache_dir = load_config(args.config, check_files=False).cache.dir
     else:
-        from .config import CacheConfig
+        from edgeinfer.config import CacheConfig
 
         cache_dir = CacheConfig().dir
     if args.action == "list":
@@ -207,7 +207,7 @@ def cmd_cache(args) -> int:
     # The fp16/int8 ONNX variants (<cache>/onnx/): by age only, a reuse stamps them.
     from pathlib import Path
 
-    from .precision.cache import prune_variants
+    from edgeinfer.cache.variants import prune_variants
 
     variants = prune_variants(Path(cache_dir), older, dry_run=args.dry_run)
     for path, why in variants:
@@ -218,7 +218,7 @@ def cmd_cache(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from . import platform
+    from edgeinfer import platform
 
     info = platform.detect()
     if args.json:
@@ -283,8 +283,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="what this machine offers: GPU, CUDA, TensorRT, ONNX Runtime, Jetson")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
-    from .bench.cli import add_bench_parser; add_bench_parser(sub)  # noqa: E702 - `edgeinfer bench`
+    _add_plugin_commands(sub)
     return ap
+
+
+PLUGIN_GROUP = "edgeinfer.commands"
+
+
+def _add_plugin_commands(sub) -> None:
+    """Subcommands that installed packages add (`edgeinfer bench` comes from edgeinfer_bench).
+
+    An entry point in the `edgeinfer.commands` group names a function that takes the
+    subparsers object and adds its parser. The daemon never imports such a package itself,
+    so the benchmark stays a client of the daemon, not a part of it."""
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        try:
+            ep.load()(sub)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the daemon's CLI down
+            logging.getLogger(__name__).warning("edgeinfer %s is unavailable: %s", ep.name, exc)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -24,8 +24,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 (JetPack 6)
     import tomli as tomllib
 
-from .errors import ConfigError
-from .listen import parse_listen
+from edgeinfer.errors import ConfigError
+from edgeinfer.listen import parse_listen
 
 BACKEND_NAMES = ("tensorrt", "onnxruntime")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -68,7 +68,7 @@ class ServerConfig:
     # "shared": one more process loads each model once and runs the batches of
     # all `processes` front-ends (gRPC, decode, preprocessing, batching,
     # postprocessing), merged; tensors cross over shared memory
-    # (edgeinfer/shared_inference). One CUDA context and bigger batches on a GPU;
+    # (edgeinfer/serving/shared). One CUDA context and bigger batches on a GPU;
     # the inference process serves metrics on the metrics port + processes.
     inference: Literal["per-process", "shared"] = "per-process"
     # Threads doing decode/preprocess/inference/postprocess off the event loop.
@@ -104,7 +104,7 @@ class ServerConfig:
 
     @property
     def supervised(self) -> bool:
-        """Served by a supervisor and child processes (server/supervisor.py), not by one Daemon."""
+        """Served by a supervisor and child processes (process/supervisor.py), not by one Daemon."""
         return self.processes > 1 or self.inference == "shared"
 
 
@@ -208,7 +208,7 @@ class OnnxRuntimeConfig:
     # spinning for work (ORT's default). With concurrent requests on a small CPU
     # the spinning takes cores from the other requests: EfficientNet-Lite0 at c=8
     # on 2 cores, +7% img/s through the daemon; a lone request then waits for its
-    # threads to wake: c=1 -23% img/s (8 interleaved rounds, docs/NOTES.md session 16).
+    # threads to wake: c=1 -23% img/s (8 interleaved rounds, docs/decisions.md).
     intra_op_spinning: bool = True
     # Concurrent Run() calls allowed on one session.
     instances: int = field(default=2, metadata=_positive)
@@ -262,14 +262,14 @@ class BatchingConfig:
     # rows cost GPU time under load: with the shared inference process (merged
     # batches of any size) [2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 16, 32] served
     # ResNet-50 at 0.05-0.15 more of the in-process ceiling than the powers of two
-    # on an H200 (session 7), at one ONNX Runtime session per size and instance.
+    # on an H200, at one ONNX Runtime session per size and instance.
     buckets: list[int] = field(default_factory=list)
     # [server] inference = "shared" only: how long a free slot of the inference process
     # may wait, from the oldest waiting front-end batch's arrival, for the merged rows to
     # reach the smallest preferred batch size (max_batch without preferred sizes).
     # 0 = take what is waiting at once. Measured on an H200 (ResNet-50, 4 front-ends,
     # preferred size 8): 1,000 us served 2-4% more than 0 in each of 3 same-call
-    # comparisons, 2,000 us less (docs/benchmarks/gpu-2026-11-21-session6.md).
+    # comparisons, 2,000 us less (docs/decisions.md).
     merge_delay_us: int = field(default=0, metadata=_non_negative)
     # [server] inference = "shared" only: how many calls of this model a front-end keeps
     # in flight to the inference process (its batcher's slots). 0 = 2 per inference slot,

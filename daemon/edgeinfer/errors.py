@@ -1,7 +1,7 @@
 """One error hierarchy for the daemon. Each error knows its gRPC status code.
 
 Errors are raised in domain code and translated to gRPC only at the edge
-(server/errors.py), so the pipeline never imports grpc.
+(rpc/errors.py), so the pipeline never imports grpc.
 """
 from __future__ import annotations
 

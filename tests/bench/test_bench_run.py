@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from edgeinfer.bench import report
-from edgeinfer.bench.session import BenchSettings, RunSpec, run_benchmark
-from edgeinfer.bench.trivial import build_trivial_onnx, trivial_model_config
+from edgeinfer_bench import report
+from edgeinfer_bench.session import BenchSettings, RunSpec, run_benchmark
+from edgeinfer_bench.trivial import build_trivial_onnx, trivial_model_config
 
 
 def _trivial_config(dev_config, tmp_path):
@@ -105,8 +105,8 @@ def test_loop_lists_and_stream_levels_parse():
 
 
 def test_batched_ceiling_counts_every_row(tmp_path):
-    from edgeinfer.bench.ceiling import CeilingSpec, run_ceiling
-    from edgeinfer.bench.workload import tensor_payload
+    from edgeinfer_bench.ceiling import CeilingSpec, run_ceiling
+    from edgeinfer_bench.workload import tensor_payload
     from edgeinfer.config import ServerConfig
 
     model = trivial_model_config(build_trivial_onnx(tmp_path / "t.onnx"))
@@ -123,8 +123,8 @@ def test_batched_ceiling_counts_every_row(tmp_path):
 
 
 def test_ceiling_thread_cap_stands_for_the_client_concurrency(tmp_path):
-    from edgeinfer.bench.ceiling import CeilingSpec, run_ceiling
-    from edgeinfer.bench.workload import tensor_payload
+    from edgeinfer_bench.ceiling import CeilingSpec, run_ceiling
+    from edgeinfer_bench.workload import tensor_payload
     from edgeinfer.config import ServerConfig
 
     model = trivial_model_config(build_trivial_onnx(tmp_path / "t.onnx"))
@@ -137,8 +137,8 @@ def test_ceiling_thread_cap_stands_for_the_client_concurrency(tmp_path):
 
 def test_bench_starts_a_multi_process_daemon_and_counts_all_its_cores(tmp_path):
     """[server] processes = 2 under the bench: the supervisor's pid stands for the server (its tree)."""
-    from edgeinfer.bench.daemon_proc import DaemonProcess
-    from edgeinfer.bench.environment import WindowCpu
+    from edgeinfer_bench.daemon_proc import DaemonProcess
+    from edgeinfer_bench.environment import WindowCpu
     from edgeinfer.config import Config, ServerConfig
     from edgeinfer_client import Client
     import numpy as np
@@ -189,7 +189,7 @@ def test_rounds_alternate_runs_and_judge_the_median(dev_config, media, start_dae
 
 def test_batched_ceiling_tries_each_preprocessing_pool_and_labels_it(dev_config, media, tmp_path):
     """--ceiling-pools: one batched ceiling point per pool size, each saying its pool; ratios use the best."""
-    from edgeinfer.bench.analysis import compute_ratios
+    from edgeinfer_bench.analysis import compute_ratios
 
     cfg = _trivial_config(dev_config, tmp_path)
     cfg.server.workers = 2
@@ -210,7 +210,7 @@ def test_batched_ceiling_tries_each_preprocessing_pool_and_labels_it(dev_config,
 
 def test_default_ceiling_pools_include_one_thread_per_core(monkeypatch):
     """Unnamed pools: the config's workers and the machine's cores, so few workers cannot weaken the ceiling."""
-    from edgeinfer.bench import session
+    from edgeinfer_bench import session
 
     monkeypatch.setattr(session.os, "cpu_count", lambda: 16)
     assert session.default_ceiling_pools(5) == [5, 16]
@@ -220,8 +220,8 @@ def test_default_ceiling_pools_include_one_thread_per_core(monkeypatch):
 
 def test_default_ceiling_models_add_the_default_instance_count():
     """A config that allows fewer concurrent runtime calls than the default cannot weaken its own ceiling:
-    the batched ceiling also tries the default (H100, session 5: 1 ORT instance, ceiling ~30% lower)."""
-    from edgeinfer.bench import session
+    the batched ceiling also tries the default (H100: 1 ORT instance, ceiling ~30% lower)."""
+    from edgeinfer_bench import session
     from edgeinfer.config import ModelConfig
 
     one = ModelConfig(name="m", onnx="m.onnx")
@@ -240,7 +240,7 @@ def test_runs_share_a_ceiling_only_when_model_and_gpu_wait_mode_agree():
     differently needs a ceiling of its own (a blocking wait slowed the latency-bound ceiling)."""
     import dataclasses
 
-    from edgeinfer.bench import session
+    from edgeinfer_bench import session
     from edgeinfer.config import Config, ModelConfig, ServerConfig
 
     model = ModelConfig(name="m", onnx="m.onnx")
@@ -262,7 +262,7 @@ def test_interleaved_rounds_pair_each_daemon_slice_with_its_own_ceiling_and_echo
     """--interleave: daemons, ceiling and echo stay loaded; each round of a point is a slice of each, back to
     back, odd rounds reversed; a ceiling job alike for two runs is measured once per round for both; ratios use
     the ceiling of the same round and point; the median comes with an interval."""
-    from edgeinfer.bench.cli import summary_text
+    from edgeinfer_bench.cli import summary_text
 
     cfg = _trivial_config(dev_config, tmp_path)
     daemon = start_daemon(cfg)
@@ -318,7 +318,7 @@ def test_interleaved_rounds_pair_each_daemon_slice_with_its_own_ceiling_and_echo
 
 
 def test_median_interval_brackets_the_median_with_order_statistics():
-    from edgeinfer.bench.analysis import median_interval
+    from edgeinfer_bench.analysis import median_interval
 
     assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0, 0.75)
     low, high, cover = median_interval([float(v) for v in range(10)])
@@ -331,7 +331,7 @@ def test_median_interval_brackets_the_median_with_order_statistics():
 
 
 def test_paired_differences_compare_each_run_with_the_first_round_by_round():
-    from edgeinfer.bench.analysis import paired_differences
+    from edgeinfer_bench.analysis import paired_differences
 
     def t(run, value, title="x"):
         return {"run": run, "title": title, "value": value}
@@ -354,7 +354,7 @@ def test_paired_differences_compare_each_run_with_the_first_round_by_round():
     (["--interleave"], True),
 ])
 def test_rounds_interleave_unless_told_otherwise(argv, expected):
-    from edgeinfer.bench.cli import interleaved
+    from edgeinfer_bench.cli import interleaved
     from edgeinfer.cli import build_parser
 
     args = build_parser().parse_args(["bench", "--config", "configs/dev.toml", *argv])

@@ -6,8 +6,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from edgeinfer.bench.echo import STREAM, UNARY, EchoServer
-from edgeinfer.bench.loadgen import LoadSpec, run_load
+from edgeinfer_bench.echo import STREAM, UNARY, EchoServer
+from edgeinfer_bench.loadgen import LoadSpec, run_load
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_unary_and_stream_answer_with_the_requested_size(echo):
             echo.respond_with(1 << 30)
         assert ch.unary_unary(UNARY)(b"", timeout=10) == bytes(7)  # a refused size changes nothing
         with pytest.raises(grpc.RpcError) as info:
-            ch.unary_unary("/edgeinfer.bench.Echo/Nope")(b"x", timeout=10)
+            ch.unary_unary("/edgeinfer_bench.Echo/Nope")(b"x", timeout=10)
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
@@ -55,7 +55,7 @@ def test_load_generator_reports_an_unreachable_target():
 
 def test_load_clients_stay_connected_and_measure_slice_after_slice(echo):
     """The interleaved bench keeps one set of clients open and alternates short slices with the ceiling."""
-    from edgeinfer.bench.loadgen import LoadClients
+    from edgeinfer_bench.loadgen import LoadClients
 
     echo.respond_with(16)
     for mode, method in (("unary", UNARY), ("stream", STREAM)):
@@ -88,7 +88,7 @@ def _connections_to(port: int) -> int:
 def test_clients_share_their_process_connection_or_open_one_each(echo, channels, connections):
     """channels "slot": every client has its own HTTP/2 connection, as separate client programs would,
     however few processes carry them; "process": the clients of a process share one."""
-    from edgeinfer.bench.loadgen import LoadClients
+    from edgeinfer_bench.loadgen import LoadClients
 
     before = _connections_to(echo.port)
     spec = LoadSpec(echo.address, UNARY, "unary", [b"x" * 300], concurrency=5, processes=2,

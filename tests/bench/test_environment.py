@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from edgeinfer.bench import environment
+from edgeinfer_bench import environment
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -61,7 +61,7 @@ def test_cpu_share_reports_stolen_time_apart_from_other_processes(monkeypatch):
 
 
 def test_the_report_warns_when_a_hypervisor_stole_cpu():
-    from edgeinfer.bench import report
+    from edgeinfer_bench import report
 
     points = [{"target": "ceiling", "run": "r#3", "steal_pct": 9.6}, {"target": "daemon", "run": "r#3", "steal_pct": 0.4},
               {"target": "daemon", "run": "r#4", "steal_pct": None}]
@@ -82,7 +82,7 @@ def test_git_state_and_versions():
 
 
 def test_profile_summary_of_known_samples():
-    from edgeinfer.bench.profile import summarize_raw, thread_busy
+    from edgeinfer_bench.profile import summarize_raw, thread_busy
 
     raw = "\n".join([
         "thread (101): MainThread;run (a.py:1);Handle._run (b.py:2) 60",

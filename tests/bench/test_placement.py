@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from edgeinfer.bench import environment, report
-from edgeinfer.bench.echo import UNARY, EchoServer
-from edgeinfer.bench.loadgen import LoadClients, LoadSpec
-from edgeinfer.bench.placement import ANYWHERE, Placement, available_cpus, format_cpus, parse_cpus, started_on
-from edgeinfer.bench.session import BenchSettings, RunSpec, run_benchmark
-from edgeinfer.bench.trivial import build_trivial_onnx, trivial_model_config
+from edgeinfer_bench import environment, report
+from edgeinfer_bench.echo import UNARY, EchoServer
+from edgeinfer_bench.loadgen import LoadClients, LoadSpec
+from edgeinfer_bench.placement import ANYWHERE, Placement, available_cpus, format_cpus, parse_cpus, started_on
+from edgeinfer_bench.session import BenchSettings, RunSpec, run_benchmark
+from edgeinfer_bench.trivial import build_trivial_onnx, trivial_model_config
 
 CPUS = available_cpus()
 two_cpus = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs to keep two groups apart")
@@ -84,7 +84,7 @@ def test_load_generator_and_echo_server_run_on_their_own_cpus_and_still_measure(
 
 def test_runs_share_a_ceiling_only_on_the_same_server_cpus():
     """A ceiling confined to fewer CPUs is a different ceiling: runs placed differently each get theirs."""
-    from edgeinfer.bench import session
+    from edgeinfer_bench import session
     from edgeinfer.config import Config, ModelConfig
 
     cfg = Config(models=[ModelConfig(name="m", onnx="m.onnx")])

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeinfer.bench import analysis
-from edgeinfer.bench.stats import HIST_EDGES_MS, percentile, ratio, summarize
+from edgeinfer_bench import analysis
+from edgeinfer_bench.stats import HIST_EDGES_MS, percentile, ratio, summarize
 
 
 def test_percentile_interpolates_between_order_statistics():
@@ -103,7 +103,7 @@ def test_targets_pass_miss_and_not_measured():
 
 
 def test_split_spreads_concurrency_over_processes():
-    from edgeinfer.bench.loadgen import split
+    from edgeinfer_bench.loadgen import split
 
     assert split(8, 3) == [3, 3, 2]
     assert sum(split(32, 5)) == 32

@@ -6,7 +6,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def cuda_device() -> int:
-    from edgeinfer.gpu.memory import GpuUnavailable, require_device
+    from edgeinfer.runtime.gpu.memory import GpuUnavailable, require_device
 
     try:
         require_device(0)
@@ -26,7 +26,7 @@ def ort_cuda(cuda_device) -> int:
 
 @pytest.fixture
 def stream(cuda_device):
-    from edgeinfer.gpu.memory import Stream
+    from edgeinfer.runtime.gpu.memory import Stream
 
     with Stream(cuda_device) as s:
         yield s

@@ -23,7 +23,7 @@ _CHILD = textwrap.dedent("""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     import onnxruntime as ort
-    from edgeinfer.gpu.memory import host_wait_flags, set_host_wait
+    from edgeinfer.runtime.gpu.memory import host_wait_flags, set_host_wait
 
     mode, path = sys.argv[1], sys.argv[2]
     applied = set_host_wait(mode)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeinfer.gpu.memory import CudaError, check
+from edgeinfer.runtime.gpu.memory import CudaError, check
 
 pytestmark = pytest.mark.gpu
 
@@ -19,7 +19,7 @@ def test_check_unwraps_values_and_raises_on_error_codes():
 
 
 def test_pinned_round_trip_through_the_device(stream):
-    from edgeinfer.gpu.memory import DeviceBuffer, PinnedBuffer
+    from edgeinfer.runtime.gpu.memory import DeviceBuffer, PinnedBuffer
 
     rng = np.random.default_rng()
     data = rng.standard_normal((3, 257)).astype(np.float32)
@@ -33,7 +33,7 @@ def test_pinned_round_trip_through_the_device(stream):
 
 
 def test_buffers_grow_and_refuse_oversized_copies(stream):
-    from edgeinfer.gpu.memory import DeviceArray, DeviceBuffer
+    from edgeinfer.runtime.gpu.memory import DeviceArray, DeviceBuffer
 
     buf = DeviceBuffer(16)
     try:
@@ -51,7 +51,7 @@ def test_buffers_grow_and_refuse_oversized_copies(stream):
 
 
 def test_buffers_grow_by_half_again_so_a_rising_size_does_not_reallocate_each_time(cuda_device):
-    from edgeinfer.gpu.memory import DeviceBuffer, PinnedBuffer
+    from edgeinfer.runtime.gpu.memory import DeviceBuffer, PinnedBuffer
 
     for kind in (DeviceBuffer, PinnedBuffer):
         buf = kind(1000)
@@ -68,7 +68,7 @@ def test_buffers_grow_by_half_again_so_a_rising_size_does_not_reallocate_each_ti
 
 
 def test_a_failing_cuda_call_names_itself(cuda_device):
-    from edgeinfer.gpu.memory import DeviceBuffer
+    from edgeinfer.runtime.gpu.memory import DeviceBuffer
 
     with pytest.raises(CudaError, match="cudaMalloc"):
         DeviceBuffer(1 << 60)  # an exabyte: out of memory, reported, not a crash

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from edgeinfer.config import parse_config
-from edgeinfer.pipeline.model import EncodedImage, ModelState, ServedModel
-from edgeinfer.pipeline.postprocess import Options
+from edgeinfer.model.served import ServedModel
+from edgeinfer.model.types import EncodedImage, ModelState
+from edgeinfer.model.families.postprocess import Options
 
 pytestmark = pytest.mark.gpu
 
@@ -29,7 +30,7 @@ def _imagenet(classifier_onnx, tmp_path, normalize_on):
 
 
 def test_gpu_normalization_answers_as_the_cpu_path(ort_cuda, classifier_onnx, media, tmp_path):
-    from edgeinfer.gpu.normalizing_runner import GpuNormalizingRunner
+    from edgeinfer.runtime.gpu.normalizing_runner import GpuNormalizingRunner
 
     gpu = _imagenet(classifier_onnx, tmp_path / "gpu", "gpu")
     cpu = _imagenet(classifier_onnx, tmp_path / "cpu", "cpu")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeinfer.backends.onnxruntime.runner import OnnxRuntimeRunner
-from edgeinfer.bench.trivial import build_trivial_onnx
+from edgeinfer.runtime.onnxruntime.runner import OnnxRuntimeRunner
+from edgeinfer_bench.trivial import build_trivial_onnx
 
 pytestmark = pytest.mark.gpu
 

@@ -1,4 +1,4 @@
-"""The NVRTC kernel normalizes exactly like the CPU path (pipeline/preprocess.py)."""
+"""The NVRTC kernel normalizes exactly like the CPU path (model/families/preprocess.py)."""
 from __future__ import annotations
 
 import cv2
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from edgeinfer.config import InputConfig
-from edgeinfer.gpu.preprocess_kernel import Normalization, reference_normalize
-from edgeinfer.pipeline.preprocess import Preprocessor
+from edgeinfer.runtime.gpu.preprocess_kernel import Normalization, reference_normalize
+from edgeinfer.model.families.preprocess import Preprocessor
 
 pytestmark = pytest.mark.gpu
 
@@ -36,7 +36,7 @@ def test_reference_is_the_cpu_pipeline(media, color, mean, std, scale):
 
 @pytest.mark.parametrize("color,mean,std,scale", CASES)
 def test_kernel_matches_cpu_on_real_photos(cuda_device, stream, media, color, mean, std, scale):
-    from edgeinfer.gpu.preprocess_kernel import PreprocessKernel
+    from edgeinfer.runtime.gpu.preprocess_kernel import PreprocessKernel
 
     kernel = PreprocessKernel(cuda_device)
     try:
@@ -51,7 +51,7 @@ def test_kernel_matches_cpu_on_real_photos(cuda_device, stream, media, color, me
 
 
 def test_kernel_fills_a_batch_on_random_inputs(cuda_device, stream):
-    from edgeinfer.gpu.preprocess_kernel import PreprocessKernel
+    from edgeinfer.runtime.gpu.preprocess_kernel import PreprocessKernel
 
     rng = np.random.default_rng()
     imgs = rng.integers(0, 256, (3, 37, 53, 3), dtype=np.uint8)  # odd sizes: edge blocks

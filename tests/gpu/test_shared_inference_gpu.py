@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from edgeinfer.config import parse_config
-from edgeinfer.pipeline.model import EncodedImage, ModelState, ServedModel
-from edgeinfer.pipeline.postprocess import Options
+from edgeinfer.model.served import ServedModel
+from edgeinfer.model.types import EncodedImage, ModelState
+from edgeinfer.model.families.postprocess import Options
 
 pytestmark = pytest.mark.gpu
 
@@ -27,8 +28,8 @@ def _config(classifier_onnx, tmp_path, normalize_on, providers):
 
 
 def test_front_end_on_a_cuda_host_answers_as_a_local_cpu_model(ort_cuda, classifier_onnx, media, tmp_path):
-    from edgeinfer.shared_inference.host import InferenceHost
-    from edgeinfer.shared_inference.remote import RemoteModels
+    from edgeinfer.process.host import InferenceHost
+    from edgeinfer.serving.shared.remote import RemoteModels
 
     cfg = _config(classifier_onnx, tmp_path / "host", "gpu", ["CUDAExecutionProvider", "CPUExecutionProvider"])
     pairs = [mp.get_context("spawn").Pipe(duplex=True) for _ in range(2)]

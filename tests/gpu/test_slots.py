@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from edgeinfer.gpu import memory
-from edgeinfer.gpu.slots import Slot, SlotPool
+from edgeinfer.runtime.gpu import memory
+from edgeinfer.runtime.gpu.slots import Slot, SlotPool
 
 
 class _Thing:

@@ -1,0 +1,347 @@
+"""Image preprocessing with OpenCV: decode (bounded), color, resize, normalize, layout.
+
+`Preprocessor(input_config)` turns an encoded image or raw pixels into one
+model-input tensor (no batch dimension) plus the `Transform` that maps model
+coordinates back to the pixels the client sent. OpenCV releases the GIL in
+decode/resize, so this runs well on worker threads.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+# OpenCV's own limit is a backstop: our header check below refuses oversized
+# images before OpenCV allocates anything. Must be set before cv2 is imported.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 28))
+import cv2  # noqa: E402
+
+from edgeinfer.config import InputConfig  # noqa: E402
+from edgeinfer.errors import InvalidInput  # noqa: E402
+
+# Decoding and resizing happen on our worker threads; OpenCV's own thread pool
+# would oversubscribe the cores.
+cv2.setNumThreads(1)
+
+PIXEL_FORMATS = {
+    # name: (channels, conversion to BGR or None)
+    "rgb": (3, cv2.COLOR_RGB2BGR),
+    "bgr": (3, None),
+    "gray": (1, cv2.COLOR_GRAY2BGR),
+    "rgba": (4, cv2.COLOR_RGBA2BGR),
+    "bgra": (4, cv2.COLOR_BGRA2BGR),
+}
+
+
+@dataclass(frozen=True)
+class Transform:
+    """model_xy = original_xy * scale + offset, per axis."""
+
+    scale_x: float
+    scale_y: float
+    offset_x: float
+    offset_y: float
+    width: int   # original image width
+    height: int  # original image height
+
+    def boxes_to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """[N, 4] x1,y1,x2,y2 in model input pixels -> original pixels, clipped."""
+        out = np.empty_like(boxes, dtype=np.float32)
+        out[:, [0, 2]] = (boxes[:, [0, 2]] - self.offset_x) / self.scale_x
+        out[:, [1, 3]] = (boxes[:, [1, 3]] - self.offset_y) / self.scale_y
+        np.clip(out[:, [0, 2]], 0, self.width, out=out[:, [0, 2]])
+        np.clip(out[:, [1, 3]], 0, self.height, out=out[:, [1, 3]])
+        return out
+
+    def points_to_original(self, points: np.ndarray) -> np.ndarray:
+        """[..., 2] x,y in model input pixels -> original pixels (not clipped)."""
+        out = np.empty_like(points, dtype=np.float32)
+        out[..., 0] = (points[..., 0] - self.offset_x) / self.scale_x
+        out[..., 1] = (points[..., 1] - self.offset_y) / self.scale_y
+        return out
+
+
+IDENTITY = Transform(1.0, 1.0, 0.0, 0.0, 0, 0)
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """A JPEG decoded at 1/factor of its size (Preprocessor.decode_for_model): the sent image's size."""
+
+    factor: int
+    width: int
+    height: int
+
+
+# --------------------------------------------------------------------------
+# Header sniffing: image size before any pixel is allocated
+# --------------------------------------------------------------------------
+
+def image_format(data: bytes) -> Optional[str]:
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:2] == b"BM":
+        return "bmp"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def _jpeg_size(data: bytes) -> Optional[tuple[int, int]]:
+    i = 2
+    n = len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2:i + 4])
+        # SOF0..SOF15 except DHT (C4), JPG (C8), DAC (CC) carry the frame size.
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 9 > n:
+                return None
+            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            return w, h
+        i += 2 + length
+    return None
+
+
+def image_size(data: bytes) -> Optional[tuple[int, int]]:
+    """(width, height) read from the header of a PNG/JPEG/BMP/WebP, or None."""
+    fmt = image_format(data)
+    try:
+        if fmt == "png" and len(data) >= 24:
+            return struct.unpack(">II", data[16:24])
+        if fmt == "jpeg":
+            return _jpeg_size(data)
+        if fmt == "bmp" and len(data) >= 26:
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)
+        if fmt == "webp" and len(data) >= 30:
+            chunk = data[12:16]
+            if chunk == b"VP8 ":
+                w, h = struct.unpack("<HH", data[26:30])
+                return w & 0x3FFF, h & 0x3FFF
+            if chunk == b"VP8L":
+                b = data[21:25]
+                w = 1 + (((b[1] & 0x3F) << 8) | b[0])
+                h = 1 + (((b[3] & 0x0F) << 10) | (b[2] << 2) | ((b[1] & 0xC0) >> 6))
+                return w, h
+            if chunk == b"VP8X":
+                w = 1 + int.from_bytes(data[24:27], "little")
+                h = 1 + int.from_bytes(data[27:30], "little")
+                return w, h
+    except struct.error:
+        return None
+    return None
+
+
+# --------------------------------------------------------------------------
+# Preprocessor
+# --------------------------------------------------------------------------
+
+class Preprocessor:
+    """Encoded bytes / raw pixels -> (model tensor without batch dim, Transform)."""
+
+    def __init__(self, cfg: InputConfig, max_pixels: int = 40_000_000, max_bytes: int = 20 << 20):
+        self.cfg = cfg
+        self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
+        self.width, self.height = cfg.size
+        channels = 1 if cfg.color == "gray" else 3
+        mean = np.asarray(cfg.mean, np.float32).reshape(-1)
+        std = np.asarray(cfg.std, np.float32).reshape(-1)
+        # ((v * scale) - mean) / std == v * mul + add, folded once here.
+        self._mul = np.broadcast_to(cfg.scale / std, (channels,)).astype(np.float32)
+        self._add = np.broadcast_to(-mean / std, (channels,)).astype(np.float32)
+        self._identity_norm = bool(np.all(self._mul == 1.0) and np.all(self._add == 0.0))
+
+    # -- decoding -----------------------------------------------------------
+    def decode(self, data: bytes) -> np.ndarray:
+        """Encoded image -> BGR uint8 HxWx3. Raises InvalidInput with the reason."""
+        fmt, _w, _h = self._header(data)
+        return self._imdecode(data, fmt, cv2.IMREAD_COLOR)
+
+    def decode_for_model(self, data: bytes) -> tuple[np.ndarray, Optional[Reduced]]:
+        """Encoded image -> (BGR uint8 image, how it was reduced or None).
+
+        A JPEG much larger than the model input comes back decoded at 1/k of its size
+        (k = 2, 4 or 8), still at least as large as the resize needs; `geometry(img,
+        reduced=...)` then maps model coordinates to the sent image's pixels.
+        Raises InvalidInput as decode() does.
+        """
+        fmt, w, h = self._header(data)
+        # OpenCV reduces formats other than JPEG by decoding in full and resizing: no saving.
+        k = self._reduction(w, h) if self.cfg.reduced_decode and fmt == "jpeg" else 1
+        if k == 1:
+            return self._imdecode(data, fmt, cv2.IMREAD_COLOR), None
+        img = self._imdecode(data, fmt, _REDUCED_FLAGS[k])
+        # libjpeg's scaled size is ceil(size / k); EXIF orientation may have swapped the axes.
+        rotated = (img.shape[1], img.shape[0]) != (-(-w // k), -(-h // k))
+        return img, Reduced(k, h if rotated else w, w if rotated else h)
+
+    def _header(self, data: bytes) -> tuple[str, int, int]:
+        """(format, width, height) from the header, checked against the limits before any pixel is decoded."""
+        if not data:
+            raise InvalidInput("image is empty (0 bytes)")
+        if len(data) > self.max_bytes:
+            raise InvalidInput(f"image is {len(data)} bytes, over the limit of {self.max_bytes}")
+        fmt = image_format(data)
+        if fmt is None:
+            raise InvalidInput("image bytes are not a JPEG, PNG, BMP or WebP file "
+                               f"(starts with {data[:8].hex()})")
+        size = image_size(data)
+        if size is None:
+            raise InvalidInput(f"{fmt.upper()} header is truncated or malformed")
+        w, h = size
+        if w <= 0 or h <= 0:
+            raise InvalidInput(f"{fmt.upper()} header declares an empty image ({w}x{h})")
+        if w * h > self.max_pixels:
+            raise InvalidInput(f"{fmt.upper()} image is {w}x{h} = {w * h} pixels, "
+                               f"over the limit of {self.max_pixels}")
+        return fmt, w, h
+
+    @staticmethod
+    def _imdecode(data: bytes, fmt: str, flags: int) -> np.ndarray:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        if img is None:
+            raise InvalidInput(f"{fmt.upper()} image could not be decoded (corrupt or truncated data)")
+        if fmt == "jpeg" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            # libjpeg fills a truncated scan with grey and only warns: refuse
+            # it rather than answer about half an image.
+            raise InvalidInput("JPEG image is truncated (no end-of-image marker)")
+        return img
+
+    def _reduction(self, w: int, h: int) -> int:
+        """The largest DCT scale-down (8, 4, 2) that keeps a w x h JPEG at or above its resize target, else 1."""
+        # The resize's largest per-axis factor; either orientation (EXIF may rotate the image).
+        r = max(self._resize_factor(w, h), self._resize_factor(h, w))
+        for k in (8, 4, 2):
+            if k * r <= 1.0:
+                return k
+        return 1
+
+    def _resize_factor(self, w: int, h: int) -> float:
+        """The largest of the x and y scale factors _resize applies to a w x h image."""
+        nw, nh = self._resized_size(w, h)
+        return max(nw / w, nh / h)
+
+    def _resized_size(self, w: int, h: int) -> tuple[int, int]:
+        """The size _resize scales a w x h image to, before it pads (letterbox) or crops (center-crop)."""
+        W, H = self.width, self.height
+        mode = self.cfg.resize
+        if mode == "stretch":
+            return W, H
+        if mode == "letterbox":
+            r = min(W / w, H / h)
+            return max(1, round(w * r)), max(1, round(h * r))
+        # center-crop: scale so the crop covers crop_fraction of the shorter side.
+        r = max(W / w, H / h) / self.cfg.crop_fraction
+        return max(W, round(w * r)), max(H, round(h * r))
+
+    def from_raw(self, height: int, width: int, pixel_format: str, data: bytes) -> np.ndarray:
+        """Raw uint8 pixels -> BGR uint8 HxWx3."""
+        if pixel_format not in PIXEL_FORMATS:
+            raise InvalidInput(f"raw image: pixel format must be one of {sorted(PIXEL_FORMATS)}, got {pixel_format!r}")
+        if height <= 0 or width <= 0:
+            raise InvalidInput(f"raw image: height and width must be positive, got {height}x{width}")
+        if height * width > self.max_pixels:
+            raise InvalidInput(f"raw image is {width}x{height} = {width * height} pixels, over the limit of {self.max_pixels}")
+        channels, conversion = PIXEL_FORMATS[pixel_format]
+        expected = height * width * channels
+        if len(data) != expected:
+            raise InvalidInput(f"raw image: {width}x{height} {pixel_format} needs {expected} bytes, got {len(data)}")
+        img = np.frombuffer(data, np.uint8).reshape(height, width, channels)
+        if conversion is not None:
+            img = cv2.cvtColor(img, conversion)
+        return img
+
+    # -- model input -----------------------------------------------------------
+    def geometry(self, bgr: np.ndarray, keep_bgr: bool = False,
+                 reduced: Optional[Reduced] = None) -> tuple[np.ndarray, Transform]:
+        """BGR uint8 image -> uint8 H,W,C at the model's size (color converted, resized) and the transform.
+
+        keep_bgr: leave a 3-channel image in BGR order (the GPU kernel swaps
+        channels as it normalizes; resizing commutes with the swap, so the values match).
+        reduced: the image was decoded at a fraction of the sent size (decode_for_model); the
+        transform then maps to the sent image's pixels.
+        """
+        cfg = self.cfg
+        h, w = bgr.shape[:2]
+        if cfg.color == "rgb" and not keep_bgr:
+            img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        elif cfg.color == "gray":
+            img = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+        else:
+            img = bgr
+        img, transform = self._resize(img, w, h)
+        if img.ndim == 2:
+            img = img[:, :, None]
+        if reduced is not None:
+            # Decoded pixel i covers sent pixels [k*i, k*(i+1)): sent = decoded * k.
+            k = reduced.factor
+            transform = Transform(transform.scale_x / k, transform.scale_y / k,
+                                  transform.offset_x, transform.offset_y, reduced.width, reduced.height)
+        return img, transform  # may be a view (center-crop): callers copy as they lay it out
+
+    def __call__(self, bgr: np.ndarray, reduced: Optional[Reduced] = None) -> tuple[np.ndarray, Transform]:
+        """BGR uint8 image -> model tensor (C,H,W or H,W,C) and the coordinate transform (`reduced`: see geometry)."""
+        cfg = self.cfg
+        img, transform = self.geometry(bgr, reduced=reduced)
+        # Reorder while still uint8 (a quarter of the bytes), then convert and
+        # normalize in the final layout: same values, ~8x faster than
+        # normalizing HWC float32 and transposing that (0.13 vs 0.98 ms, 224x224).
+        nchw = cfg.layout == "NCHW"
+        img = np.ascontiguousarray(img.transpose(2, 0, 1) if nchw else img)
+        if cfg.dtype == "uint8":
+            return img, transform
+        tensor = img.astype(np.float32)
+        if not self._identity_norm:
+            shape = (-1, 1, 1) if nchw else (-1,)
+            tensor *= self._mul.reshape(shape)
+            tensor += self._add.reshape(shape)
+        if cfg.dtype == "float16":
+            tensor = tensor.astype(np.float16)
+        return tensor, transform
+
+    def _resize(self, img: np.ndarray, w: int, h: int) -> tuple[np.ndarray, Transform]:
+        W, H = self.width, self.height
+        mode = self.cfg.resize
+        if mode == "stretch":
+            sx, sy = W / w, H / h
+            out = img if (w, h) == (W, H) else cv2.resize(img, (W, H), interpolation=_interp(sx, sy))
+            return out, Transform(sx, sy, 0.0, 0.0, w, h)
+        nw, nh = self._resized_size(w, h)
+        if mode == "letterbox":
+            resized = img if (nw, nh) == (w, h) else cv2.resize(img, (nw, nh), interpolation=_interp(nw / w, nh / h))
+            dx, dy = (W - nw) // 2, (H - nh) // 2
+            out = cv2.copyMakeBorder(resized, dy, H - nh - dy, dx, W - nw - dx, cv2.BORDER_CONSTANT,
+                                     value=(self.cfg.pad_value,) * 3)
+            # Use the real per-axis factors after rounding so boxes map back exactly.
+            return out, Transform(nw / w, nh / h, float(dx), float(dy), w, h)
+        resized = cv2.resize(img, (nw, nh), interpolation=_interp(nw / w, nh / h))
+        x0, y0 = (nw - W) // 2, (nh - H) // 2
+        out = resized[y0:y0 + H, x0:x0 + W]
+        return out, Transform(nw / w, nh / h, -float(x0), -float(y0), w, h)
+
+
+# cv2.imdecode flags for a JPEG decoded at 1/k scale (libjpeg's DCT scaling), in color.
+_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def _interp(sx: float, sy: float) -> int:
+    # Shrinking more than 2x per side: INTER_AREA, which averages every source
+    # pixel (no aliasing). Down to 2x, bilinear already reads every source pixel
+    # and is ~8x faster than INTER_AREA at a fractional factor (0.34 vs 2.56 ms,
+    # 600x400 -> 384x256); enlarging: bilinear.
+    return cv2.INTER_AREA if min(sx, sy) < 0.5 else cv2.INTER_LINEAR

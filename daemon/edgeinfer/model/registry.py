@@ -1,0 +1,79 @@
+"""The set of served models: loads each on its own thread, answers lookups.
+
+Models load in parallel and independently: a model that builds a TensorRT
+engine for minutes does not hold back one that is ready in a second, and a
+model that fails does not stop the others. The daemon is live the whole time;
+each model is ready only once it can answer.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from edgeinfer.config import Config
+from edgeinfer.errors import InvalidInput, ModelNotFound
+from edgeinfer.model.served import ServedModel
+from edgeinfer.model.types import ModelState
+
+log = logging.getLogger(__name__)
+
+
+class ModelRegistry:
+    def __init__(self, config: Config,
+                 on_state_change: Callable[[ServedModel], None] = lambda _m: None, remote=None):
+        """remote: a serving.shared.remote.RemoteModels when the models run in the shared
+        inference process (a front-end of `[server] inference = "shared"`); None loads them here."""
+        self.config = config
+        self.remote = remote
+        self._listeners = [on_state_change]
+        self.models: dict[str, ServedModel] = {
+            m.name: ServedModel(m, config.server, Path(config.cache.dir), self._notify, remote=remote)
+            for m in config.models
+        }
+        self._threads: list[threading.Thread] = []
+
+    def add_listener(self, fn: Callable[[ServedModel], None]) -> None:
+        self._listeners.append(fn)
+
+    def _notify(self, model: ServedModel) -> None:
+        for fn in self._listeners:
+            try:
+                fn(model)
+            except Exception:  # noqa: BLE001 - a listener must not break loading
+                log.exception("state listener failed for model %s", model.name)
+
+    def start_loading(self) -> None:
+        """Load every model on its own daemon thread; returns at once."""
+        for model in self.models.values():
+            t = threading.Thread(target=model.load, name=f"load-{model.name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def wait_loaded(self, timeout: Optional[float] = None) -> bool:
+        """Block until every model finished loading (ready or failed)."""
+        for t in self._threads:
+            t.join(timeout)
+        return not any(t.is_alive() for t in self._threads)
+
+    @property
+    def loading_done(self) -> bool:
+        return all(m.state is not ModelState.LOADING for m in self.models.values())
+
+    def get(self, name: str) -> ServedModel:
+        if not name:
+            raise InvalidInput("request names no model (field 'model' is empty)")
+        try:
+            return self.models[name]
+        except KeyError:
+            raise ModelNotFound(f"no model named {name!r}; served models: {sorted(self.models)}") from None
+
+    def __iter__(self) -> Iterable[ServedModel]:
+        return iter(self.models.values())
+
+    def close(self) -> None:
+        for model in self.models.values():
+            model.unload()
+        if self.remote is not None:
+            self.remote.close()

@@ -1,9 +1,0 @@
-"""Raw models: the output tensors are the answer."""
-from __future__ import annotations
-
-from .base import Options, Postprocessor, Result
-
-
-class RawOutputs(Postprocessor):
-    def decode(self, outputs, transform, options: Options) -> Result:
-        return Result(outputs=dict(outputs))
