@@ -303,11 +303,82 @@ class ModelConfig:
         return list(self.backends)
 
 
+ROLES = ("infer", "admin")
+_roles_check = _check(lambda v: len(v) > 0 and all(r in ROLES for r in v), f"a non-empty list from {list(ROLES)}")
+
+
+@dataclass
+class TlsConfig:
+    """Transport security of the gRPC port (docs/security.md). Files are read at start and on reload."""
+    # PEM server certificate (chain) and private key; both empty = plain text.
+    cert: str = ""
+    key: str = ""
+    # PEM bundle of the CA(s) whose client certificates are accepted (mutual TLS).
+    client_ca: str = ""
+    # true: a client without a certificate signed by client_ca is refused in the handshake.
+    require_client_cert: bool = False
+    # Client certificate common name -> roles it grants (e.g. {"kiosk-12" = ["infer"]}).
+    # Any entry turns role checks on, as [[auth.tokens]] do.
+    subject_roles: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert)
+
+
+@dataclass
+class TokenConfig:
+    """One bearer token (metadata `authorization: Bearer <token>`), stored as its SHA-256."""
+    # Who holds it, for logs.
+    name: str
+    # Hex SHA-256 of the token (`edgeinfer token` makes one).
+    sha256: str = field(metadata=_check(lambda v: len(v) == 64 and all(c in "0123456789abcdef" for c in v.lower()),
+                                        "64 hex digits (the token's SHA-256)"))
+    roles: list[str] = field(default_factory=lambda: ["infer"], metadata=_roles_check)
+
+
+@dataclass
+class AuthConfig:
+    """Who may call what (docs/security.md). With no tokens and no tls.subject_roles every caller
+    that gets through the transport may call everything."""
+    tokens: list[TokenConfig] = field(default_factory=list)
+    # grpc.health.v1 and server reflection answer without credentials.
+    open_health: bool = True
+    open_reflection: bool = True
+
+
+@dataclass
+class LimitsConfig:
+    """Per-request and per-client bounds (docs/security.md); each answers its own status."""
+    # Sum of the tensor bytes of one request (INVALID_ARGUMENT above it).
+    max_tensor_bytes: int = field(default=64 * 1024 * 1024, metadata=_positive)
+    # Rows (first dimension) of one tensor request (INVALID_ARGUMENT above it).
+    max_batch_rows: int = field(default=64, metadata=_positive)
+    # Concurrent InferStream calls from one connection (RESOURCE_EXHAUSTED above it).
+    max_streams_per_connection: int = field(default=8, metadata=_positive)
+    # Requests a second per client address (stream frames count); 0 = no limit.
+    # Above it: RESOURCE_EXHAUSTED. `rate_burst` requests may come at once.
+    rate_per_client: float = field(default=0.0, metadata=_non_negative)
+    rate_burst: int = field(default=50, metadata=_positive)
+    # Longest time a request may wait or run, whatever deadline the client sets (or none); 0 = no cap.
+    max_deadline_s: float = field(default=60.0, metadata=_non_negative)
+    # Requests whose tensors exceed this many bytes give ONNX Runtime's CPU arena back after
+    # the run (memory.enable_memory_arena_shrinkage): a batch-40 EfficientNet request otherwise
+    # keeps ~340 MB for the life of the process. 0 = never.
+    arena_shrink_bytes: int = field(default=16 * 1024 * 1024, metadata=_non_negative)
+    # Errors a client causes (bad input, malformed messages) are logged at most once per
+    # this many seconds per kind, with a count of the ones left out.
+    client_error_log_interval_s: float = field(default=10.0, metadata=_non_negative)
+
+
 @dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     models: list[ModelConfig] = field(default_factory=list)
     # File the config came from (for messages) and its folder (for relative paths).
     source: str = "<memory>"
@@ -494,6 +565,33 @@ def _validate_model(ctx: _Ctx, m: ModelConfig, base: Path) -> None:
             setattr(m.calibration, key, str((base / os.path.expanduser(val)).resolve()))
 
 
+def _validate_security(ctx: _Ctx, cfg: Config, base: Path, check_files: bool) -> None:
+    tls = cfg.tls
+    if bool(tls.cert) != bool(tls.key):
+        raise ctx.fail("tls", "key" if tls.cert else "cert", "cert and key go together: set both or neither")
+    if (tls.client_ca or tls.require_client_cert or tls.subject_roles) and not tls.cert:
+        raise ctx.fail("tls", "cert", "client certificates need TLS: set cert and key")
+    if tls.require_client_cert and not tls.client_ca:
+        raise ctx.fail("tls", "client_ca", "require_client_cert needs the CA that signs client certificates")
+    if tls.subject_roles and not tls.client_ca:
+        raise ctx.fail("tls", "subject_roles", "mapping certificate subjects needs client_ca")
+    for subject, roles in tls.subject_roles.items():
+        if not roles or any(r not in ROLES for r in roles):
+            raise ctx.fail("tls.subject_roles", subject, f"expected a non-empty list from {list(ROLES)}, got {roles!r}")
+    for key in ("cert", "key", "client_ca"):
+        val = getattr(tls, key)
+        if val:
+            setattr(tls, key, str((base / os.path.expanduser(val)).resolve()))
+            if check_files and not Path(getattr(tls, key)).is_file():
+                raise ctx.fail("tls", key, f"file not found: {getattr(tls, key)}")
+    names = set()
+    for i, tok in enumerate(cfg.auth.tokens):
+        if tok.name in names:
+            raise ctx.fail(f"auth.tokens[{i}]", "name", f"{tok.name!r} is used by another token")
+        names.add(tok.name)
+        tok.sha256 = tok.sha256.lower()
+
+
 def parse_config(data: dict, source: str = "<memory>", base_dir: Optional[Path] = None,
                  check_files: bool = True) -> Config:
     """Build a validated Config from a TOML-shaped dict.
@@ -523,6 +621,7 @@ def parse_config(data: dict, source: str = "<memory>", base_dir: Optional[Path] 
     if cfg.server.inference == "shared" and cfg.server.listen.startswith("unix:"):
         raise ctx.fail("server", "inference", f"\"shared\" runs front-end processes on a TCP port; listen = "
                        f"{cfg.server.listen!r} is a unix socket: use host:port or inference = \"per-process\"")
+    _validate_security(ctx, cfg, base, check_files)
     seen = set()
     for i, raw in enumerate(models_raw):
         if not isinstance(raw, dict):

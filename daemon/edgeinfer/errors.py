@@ -64,3 +64,9 @@ class InferenceError(EdgeInferError):
     """The runtime failed while executing a request."""
 
     code = grpc.StatusCode.INTERNAL
+
+
+class LimitExceeded(EdgeInferError):
+    """A per-client bound ([limits] rate_per_client, max_streams_per_connection) was reached."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED

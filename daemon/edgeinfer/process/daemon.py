@@ -10,7 +10,9 @@ shutdown  on SIGTERM/SIGINT: health NOT_SERVING, stop accepting, give
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 from typing import Callable, Optional
 
 import grpc
@@ -24,6 +26,9 @@ from edgeinfer.observe.metrics import DaemonCollector, Metrics, MetricsEndpoint,
 from edgeinfer.model.served import ServedModel
 from edgeinfer.model.types import ModelState
 from edgeinfer.model.registry import ModelRegistry
+from edgeinfer.errors import ConfigError
+from edgeinfer.listen import parse_listen
+from edgeinfer.rpc.auth import AuthInterceptor, ServerTls, auth_enabled
 from edgeinfer.rpc.methods import GenericOnly
 from edgeinfer.serving.lanes import InferencePipeline
 from edgeinfer.rpc.servicer import SERVICE_NAME, InferenceServicer, add_to_server
@@ -32,6 +37,46 @@ log = logging.getLogger(__name__)
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _loopback(listen: str) -> bool:
+    """Whether `listen` reaches only this machine (a unix socket, localhost or a loopback address)."""
+    if listen.startswith("unix:"):
+        return True
+    try:
+        host, _ = parse_listen(listen, "[server] listen")
+    except ValueError:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_port_free(listen: str) -> None:
+    """Bind `listen` once without SO_REUSEPORT: a taken port fails here with one clear line,
+    before gRPC's core logs its own error and raises a bare RuntimeError."""
+    if listen.startswith("unix:"):
+        return
+    try:
+        host, port = parse_listen(listen, "[server] listen")
+    except ValueError:
+        return
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            raise OSError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
 
 
 class Daemon:
@@ -66,6 +111,9 @@ class Daemon:
         self.health = health.aio.HealthServicer()
         self.server: Optional[grpc.aio.Server] = None
         self.port: Optional[int] = None
+        # TLS credentials and role checks (rpc/auth.py); reload_security() re-reads them.
+        self.tls: Optional[ServerTls] = None
+        self.auth: Optional[AuthInterceptor] = None
         self._stop = asyncio.Event()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
 
@@ -74,12 +122,24 @@ class Daemon:
         """Bind and start serving; returns the bound port. Models load in the background."""
         self._loop = asyncio.get_running_loop()
         limit = self.config.server.max_message_bytes
-        self.server = grpc.aio.server(options=[
+        listen = self.config.server.listen
+        if not self.reuse_port:
+            _check_port_free(listen)
+        cfg = self.config
+        if cfg.tls.enabled:
+            self.tls = ServerTls(cfg.tls)
+        # The interceptor exists only where roles are checked: without it no call pays for one.
+        interceptors = []
+        if auth_enabled(cfg.auth, cfg.tls):
+            self.auth = AuthInterceptor(cfg.auth, cfg.tls)
+            interceptors.append(self.auth)
+        self.server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 1 if self.reuse_port else 0),
         ])
-        servicer = InferenceServicer(self.registry, self.pipeline, self.config.server.stream_window)
+        servicer = InferenceServicer(self.registry, self.pipeline, self.config.server.stream_window,
+                                     limits=cfg.limits)
         add_to_server(servicer, self.server)
         # Health and reflection through generic handlers only: a method registered with the core
         # costs every call a little (rpc/methods.py), and these are called rarely.
@@ -90,12 +150,22 @@ class Daemon:
             # What reflection.enable_server_reflection does for an aio server, minus the registration.
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names),
                                                                         GenericOnly(self.server))
-        listen = self.config.server.listen
-        self.port = self.server.add_insecure_port(listen)
+        try:
+            if self.tls is not None:
+                self.port = self.server.add_secure_port(listen, self.tls.credentials())
+            else:
+                self.port = self.server.add_insecure_port(listen)
+        except RuntimeError:  # grpcio >= 1.6x raises where older ones returned 0
+            self.port = 0
         if self.port == 0 and not listen.startswith("unix:"):
             raise OSError(f"cannot listen on {listen} (address in use or not allowed)")
         await self.server.start()
-        log.info("serving edgeinfer.v1 on %s (port %s)", listen, self.port)
+        log.info("serving edgeinfer.v1 on %s (port %s, %s%s)", listen, self.port,
+                 "TLS" if self.tls else "plain text",
+                 ", client certificates required" if self.tls and self.tls.require_client_cert else "")
+        if self.tls is None and not _loopback(listen):
+            log.warning("%s is reachable from other machines over plain text: anyone on the network can "
+                        "call the daemon and read its traffic; set [tls] cert and key (docs/security.md)", listen)
         if self.config.metrics.enabled:
             # Metrics are not worth refusing inference for: a taken port is logged
             # as an error, gRPC serves, and _tick retries the bind every 30 s.
@@ -109,6 +179,24 @@ class Daemon:
         self.registry.start_loading()
         systemd.notify("READY=1", f"STATUS=serving on {listen}; loading {len(self.registry.models)} model(s)")
         return self.port
+
+    def reload_security(self, config: Config) -> None:
+        """Re-read the TLS files and take new tokens and subject mappings from `config` (for a config
+        reload). New connections get the new certificate; calls already admitted go on.
+
+        Raises:
+            ConfigError: a TLS file is missing or unusable; nothing was changed.
+        """
+        if self.tls is not None:
+            if not config.tls.enabled:
+                raise ConfigError("[tls] cannot be turned off without a restart")
+            self.tls.reload(config.tls)
+        elif config.tls.enabled:
+            log.warning("[tls] is new in this config: TLS starts on restart")
+        if self.auth is not None:
+            self.auth.update(config.auth, config.tls)
+        elif auth_enabled(config.auth, config.tls):
+            log.warning("[auth] tokens / [tls] subject_roles are new in this config: role checks start on restart")
 
     def _on_state_change(self, model: ServedModel) -> None:
         # Called from loader threads: hop onto the event loop.

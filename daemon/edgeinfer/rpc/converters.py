@@ -28,6 +28,8 @@ STATES = {
 }
 
 MAX_RANK = 8
+# A top_k beyond any label set a model has: larger values are a client's mistake, not a request.
+MAX_TOP_K = 100_000
 
 
 # -- requests -------------------------------------------------------------------
@@ -45,8 +47,9 @@ def tensor_to_numpy(t: pb.Tensor) -> np.ndarray:
     shape = tuple(t.shape)
     if len(shape) > MAX_RANK:
         raise InvalidInput(f"tensor {name!r}: rank {len(shape)} is over the limit of {MAX_RANK}")
-    if shape and min(shape) < 0:
-        raise InvalidInput(f"tensor {name!r}: shape {list(shape)} has a negative dimension")
+    if shape and min(shape) <= 0:
+        raise InvalidInput(f"tensor {name!r}: shape {list(shape)} has a "
+                           f"{'negative' if min(shape) < 0 else 'zero'} dimension")
     count = math.prod(shape)  # Python ints: no overflow, and no numpy call on a 4-element list
     data = t.data
     if count * dtype.itemsize != len(data):
@@ -63,7 +66,12 @@ def add_output(outputs, name: str, array: np.ndarray) -> pb.Tensor:
     return add_tensor(outputs, name, array)
 
 
-def request_input(request: pb.InferRequest) -> ModelInput:
+def request_input(request: pb.InferRequest, max_tensor_bytes: int = 0, max_rows: int = 0) -> ModelInput:
+    """The request's input as a domain object; max_tensor_bytes / max_rows: [limits] (0 = none).
+
+    Raises:
+        InvalidInput: a field is missing or malformed, or a tensor limit is exceeded.
+    """
     kind = request.WhichOneof("input")
     if kind is None:
         raise InvalidInput("request has no input: set one of 'image', 'raw_image' or 'tensors'")
@@ -78,6 +86,10 @@ def request_input(request: pb.InferRequest) -> ModelInput:
     tensors = request.tensors.tensors
     if not tensors:
         raise InvalidInput("tensors: the tensor set is empty")
+    if max_tensor_bytes:
+        total = sum(len(t.data) for t in tensors)
+        if total > max_tensor_bytes:
+            raise InvalidInput(f"tensors: {total} bytes, over the limit of {max_tensor_bytes} ([limits] max_tensor_bytes)")
     arrays = {}
     for t in tensors:
         array = tensor_to_numpy(t)
@@ -85,6 +97,9 @@ def request_input(request: pb.InferRequest) -> ModelInput:
         if name in arrays:
             raise InvalidInput(f"tensor {name!r} is sent twice")
         arrays[name] = array
+        if max_rows and array.ndim and array.shape[0] > max_rows:
+            raise InvalidInput(f"tensor {name!r}: {array.shape[0]} rows, over the limit of {max_rows} "
+                               f"([limits] max_batch_rows)")
     return Tensors(arrays)
 
 
@@ -95,6 +110,13 @@ def request_options(request: pb.InferRequest) -> Options:
     o = request.options
     if not o.ByteSize():  # every field at its default: most requests, no object to build
         return _DEFAULT_OPTIONS
+    if o.top_k > MAX_TOP_K:
+        raise InvalidInput(f"options.top_k: {o.top_k} is over the limit of {MAX_TOP_K}")
+    for key in ("score_threshold", "nms_iou_threshold"):
+        if o.HasField(key):
+            value = getattr(o, key)
+            if not (0.0 <= value <= 1.0):  # NaN fails this too
+                raise InvalidInput(f"options.{key}: expected a number between 0 and 1, got {value}")
     return Options(
         top_k=o.top_k,
         score_threshold=o.score_threshold if o.HasField("score_threshold") else None,

@@ -7,15 +7,19 @@ import logging
 import grpc
 
 from edgeinfer.errors import EdgeInferError
+from edgeinfer.rpc.limits import ThrottledLog
 
 log = logging.getLogger(__name__)
+# An unexpected error may repeat on every request (a client can find the input that triggers it):
+# its traceback is logged once per interval per exception type, not once per request.
+_unexpected = ThrottledLog(log, 10.0)
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message a client should see for `exc`."""
     if isinstance(exc, EdgeInferError):
         return exc.code, str(exc)
-    log.exception("unexpected error while serving a request", exc_info=exc)
+    _unexpected(logging.ERROR, type(exc).__name__, "unexpected error while serving a request", exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
 
 

@@ -13,13 +13,16 @@ import grpc
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2 as pb
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
 
-from edgeinfer.errors import EdgeInferError
+from edgeinfer.config import LimitsConfig
+from edgeinfer.errors import EdgeInferError, InferenceError, InvalidInput
 from edgeinfer.observe.metrics import UNKNOWN_MODEL
 from edgeinfer.model.registry import ModelRegistry
 from edgeinfer.rpc import converters
 from edgeinfer.rpc.errors import abort_with, status_of, translate_errors
 from edgeinfer.rpc.fastpath import InlineTensorPath
+from edgeinfer.rpc.limits import RateLimiter, StreamSlots, ThrottledLog
 from edgeinfer.rpc.methods import add_service
+from edgeinfer.model.types import Tensors
 from edgeinfer.serving.lanes import InferencePipeline
 
 log = logging.getLogger(__name__)
@@ -27,11 +30,54 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
 
 
+class Malformed:
+    """What a request deserializer hands over instead of raising on bytes that are not the message:
+    grpc answers a raising deserializer with UNKNOWN and logs a traceback per call; the handler
+    answers this one INVALID_ARGUMENT, counted and logged at most once per interval."""
+
+    __slots__ = ("what", "reason")
+
+    def __init__(self, what: str, reason: str):
+        self.what = what
+        self.reason = reason
+
+    def error(self) -> InvalidInput:
+        return InvalidInput(f"the request is not a valid {self.what} message: {self.reason}")
+
+
+def tolerant(message_cls):
+    """A request deserializer that returns Malformed rather than raising."""
+    parse = message_cls.FromString
+    what = message_cls.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes):
+        try:
+            return parse(data)
+        except Exception as exc:  # noqa: BLE001 - DecodeError and friends: whatever the bytes were
+            return Malformed(what, str(exc) or type(exc).__name__)
+
+    return deserialize
+
+
+def _runtime_refused(exc: InferenceError, item: Tensors, model: str) -> InvalidInput:
+    """A runtime failure on tensors the client shaped is the request's fault (e.g. a spatial size the
+    network's layers cannot combine); images are shaped by the config, so their failures stay INTERNAL."""
+    shapes = ", ".join(f"{n} {list(a.shape)} {a.dtype}" for n, a in item.arrays.items())
+    return InvalidInput(f"model {model!r} cannot run on the tensors sent ({shapes}): {exc}")
+
+
 class InferenceServicer(pb_grpc.InferenceServicer):
-    def __init__(self, registry: ModelRegistry, pipeline: InferencePipeline, stream_window: int = 16):
+    def __init__(self, registry: ModelRegistry, pipeline: InferencePipeline, stream_window: int = 16,
+                 limits: Optional[LimitsConfig] = None):
         self.registry = registry
         self.pipeline = pipeline
         self.stream_window = stream_window
+        limits = limits or LimitsConfig()
+        self.limits = limits
+        self._rate = RateLimiter(limits.rate_per_client, limits.rate_burst) if limits.rate_per_client else None
+        self._streams = StreamSlots(limits.max_streams_per_connection)
+        self._max_deadline = limits.max_deadline_s or None
+        self.client_log = ThrottledLog(log, limits.client_error_log_interval_s)
         # model name -> the short path of a model whose tensor requests run inline (rpc/fastpath.py);
         # learnt from the general path's first answer, replaced when the model gets a new runner.
         self._inline: dict[str, InlineTensorPath] = {}
@@ -62,18 +108,33 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     def _count_failure(self, label: str, exc: BaseException) -> None:
         self.pipeline.record(label, exc.code.name if isinstance(exc, EdgeInferError) else "INTERNAL")
 
+    def _malformed(self, request: Malformed, peer: str) -> InvalidInput:
+        """Count and (throttled) log a message that did not parse; the error to answer."""
+        self.pipeline.record(UNKNOWN_MODEL, "INVALID_ARGUMENT")
+        self.client_log(logging.WARNING, "malformed", "malformed %s from %s: %s", request.what, peer, request.reason)
+        return request.error()
+
     async def _answer(self, request: pb.InferRequest,
                       time_remaining: Callable[[], Optional[float]] = lambda: None) -> pb.InferResponse:
         # Every request is counted once, by model and status (metrics); a name
         # that is not served counts as "(unknown)" so clients cannot mint series.
         label = UNKNOWN_MODEL
         deadline_s = time_remaining()
+        if self._max_deadline is not None and (deadline_s is None or deadline_s > self._max_deadline):
+            deadline_s = self._max_deadline
+        item = None
         try:
             model = self.registry.get(request.model)
             label = model.name
-            item = converters.request_input(request)
+            limits = self.limits
+            item = converters.request_input(request, limits.max_tensor_bytes, limits.max_batch_rows)
             options = converters.request_options(request)
-            prediction = await self.pipeline.run(model, item, options, deadline_s)
+            try:
+                prediction = await self.pipeline.run(model, item, options, deadline_s)
+            except InferenceError as exc:
+                if isinstance(item, Tensors):
+                    raise _runtime_refused(exc, item, model.name) from None
+                raise
             response = converters.response(model, request.request_id, prediction)
         except asyncio.CancelledError:
             # Ask the call itself: comparing our own elapsed time with the budget
@@ -93,6 +154,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         """Answers serialized bytes (see add_to_server): the short path's message is refilled by its
         next request, so its bytes are taken now."""
         try:
+            if type(request) is Malformed:
+                raise self._malformed(request, context.peer())
+            if self._rate is not None:
+                self._rate.take(context.peer())
             response = self._answer_inline(request)
             if response is None:
                 response = await self._answer(request, context.time_remaining)
@@ -105,10 +170,17 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         # Each entry is a finished StreamResponse (the inline path answered as the frame was read)
         # or a task making one; None ends the stream. A FIFO of both keeps the frames' order.
         pending: asyncio.Queue = asyncio.Queue(maxsize=self.stream_window)
+        peer = context.peer()
+        try:
+            self._streams.acquire(peer)
+        except Exception as exc:  # noqa: BLE001 - LimitExceeded
+            await abort_with(context, exc)
+        rate = self._rate
 
         def failed(seq: int, request: pb.InferRequest, exc: BaseException) -> pb.StreamResponse:
             code, message = status_of(exc)
-            return pb.StreamResponse(request_id=request.request_id, sequence=seq,
+            request_id = "" if type(request) is Malformed else request.request_id
+            return pb.StreamResponse(request_id=request_id, sequence=seq,
                                      error=converters.error_status(code, message))
 
         async def one(seq: int, request: pb.InferRequest) -> pb.StreamResponse:
@@ -122,6 +194,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             # A frame the inline path answers needs no task. Dev box, trivial model, one stream,
             # 12 rounds each: 4,074 frames/s with a task per frame, 4,241 without.
             try:
+                if type(request) is Malformed:
+                    raise self._malformed(request, peer)
+                if rate is not None:
+                    rate.take(peer)
                 resp = self._answer_inline(request)
             except Exception as exc:  # noqa: BLE001 - as in one()
                 return failed(seq, request, exc)
@@ -148,6 +224,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 yield item if isinstance(item, pb.StreamResponse) else await item
             await reader_task  # surfaces a broken client stream
         finally:
+            self._streams.release(peer)
             if not reader_task.done():
                 reader_task.cancel()
             while not pending.empty():
@@ -157,10 +234,14 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     @translate_errors
     async def ListModels(self, request, context):
+        if type(request) is Malformed:
+            raise self._malformed(request, context.peer())
         return pb.ListModelsResponse(models=[converters.model_info(m) for m in self.registry])
 
     @translate_errors
     async def GetModel(self, request, context):
+        if type(request) is Malformed:
+            raise self._malformed(request, context.peer())
         return converters.model_info(self.registry.get(request.name))
 
 
@@ -171,15 +252,15 @@ def add_to_server(servicer: InferenceServicer, server) -> None:
     the other methods are looked up by the generic handler (methods.add_service says why)."""
     handlers = {
         "Infer": grpc.unary_unary_rpc_method_handler(
-            servicer.Infer, request_deserializer=pb.InferRequest.FromString),
+            servicer.Infer, request_deserializer=tolerant(pb.InferRequest)),
         "InferStream": grpc.stream_stream_rpc_method_handler(
-            servicer.InferStream, request_deserializer=pb.InferRequest.FromString,
+            servicer.InferStream, request_deserializer=tolerant(pb.InferRequest),
             response_serializer=pb.StreamResponse.SerializeToString),
         "ListModels": grpc.unary_unary_rpc_method_handler(
-            servicer.ListModels, request_deserializer=pb.ListModelsRequest.FromString,
+            servicer.ListModels, request_deserializer=tolerant(pb.ListModelsRequest),
             response_serializer=pb.ListModelsResponse.SerializeToString),
         "GetModel": grpc.unary_unary_rpc_method_handler(
-            servicer.GetModel, request_deserializer=pb.GetModelRequest.FromString,
+            servicer.GetModel, request_deserializer=tolerant(pb.GetModelRequest),
             response_serializer=pb.ModelInfo.SerializeToString),
     }
     add_service(server, SERVICE_NAME, handlers, registered=("Infer",))

@@ -213,13 +213,19 @@ class Preprocessor:
 
     @staticmethod
     def _imdecode(data: bytes, fmt: str, flags: int) -> np.ndarray:
+        # JPEG checks (end marker, a scan cut short) follow the decode: libjpeg only warns on both.
         img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
         if img is None:
             raise InvalidInput(f"{fmt.upper()} image could not be decoded (corrupt or truncated data)")
-        if fmt == "jpeg" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-            # libjpeg fills a truncated scan with grey and only warns: refuse
-            # it rather than answer about half an image.
-            raise InvalidInput("JPEG image is truncated (no end-of-image marker)")
+        if fmt == "jpeg":
+            end = data.rstrip(b"\x00")
+            if not end.endswith(b"\xff\xd9"):
+                # libjpeg fills a truncated scan with grey and only warns: refuse
+                # it rather than answer about half an image.
+                raise InvalidInput("JPEG image is truncated (no end-of-image marker)")
+            if _grey_corner(img) and _scan_ends_early(end, flags, img):
+                raise InvalidInput("JPEG image is truncated (its scan data ends before the image does; "
+                                   "an end-of-image marker follows the cut)")
         return img
 
     def _reduction(self, w: int, h: int) -> int:
@@ -329,14 +335,56 @@ class Preprocessor:
                                      value=(self.cfg.pad_value,) * 3)
             # Use the real per-axis factors after rounding so boxes map back exactly.
             return out, Transform(nw / w, nh / h, float(dx), float(dy), w, h)
-        resized = cv2.resize(img, (nw, nh), interpolation=_interp(nw / w, nh / h))
+        sx, sy = nw / w, nh / h
         x0, y0 = (nw - W) // 2, (nh - H) // 2
-        out = resized[y0:y0 + H, x0:x0 + W]
-        return out, Transform(nw / w, nh / h, -float(x0), -float(y0), w, h)
+        transform = Transform(sx, sy, -float(x0), -float(y0), w, h)
+        if nw * nh <= _MAX_CROP_ENLARGEMENT * W * H:
+            resized = cv2.resize(img, (nw, nh), interpolation=_interp(sx, sy))
+            return resized[y0:y0 + H, x0:x0 + W], transform
+        # An extreme aspect ratio (a 10000x1 image: 2,560,000x256 resized before the 224x224 crop,
+        # ~2 GB): crop the source to what the model sees first, then resize only that.
+        left, top = max(0, int(x0 / sx) - 1), max(0, int(y0 / sy) - 1)
+        right, bottom = min(w, int(np.ceil((x0 + W) / sx)) + 1), min(h, int(np.ceil((y0 + H) / sy)) + 1)
+        part = img[top:bottom, left:right]
+        pw, ph = right - left, bottom - top
+        flags = cv2.INTER_LINEAR
+        if min(sx, sy) < 0.5:  # warpAffine has no area filter: shrink the (small) part first
+            pw, ph = max(1, round(pw * sx)), max(1, round(ph * sy))
+            part = cv2.resize(part, (pw, ph), interpolation=cv2.INTER_AREA)
+        # Part pixel i lands where cv2.resize of the whole image would put it (pixel centres:
+        # dst = (src + 0.5) * scale - 0.5), less the crop offset.
+        ax, ay = (right - left) * sx / pw, (bottom - top) * sy / ph
+        m = np.array([[ax, 0.0, left * sx + 0.5 * ax - 0.5 - x0],
+                      [0.0, ay, top * sy + 0.5 * ay - 0.5 - y0]], np.float64)
+        out = cv2.warpAffine(part, m, (W, H), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+        return out, transform
 
+
+# center-crop resizes the whole image, then crops; past this many times the crop's pixels it
+# crops first (a normal photo's intermediate is ~1.3-2.3x the crop; only extreme aspect ratios pass 8x).
+_MAX_CROP_ENLARGEMENT = 8
 
 # cv2.imdecode flags for a JPEG decoded at 1/k scale (libjpeg's DCT scaling), in color.
 _REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def _grey_corner(img: np.ndarray) -> bool:
+    """Whether a corner pixel is mid-grey: libjpeg leaves the blocks a scan never reached at 128
+    (zero coefficients), and the last block in scan order is the bottom-right one (EXIF rotation
+    may move it to any corner; chroma upsampling may blend a neighbour in, hence the tolerance)."""
+    corners = np.stack([img[-1, -1], img[0, 0], img[0, -1], img[-1, 0]]).astype(np.int16)
+    return bool((np.abs(corners - 128) <= 3).all(axis=-1).any())
+
+
+def _scan_ends_early(data: bytes, flags: int, img: np.ndarray) -> bool:
+    """Decode again with filler bytes before the end marker: a complete scan ignores them (libjpeg
+    skips bytes between the scan and the next marker), a cut one decodes them where the grey was.
+    Runs only for images with a grey corner (_grey_corner), so most images are decoded once."""
+    body = data[:-2]
+    if body.endswith(b"\xff"):  # cut inside a stuffed 0xFF00: complete it, or the filler reads as a marker
+        body += b"\x00"
+    probe = cv2.imdecode(np.frombuffer(body + b"\x55" * 256 + b"\xff\xd9", np.uint8), flags)
+    return probe is not None and probe.shape == img.shape and not np.array_equal(probe, img)
 
 
 def _interp(sx: float, sy: float) -> int:
