@@ -29,7 +29,8 @@ class ModelRegistry:
         self.remote = remote
         self._listeners = [on_state_change]
         self.models: dict[str, ServedModel] = {
-            m.name: ServedModel(m, config.server, Path(config.cache.dir), self._notify, remote=remote)
+            m.name: ServedModel(m, config.server, Path(config.cache.dir), self._notify, remote=remote,
+                                 arena_shrink_bytes=config.limits.arena_shrink_bytes)
             for m in config.models
         }
         self._threads: list[threading.Thread] = []

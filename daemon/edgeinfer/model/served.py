@@ -37,10 +37,13 @@ class ServedModel:
     """One configured model through its whole life: loading, ready/failed, serving."""
 
     def __init__(self, cfg: ModelConfig, server_cfg: ServerConfig, cache_dir: Optional[Path] = None,
-                 on_state_change: Callable[["ServedModel"], None] = lambda _m: None, remote=None):
+                 on_state_change: Callable[["ServedModel"], None] = lambda _m: None, remote=None,
+                 arena_shrink_bytes: Optional[int] = None):
         """remote: serving.shared.remote.RemoteModels: the model is loaded and run by the shared
-        inference process; this one serves it through a RemoteRunner."""
+        inference process; this one serves it through a RemoteRunner.
+        arena_shrink_bytes: [limits] arena_shrink_bytes for an ONNX Runtime runner (None: its default)."""
         self.cfg = cfg
+        self.arena_shrink_bytes = arena_shrink_bytes
         self.remote = remote
         self.cache_dir = cache_dir
         self.cuda_sync = server_cfg.cuda_sync
@@ -122,6 +125,8 @@ class ServedModel:
         if outcome.runner is None:
             raise BackendLoadError(f"no backend could load the model: {outcome.failure_reason}")
         runner = outcome.runner
+        if self.arena_shrink_bytes is not None and hasattr(runner, "shrink_arena_bytes"):
+            runner.shrink_arena_bytes = self.arena_shrink_bytes
         self.image_input = self._check_image_input(runner)
         return self._normalizing(runner)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import weakref
 from typing import Mapping, Optional
 
@@ -152,6 +153,15 @@ class CudaIoBinding:
 AUTO_IO_BINDING = False
 
 
+_SOURCE_LOCATION = re.compile(r"\S*onnxruntime_src\S*:\d+\s+(?:[^\n]*?\)\s+)?")
+
+
+def ort_message(exc: BaseException) -> str:
+    """ONNX Runtime's message without its source paths and C++ signatures (clients see it)."""
+    text = str(exc).replace("[ONNXRuntimeError] : ", "")
+    return _SOURCE_LOCATION.sub("", text).strip()
+
+
 class OnnxRuntimeRunner(DescribedRunner):
     """An ONNX Runtime session as a Runner.
 
@@ -192,6 +202,10 @@ class OnnxRuntimeRunner(DescribedRunner):
                 log.warning("onnxruntime CUDA session without IO binding: %s", exc)
         self._info = RunnerInfo(backend="onnxruntime", precision=precision, device=device,
                                 max_batch=fixed, max_concurrency=max_concurrency, details=details)
+        # A call whose inputs pass this many bytes shrinks the CPU arena afterwards (0 = never):
+        # [limits] arena_shrink_bytes, set by the model (model/served.py).
+        self.shrink_arena_bytes = 16 * 1024 * 1024
+        self._shrink = None
         # batch size -> a session of the same model that only ever runs that size (pin_batch_sizes).
         self._pinned: dict[int, object] = {}
         self._batch_input = next((s.name for s in self._inputs if s.dynamic_batch), None)
@@ -226,10 +240,25 @@ class OnnxRuntimeRunner(DescribedRunner):
         try:
             if self._io is not None:
                 return self._io.run(feeds, session)
-            results = session.run(self._output_names, dict(feeds))
+            run_options = None
+            if self.shrink_arena_bytes and sum(a.nbytes for a in feeds.values()) > self.shrink_arena_bytes:
+                run_options = self._shrink_options()
+            results = session.run(self._output_names, dict(feeds), run_options)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-            raise InferenceError(f"onnxruntime failed: {exc}") from exc
+            raise InferenceError(f"onnxruntime failed: {ort_message(exc)}") from exc
         return dict(zip(self._output_names, results))
+
+    def _shrink_options(self):
+        """RunOptions that hand the CPU arena's unused chunks back after the run: the memory a large
+        request grew is otherwise kept for the life of the process. Only for large requests, since
+        the next ones have to grow it again."""
+        if self._shrink is None:
+            import onnxruntime as ort
+
+            opts = ort.RunOptions()
+            opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+            self._shrink = opts
+        return self._shrink
 
     def bound_call(self) -> Optional[BoundCall]:
         """On the CPU EP, a CpuBoundCall on the session that runs batch 1. None on CUDA: there the
