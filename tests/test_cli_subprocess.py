@@ -57,8 +57,11 @@ def test_infer_json_is_exactly_one_object(served, media):
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 1
     obj = json.loads(lines[0])
-    assert set(obj) == {"model", "classes", "detections", "timing_us", "batch_size"}
+    assert set(obj) == {"model", "model_version", "request_id", "backend", "precision", "image_size", "classes",
+                        "detections", "outputs", "timing_us", "batch_size"}
     assert obj["model"] == "imagenet" and obj["detections"] == [] and obj["batch_size"] == 1
+    assert obj["image_size"] == [600, 400] and obj["backend"] == "onnxruntime" and obj["precision"] == "fp32"
+    assert obj["model_version"] == "1"
     assert obj["classes"][0] == {"index": 967, "label": "espresso", "score": obj["classes"][0]["score"]}
     assert all(isinstance(v, int) for v in obj["timing_us"].values())
 
@@ -67,7 +70,8 @@ def test_infer_faces_json(served, media):
     address, _, _ = served
     obj = json.loads(_client(address, "infer", "--model", "faces", str(media / "astronaut.png"), "--json").stdout)
     assert obj["classes"] == [] and len(obj["detections"]) == 1
-    assert set(obj["detections"][0]) == {"box", "score", "label"} and len(obj["detections"][0]["box"]) == 4
+    assert set(obj["detections"][0]) == {"box", "score", "label", "class_index", "landmarks"}
+    assert len(obj["detections"][0]["box"]) == 4 and len(obj["detections"][0]["landmarks"]) == 5
 
 
 def test_stream_json_one_line_per_frame(served, media):

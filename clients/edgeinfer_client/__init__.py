@@ -6,6 +6,7 @@
 
 Installs with grpcio, protobuf and numpy only (no OpenCV, no inference runtime).
 """
+from ._channel import TlsOptions
 from .aio import AsyncClient
 from .client import DEFAULT_ADDRESS, Client
 from ._request import build_request
@@ -14,4 +15,4 @@ from .types import (Accuracy, Attempt, ClassScore, Detection, InferResult, Model
                     TensorInfo)
 
 __all__ = ["Accuracy", "AsyncClient", "Attempt", "ClassScore", "Client", "ClientError", "DEFAULT_ADDRESS",
-           "Detection", "InferResult", "ModelInfo", "StreamError", "TensorInfo", "build_request"]
+           "Detection", "InferResult", "ModelInfo", "StreamError", "TensorInfo", "TlsOptions", "build_request"]

@@ -9,6 +9,8 @@ import numpy as np
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2 as pb
 from edgeinfer_proto.tensors import to_tensor
 
+from .errors import ClientError
+
 PIXEL_FORMATS = {
     "rgb": pb.PIXEL_FORMAT_RGB,
     "bgr": pb.PIXEL_FORMAT_BGR,
@@ -24,7 +26,22 @@ def build_request(model: str, image: Optional[ImageLike] = None, *, tensors: Opt
                   pixel_format: str = "rgb", request_id: str = "", top_k: int = 0,
                   score_threshold: Optional[float] = None, nms_iou_threshold: Optional[float] = None,
                   include_raw_outputs: bool = False) -> pb.InferRequest:
-    """One InferRequest from an image (encoded bytes, a file path, or HxW[xC] uint8 pixels) or tensors."""
+    """One InferRequest from an image (encoded bytes, a file path, or HxW[xC] uint8 pixels) or tensors.
+
+    Raises:
+        ClientError: INVALID_ARGUMENT: the file cannot be read, or the arguments do not make a request.
+    """
+    try:
+        return _build(model, image, tensors, pixel_format, request_id, top_k, score_threshold,
+                      nms_iou_threshold, include_raw_outputs)
+    except OSError as exc:
+        raise ClientError("INVALID_ARGUMENT", f"cannot read image {image}: {exc.strerror or exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise ClientError("INVALID_ARGUMENT", str(exc)) from None
+
+
+def _build(model, image, tensors, pixel_format, request_id, top_k, score_threshold, nms_iou_threshold,
+           include_raw_outputs) -> pb.InferRequest:
     req = pb.InferRequest(model=model, request_id=request_id)
     if (image is None) == (tensors is None):
         raise ValueError("give exactly one of image or tensors")

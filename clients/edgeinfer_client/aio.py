@@ -1,29 +1,33 @@
 """asyncio client: the same calls as `Client`, awaitable."""
 from __future__ import annotations
 
-import itertools
+import asyncio
 from typing import AsyncIterator, Iterable, Mapping, Optional, Union
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ._channel import TlsLike, make_channel, token_metadata
 from ._request import ImageLike, build_request
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2 as pb
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
-from .client import DEFAULT_ADDRESS, channel_options
-from .errors import from_rpc_error
+from .client import DEFAULT_ADDRESS, _Progress, not_found_health
+from .errors import ClientError, from_rpc_error
 from .types import (InferResult, ModelInfo, StreamError, model_from_proto, result_from_proto,
                     stream_item_from_proto)
 
 
 class AsyncClient:
-    """asyncio twin of `Client`. Use `async with AsyncClient(addr) as c: await c.infer(...)`."""
+    """asyncio twin of `Client` (same arguments, tls and token included).
+    Use `async with AsyncClient(addr) as c: await c.infer(...)`."""
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: Optional[float] = None):
+    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: Optional[float] = None, *,
+                 tls: TlsLike = None, token: Optional[str] = None):
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(address, options=channel_options())
+        self._metadata = token_metadata(token)
+        self._channel = make_channel(address, tls, aio=True)
         self._stub = pb_grpc.InferenceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -38,7 +42,7 @@ class AsyncClient:
 
     async def _call(self, fn, request, timeout):
         try:
-            return await fn(request, timeout=self.timeout if timeout is None else timeout)
+            return await fn(request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
@@ -49,15 +53,37 @@ class AsyncClient:
         return result_from_proto(await self._call(self._stub.Infer, req, timeout))
 
     async def stream(self, model: str, frames: Iterable[ImageLike], *, timeout: Optional[float] = None,
-                     **options) -> AsyncIterator[Union[InferResult, StreamError]]:
-        counter = itertools.count()
-        requests = (build_request(model, f, request_id=str(next(counter)), **options) for f in frames)
-        call = self._stub.InferStream(requests, timeout=self.timeout if timeout is None else timeout)
+                     request_id: str = "", **options) -> AsyncIterator[Union[InferResult, StreamError]]:
+        """As Client.stream: `timeout` is the longest wait for each frame's result, `request_id` a prefix."""
+        frame_timeout = self.timeout if timeout is None else timeout
+        progress = _Progress()
+        call = self._stub.InferStream(progress.requests(model, frames, request_id, options), metadata=self._metadata)
         try:
-            async for item in call:
+            while True:
+                # Wait without a limit while no frame is open (a slow source), else up to frame_timeout.
+                read = asyncio.ensure_future(call.read())
+                while True:
+                    done, _ = await asyncio.wait({read}, timeout=min(0.5, frame_timeout / 4) if frame_timeout else None)
+                    if done:
+                        break
+                    if frame_timeout and progress.overdue(frame_timeout):
+                        read.cancel()
+                        call.cancel()
+                        raise ClientError("DEADLINE_EXCEEDED", f"no result for frame {progress.done} within "
+                                          f"{frame_timeout:g}s (the per-frame deadline)")
+                item = read.result()
+                if item is grpc.aio.EOF:
+                    break
+                progress.received()
                 yield stream_item_from_proto(item)
         except grpc.RpcError as exc:
+            if progress.failure is not None:
+                raise progress.failure from None
             raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()
+        if progress.failure is not None:
+            raise progress.failure
 
     async def list_models(self, timeout: Optional[float] = None) -> list[ModelInfo]:
         resp = await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
@@ -67,5 +93,14 @@ class AsyncClient:
         return model_from_proto(await self._call(self._stub.GetModel, pb.GetModelRequest(name=name), timeout))
 
     async def health(self, service: str = "", timeout: Optional[float] = None) -> str:
-        resp = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        try:
+            resp = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        except ClientError as exc:
+            if exc.code != "NOT_FOUND":
+                raise
+            try:
+                models = [m.name for m in await self.list_models(timeout)]
+            except ClientError:
+                models = None
+            raise ClientError("NOT_FOUND", not_found_health(service, models)) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)

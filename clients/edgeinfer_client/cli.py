@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
+from ._channel import TlsOptions
 from .client import DEFAULT_ADDRESS, Client
 from .errors import ClientError
 from .types import InferResult, StreamError
@@ -80,7 +81,7 @@ def cmd_stream(client: Client, args) -> int:
         if isinstance(item, StreamError):
             failures += 1
             if args.json:
-                print(json.dumps({"model": args.model, "classes": [], "detections": [], "timing_us": {},
+                print(json.dumps({"model": args.model, "request_id": item.request_id, "sequence": item.sequence,
                                   "error": {"code": item.code, "message": item.message}}), flush=True)
             else:
                 print(f"frame {item.sequence}: {item.code}: {item.message}", flush=True)
@@ -122,7 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edgeinfer-client", description="call an edgeinfer daemon")
     ap.add_argument("--address", default=os.environ.get("EDGEINFER_ADDRESS", DEFAULT_ADDRESS),
                     help=f"daemon address (default {DEFAULT_ADDRESS}, or $EDGEINFER_ADDRESS)")
-    ap.add_argument("--timeout", type=float, default=30.0, help="seconds per call (stream: whole stream)")
+    ap.add_argument("--timeout", type=float, default=30.0, help="seconds per call (stream: per frame)")
+    ap.add_argument("--tls", action="store_true", help="TLS, checked against the system's trust roots "
+                    "(implied by --tls-ca / --tls-cert)")
+    ap.add_argument("--tls-ca", help="PEM file of the CA that signed the daemon's certificate")
+    ap.add_argument("--tls-cert", help="PEM client certificate, for daemons that require one (mutual TLS)")
+    ap.add_argument("--tls-key", help="PEM key of --tls-cert")
+    ap.add_argument("--tls-server-name", help="name to check the daemon's certificate against")
+    ap.add_argument("--token", default=os.environ.get("EDGEINFER_TOKEN"),
+                    help="bearer token (default $EDGEINFER_TOKEN)")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("infer", help="send one image")
@@ -150,10 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _tls(args):
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name):
+        return None
+    return TlsOptions(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, server_name=args.tls_server_name)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with Client(args.address, timeout=args.timeout) as client:
+        with Client(args.address, timeout=args.timeout, tls=_tls(args), token=args.token) as client:
             return args.func(client, args)
     except ClientError as exc:
         print(f"edgeinfer-client: {exc}", file=sys.stderr)

@@ -1,13 +1,15 @@
 """Synchronous client: numpy in, dataclasses out, one error type."""
 from __future__ import annotations
 
-import itertools
+import threading
+import time
 from typing import Iterable, Iterator, Mapping, Optional, Union
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ._channel import MAX_MESSAGE, TlsLike, channel_options, make_channel, token_metadata
 from ._request import ImageLike, build_request
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2 as pb
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
@@ -16,11 +18,13 @@ from .types import (InferResult, ModelInfo, StreamError, model_from_proto, resul
                     stream_item_from_proto)
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
-MAX_MESSAGE = 64 * 1024 * 1024
+__all__ = ["Client", "DEFAULT_ADDRESS", "MAX_MESSAGE", "channel_options"]
 
 
-def channel_options() -> list[tuple[str, int]]:
-    return [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
+def not_found_health(service: str, models: Optional[list[str]]) -> str:
+    served = f"; models served: {', '.join(models)}" if models else ""
+    return (f"no health status named {service!r}: the daemon answers '' (the whole daemon) and one name per "
+            f"model{served}")
 
 
 class Client:
@@ -28,15 +32,21 @@ class Client:
 
     Args:
         address: "host:port" or "unix:/path".
-        timeout: default deadline in seconds for each call (None = no deadline).
+        timeout: default deadline in seconds for each call (None = no deadline); for stream(),
+            the longest wait for each frame's result (a stream itself may run for hours).
+        tls: None/False for plain text; True for TLS checked against the system's trust roots;
+            TlsOptions or a dict with `ca`, `cert`, `key` (paths or PEM bytes), `server_name`.
+        token: a bearer token, sent as `authorization: Bearer <token>` on every call.
 
     Every method raises ClientError on failure; `.code` holds the gRPC status name.
     """
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: Optional[float] = None):
+    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: Optional[float] = None, *,
+                 tls: TlsLike = None, token: Optional[str] = None):
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address, options=channel_options())
+        self._metadata = token_metadata(token)
+        self._channel = make_channel(address, tls)
         self._stub = pb_grpc.InferenceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -51,7 +61,7 @@ class Client:
 
     def _call(self, fn, request, timeout):
         try:
-            return fn(request, timeout=self.timeout if timeout is None else timeout)
+            return fn(request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
@@ -72,20 +82,38 @@ class Client:
         return result_from_proto(self._call(self._stub.Infer, req, timeout))
 
     def stream(self, model: str, frames: Iterable[ImageLike], *, timeout: Optional[float] = None,
-               **options) -> Iterator[Union[InferResult, StreamError]]:
-        """Send frames over one InferStream; yields one result (or StreamError) per frame, in order."""
-        counter = itertools.count()
-        requests = (build_request(model, f, request_id=str(next(counter)), **options) for f in frames)
-        call = self._stub.InferStream(requests, timeout=self.timeout if timeout is None else timeout)
+               request_id: str = "", **options) -> Iterator[Union[InferResult, StreamError]]:
+        """Send frames over one InferStream; yields one result (or StreamError) per frame, in order.
+
+        timeout: the longest wait for a frame's result once it is sent (default: the client's
+            timeout); a slow source (a camera) never ends the stream, a stalled daemon does,
+            with ClientError DEADLINE_EXCEEDED.
+        request_id: a prefix: frame i is sent with request_id f"{request_id}{i}".
+        """
+        frame_timeout = self.timeout if timeout is None else timeout
+        progress = _Progress()
+        requests = progress.requests(model, frames, request_id, options)
+        call = self._stub.InferStream(requests, metadata=self._metadata)
+        watchdog = _Watchdog(progress, frame_timeout, call.cancel) if frame_timeout else None
         try:
             for item in call:
+                progress.received()
                 yield stream_item_from_proto(item)
         except grpc.RpcError as exc:
+            if watchdog is not None and watchdog.fired:
+                raise ClientError("DEADLINE_EXCEEDED", f"no result for frame {progress.done} within "
+                                  f"{frame_timeout:g}s (the per-frame deadline)") from None
+            if progress.failure is not None:
+                raise progress.failure from None
             raise from_rpc_error(exc) from None
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             # The consumer may stop early (closed pipe, break): end the call
             # cleanly instead of leaving it to die with the interpreter.
             call.cancel()
+        if progress.failure is not None:
+            raise progress.failure
 
     def list_models(self, timeout: Optional[float] = None) -> list[ModelInfo]:
         resp = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
@@ -96,7 +124,16 @@ class Client:
 
     def health(self, service: str = "", timeout: Optional[float] = None) -> str:
         """"SERVING", "NOT_SERVING", ...; service "" is the whole daemon, a model name one model."""
-        resp = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        try:
+            resp = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        except ClientError as exc:
+            if exc.code != "NOT_FOUND":
+                raise
+            try:
+                models = [m.name for m in self.list_models(timeout)]
+            except ClientError:
+                models = None
+            raise ClientError("NOT_FOUND", not_found_health(service, models)) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
 
     def wait_ready(self, service: str = "", timeout: float = 60.0) -> None:
@@ -114,3 +151,60 @@ class Client:
                 last = exc.code
             time.sleep(0.1)
         raise ClientError("DEADLINE_EXCEEDED", f"{service or 'daemon'} not SERVING after {timeout}s (last: {last})")
+
+
+class _Progress:
+    """Frames sent and results received on one stream, and since when the oldest open frame waits."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.sent = 0
+        self.done = 0
+        self.waiting_since: Optional[float] = None
+        self.failure: Optional[ClientError] = None
+
+    def requests(self, model, frames, request_id, options):
+        """The request iterator gRPC reads: a frame that cannot be made ends the stream (the error is
+        raised once the frames before it are answered) instead of gRPC's bare "Exception iterating requests!"."""
+        for i, frame in enumerate(frames):
+            try:
+                req = build_request(model, frame, request_id=f"{request_id}{i}", **options)
+            except ClientError as exc:
+                self.failure = exc
+                return
+            with self.lock:
+                self.sent += 1
+                if self.waiting_since is None:
+                    self.waiting_since = time.monotonic()
+            yield req
+
+    def received(self):
+        with self.lock:
+            self.done += 1
+            self.waiting_since = time.monotonic() if self.sent > self.done else None
+
+    def overdue(self, limit: float) -> bool:
+        with self.lock:
+            return self.waiting_since is not None and time.monotonic() - self.waiting_since > limit
+
+
+class _Watchdog:
+    """Cancels a stream whose oldest open frame has waited longer than `limit` seconds."""
+
+    def __init__(self, progress: _Progress, limit: float, cancel):
+        self.fired = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(progress, limit, cancel),
+                                        name="edgeinfer-stream-deadline", daemon=True)
+        self._thread.start()
+
+    def _run(self, progress, limit, cancel):
+        tick = min(0.5, max(0.01, limit / 4))
+        while not self._stop.wait(tick):
+            if progress.overdue(limit):
+                self.fired = True
+                cancel()
+                return
+
+    def stop(self):
+        self._stop.set()

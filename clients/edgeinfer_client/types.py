@@ -39,12 +39,21 @@ class InferResult:
     batch_size: int = 1  # rows of the server's runner call this request ran in
 
     def to_dict(self) -> dict:
-        """The JSON shape `edgeinfer-client infer --json` prints."""
+        """The JSON shape `edgeinfer-client infer --json` prints: the whole result (raw output tensors
+        as dtype and shape; their values are for the library)."""
         return {
             "model": self.model,
+            "model_version": self.model_version,
+            "request_id": self.request_id,
+            "backend": self.backend,
+            "precision": self.precision,
+            "image_size": list(self.image_size),
             "classes": [{"index": c.index, "label": c.label, "score": c.score} for c in self.classes],
-            "detections": [{"box": [round(v, 2) for v in d.box], "score": d.score, "label": d.label}
+            "detections": [{"box": [round(v, 2) for v in d.box], "score": d.score, "label": d.label,
+                            "class_index": d.class_index,
+                            "landmarks": [[round(x, 2), round(y, 2)] for x, y in d.landmarks]}
                            for d in self.detections],
+            "outputs": {name: {"dtype": str(a.dtype), "shape": list(a.shape)} for name, a in self.outputs.items()},
             "timing_us": dict(self.timing_us),
             "batch_size": self.batch_size,
         }

@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Optional
 
 from edgeinfer import __version__
@@ -241,6 +242,33 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_certs(args) -> int:
+    try:
+        from edgeinfer.rpc.certs import make_site
+    except ImportError:  # pragma: no cover - the daemon extra brings cryptography
+        print("edgeinfer certs needs the cryptography package: pip install 'edgeinfer[daemon]'", file=sys.stderr)
+        return 2
+    hosts = args.hosts or ["localhost", "127.0.0.1"]
+    for path in make_site(Path(args.out), args.site, hosts, args.client or [], days=args.days):
+        print(path)
+    print(f"server certificate for {', '.join(hosts)}; [tls] cert = server.pem, key = server.key, "
+          f"client_ca = ca.pem (keep ca.key off the device)", file=sys.stderr)
+    return 0
+
+
+def cmd_token(args) -> int:
+    import secrets
+
+    from edgeinfer.rpc.auth import hash_token
+
+    token = secrets.token_urlsafe(32)
+    roles = ", ".join(f'"{r}"' for r in args.roles)
+    print(token)
+    print(f'# give the line above to {args.name}; put this in the config:\n'
+          f'[[auth.tokens]]\nname = "{args.name}"\nsha256 = "{hash_token(token)}"\nroles = [{roles}]', file=sys.stderr)
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,6 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--older-than-days", type=float, help="prune: entries not used for this many days")
     p.add_argument("--dry-run", action="store_true", help="prune: only say what would go")
     p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("certs", help="make a site's CA, a server certificate and client certificates (mTLS)")
+    p.add_argument("--out", required=True, help="folder for the PEM files (an existing CA there is reused)")
+    p.add_argument("--site", required=True, help="organization name in the certificates")
+    p.add_argument("--hosts", nargs="+", help="server DNS names / IP addresses (default: localhost 127.0.0.1)")
+    p.add_argument("--client", action="append", help="a client certificate with this common name (repeatable)")
+    p.add_argument("--days", type=int, default=825, help="validity of server and client certificates")
+    p.set_defaults(func=cmd_certs)
+
+    p = sub.add_parser("token", help="make a bearer token: prints it, and its [[auth.tokens]] entry on stderr")
+    p.add_argument("--name", required=True, help="who holds it (for logs)")
+    p.add_argument("--roles", nargs="+", default=["infer"], choices=["infer", "admin"])
+    p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("info", help="what this machine offers: GPU, CUDA, TensorRT, ONNX Runtime, Jetson")
     p.add_argument("--json", action="store_true")
