@@ -317,8 +317,8 @@ class TlsConfig:
     client_ca: str = ""
     # true: a client without a certificate signed by client_ca is refused in the handshake.
     require_client_cert: bool = False
-    # Client certificate common name -> roles it grants (e.g. {"kiosk-12" = ["infer"]}).
-    # Any entry turns role checks on, as [[auth.tokens]] do.
+    # Client certificate common name -> roles it grants (e.g. {"kiosk-12" = ["infer"]}); needs
+    # require_client_cert. Any entry turns role checks on, as [[auth.tokens]] do.
     subject_roles: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -573,8 +573,9 @@ def _validate_security(ctx: _Ctx, cfg: Config, base: Path, check_files: bool) ->
         raise ctx.fail("tls", "cert", "client certificates need TLS: set cert and key")
     if tls.require_client_cert and not tls.client_ca:
         raise ctx.fail("tls", "client_ca", "require_client_cert needs the CA that signs client certificates")
-    if tls.subject_roles and not tls.client_ca:
-        raise ctx.fail("tls", "subject_roles", "mapping certificate subjects needs client_ca")
+    if tls.subject_roles and not tls.require_client_cert:
+        # gRPC Python either requires a client certificate or never asks for one.
+        raise ctx.fail("tls", "subject_roles", "mapping certificate subjects needs require_client_cert = true")
     for subject, roles in tls.subject_roles.items():
         if not roles or any(r not in ROLES for r in roles):
             raise ctx.fail("tls.subject_roles", subject, f"expected a non-empty list from {list(ROLES)}, got {roles!r}")
