@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Iterable, Mapping, Optional, Union
+from typing import AsyncIterable, AsyncIterator, Iterable, Mapping, Optional, Union
 
 import grpc
 import numpy as np
@@ -52,12 +52,15 @@ class AsyncClient:
         req = build_request(model, image, tensors=tensors, **options)
         return result_from_proto(await self._call(self._stub.Infer, req, timeout))
 
-    async def stream(self, model: str, frames: Iterable[ImageLike], *, timeout: Optional[float] = None,
+    async def stream(self, model: str, frames: Union[Iterable[ImageLike], AsyncIterable[ImageLike]], *, timeout: Optional[float] = None,
                      request_id: str = "", **options) -> AsyncIterator[Union[InferResult, StreamError]]:
-        """As Client.stream: `timeout` is the longest wait for each frame's result, `request_id` a prefix."""
+        """As Client.stream: `timeout` is the longest wait for each frame's result, `request_id` a prefix.
+        `frames` may be an async iterable (a camera read with awaits); a plain iterable is read on the
+        event loop, so it must not block."""
         frame_timeout = self.timeout if timeout is None else timeout
         progress = _Progress()
-        call = self._stub.InferStream(progress.requests(model, frames, request_id, options), metadata=self._metadata)
+        make = progress.arequests if hasattr(frames, "__aiter__") else progress.requests
+        call = self._stub.InferStream(make(model, frames, request_id, options), metadata=self._metadata)
         try:
             while True:
                 # Wait without a limit while no frame is open (a slow source), else up to frame_timeout.

@@ -178,6 +178,23 @@ class _Progress:
                     self.waiting_since = time.monotonic()
             yield req
 
+    async def arequests(self, model, frames, request_id, options):
+        """requests() for an async iterable of frames (AsyncClient): a slow source awaits without
+        holding the event loop."""
+        i = 0
+        async for frame in frames:
+            try:
+                req = build_request(model, frame, request_id=f"{request_id}{i}", **options)
+            except ClientError as exc:
+                self.failure = exc
+                return
+            i += 1
+            with self.lock:
+                self.sent += 1
+                if self.waiting_since is None:
+                    self.waiting_since = time.monotonic()
+            yield req
+
     def received(self):
         with self.lock:
             self.done += 1
