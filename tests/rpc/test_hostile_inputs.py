@@ -145,6 +145,18 @@ def test_jpeg_cut_short_with_end_marker(stub, media):
     assert _status(stub, pb.InferRequest(model="faces", image=grey))[0] == grpc.StatusCode.OK
 
 
+def test_side_over_opencvs_limit(stub):
+    """Found by the fuzzer: a BMP declaring 16777216x1 (within max_image_pixels) tripped an OpenCV
+    assertion (INTERNAL, with OpenCV's source path)."""
+    import cv2
+
+    bmp = bytearray(cv2.imencode(".bmp", np.zeros((1, 256, 3), np.uint8))[1].tobytes())
+    bmp[18:22] = struct.pack("<i", 1 << 24)
+    code, details = _status(stub, pb.InferRequest(model="faces", image=bytes(bmp)))
+    assert code == INVALID and "16777216x1" in details, details
+    _no_internals(details)
+
+
 @pytest.mark.parametrize("field,value", [
     ("score_threshold", float("nan")), ("score_threshold", -0.5), ("score_threshold", 4294967295.0),
     ("nms_iou_threshold", float("nan")), ("nms_iou_threshold", -1.0), ("top_k", 4294967295),

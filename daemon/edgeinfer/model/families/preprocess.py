@@ -22,6 +22,17 @@ import cv2  # noqa: E402
 from edgeinfer.config import InputConfig  # noqa: E402
 from edgeinfer.errors import InvalidInput  # noqa: E402
 
+# OpenCV's decoders refuse a side longer than this (CV_IO_MAX_IMAGE_WIDTH/HEIGHT) with an assertion.
+MAX_SIDE = 1 << 20
+
+
+def _cv_reason(exc: Exception) -> str:
+    """The reason in an OpenCV error, without its source path: "(-215:Assertion failed) ... in function 'f'"."""
+    text = str(exc).strip()
+    start = text.find("(-")
+    return text[start:] if start >= 0 else text.splitlines()[-1]
+
+
 # Decoding and resizing happen on our worker threads; OpenCV's own thread pool
 # would oversubscribe the cores.
 cv2.setNumThreads(1)
@@ -209,12 +220,17 @@ class Preprocessor:
         if w * h > self.max_pixels:
             raise InvalidInput(f"{fmt.upper()} image is {w}x{h} = {w * h} pixels, "
                                f"over the limit of {self.max_pixels}")
+        if max(w, h) > MAX_SIDE:
+            raise InvalidInput(f"{fmt.upper()} image is {w}x{h}: a side over {MAX_SIDE} pixels (OpenCV's limit)")
         return fmt, w, h
 
     @staticmethod
     def _imdecode(data: bytes, fmt: str, flags: int) -> np.ndarray:
         # JPEG checks (end marker, a scan cut short) follow the decode: libjpeg only warns on both.
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        try:
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        except cv2.error as exc:  # a decoder's own check (e.g. a side over CV_IO_MAX_IMAGE_WIDTH)
+            raise InvalidInput(f"{fmt.upper()} image could not be decoded: {_cv_reason(exc)}") from None
         if img is None:
             raise InvalidInput(f"{fmt.upper()} image could not be decoded (corrupt or truncated data)")
         if fmt == "jpeg":
