@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -76,9 +77,11 @@ def _models_from_daemon(config: Config, timeout: float):
     from edgeinfer_client import Client, ClientError
 
     try:
-        with Client(config.server.listen, timeout=timeout) as client:
+        with Client(config.server.listen, timeout=timeout, token=os.environ.get("EDGEINFER_TOKEN")) as client:
             return client.list_models()
-    except ClientError:
+    except ClientError as exc:
+        if exc.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            print(f"the daemon at {config.server.listen} refused: {exc.message} (set EDGEINFER_TOKEN)", file=sys.stderr)
         return None
 
 
@@ -100,7 +103,13 @@ def _models_loaded_here(config: Config):
 
 def cmd_models(args) -> int:
     config = _load(args.config)
-    models = None if args.load else _models_from_daemon(config, timeout=2.0)
+    if config.tls.enabled and not args.load:
+        # This command asks over plain text; the daemon's CA and a client identity are the client's.
+        print(f"the daemon at {config.server.listen} serves TLS: ask it with `edgeinfer-client --tls-ca CA.pem "
+              f"[--tls-cert ... --tls-key ...] [--token ...] models`, or use --load", file=sys.stderr)
+        models = None
+    else:
+        models = None if args.load else _models_from_daemon(config, timeout=2.0)
     source = f"daemon at {config.server.listen}"
     if models is None:
         source = "loaded in this process" if args.load else None
