@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -170,11 +171,10 @@ def test_option_values(stub, field, value):
 
 def test_second_daemon_on_a_taken_port(tmp_path, daemon):
     """One line, "cannot listen on ...", exit 1: no traceback."""
-    from conftest import ROOT
-
+    root = Path(__file__).resolve().parents[2]
     config = tmp_path / "taken.toml"
     config.write_text(f'[server]\nlisten = "{daemon.address}"\n[metrics]\nenabled = false\n')
-    env = {"PYTHONPATH": f"{ROOT / 'daemon'}:{ROOT / 'clients'}", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    env = {"PYTHONPATH": f"{root / 'daemon'}:{root / 'clients'}", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-m", "edgeinfer.cli", "serve", "--config", str(config)],
                           capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 1
