@@ -214,15 +214,24 @@ class ServedModel:
         c = 1 if self.cfg.input.color == "gray" else 3
         return (1, c, h, w) if self.cfg.input.layout == "NCHW" else (1, h, w, c)
 
+    def example_shapes(self, batch: int = 1) -> dict[str, tuple[int, ...]]:
+        """The input shapes example_feeds makes: those the model ran at warm-up (batch aside)."""
+        shapes = {}
+        for spec in self.runner.inputs if self.runner else []:
+            if self.image_input is not None and spec.name == self.image_input.name:
+                shapes[spec.name] = (batch,) + tuple(spec.shape[1:] if self.normalize_on_gpu else self._image_shape()[1:])
+            else:
+                shapes[spec.name] = tuple(batch if i == 0 and d == -1 else (d if d > 0 else 1)
+                                          for i, d in enumerate(spec.shape))
+        return shapes
+
     def example_feeds(self, batch: int = 1) -> dict[str, np.ndarray]:
         """Feeds of the right shape and dtype (for warm-up and benchmarks)."""
         rng = np.random.default_rng(0)
         feeds = {}
-        for spec in self.runner.inputs if self.runner else []:
-            if self.image_input is not None and spec.name == self.image_input.name:
-                shape = (batch,) + tuple(spec.shape[1:] if self.normalize_on_gpu else self._image_shape()[1:])
-            else:
-                shape = tuple(batch if i == 0 and d == -1 else (d if d > 0 else 1) for i, d in enumerate(spec.shape))
+        specs = {spec.name: spec for spec in (self.runner.inputs if self.runner else [])}
+        for name, shape in self.example_shapes(batch).items():
+            spec = specs[name]
             if np.issubdtype(spec.dtype, np.floating):
                 feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
             else:

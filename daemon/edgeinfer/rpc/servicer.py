@@ -59,11 +59,18 @@ def tolerant(message_cls):
     return deserialize
 
 
-def _runtime_refused(exc: InferenceError, item: Tensors, model: str) -> InvalidInput:
-    """A runtime failure on tensors the client shaped is the request's fault (e.g. a spatial size the
-    network's layers cannot combine); images are shaped by the config, so their failures stay INTERNAL."""
+def _runtime_refused(exc: InferenceError, item: Tensors, model) -> Optional[InvalidInput]:
+    """A runtime failure on tensors whose shape differs from those the model ran at warm-up is the
+    request's fault (e.g. a spatial size the network's layers cannot combine): INVALID_ARGUMENT.
+    On the shapes it ran, the failure is the daemon's and stays INTERNAL (None)."""
+    try:
+        tested = model.example_shapes(1)
+    except Exception:  # noqa: BLE001 - no runner any more: keep the runtime's answer
+        return None
+    if all(name in tested and tuple(a.shape[1:]) == tested[name][1:] for name, a in item.arrays.items()):
+        return None
     shapes = ", ".join(f"{n} {list(a.shape)} {a.dtype}" for n, a in item.arrays.items())
-    return InvalidInput(f"model {model!r} cannot run on the tensors sent ({shapes}): {exc}")
+    return InvalidInput(f"model {model.name!r} cannot run on the tensors sent ({shapes}): {exc}")
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
@@ -132,8 +139,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             try:
                 prediction = await self.pipeline.run(model, item, options, deadline_s)
             except InferenceError as exc:
-                if isinstance(item, Tensors):
-                    raise _runtime_refused(exc, item, model.name) from None
+                refused = _runtime_refused(exc, item, model) if isinstance(item, Tensors) else None
+                if refused is not None:
+                    raise refused from None
                 raise
             response = converters.response(model, request.request_id, prediction)
         except asyncio.CancelledError:
