@@ -120,6 +120,15 @@ def test_zero_or_mismatched_tensor_shapes(stub, classifier_onnx, model, shape):
     assert str(shape) in details or "zero dimension" in details, details
 
 
+def test_message_and_image_byte_limits(stub):
+    """server.max_message_bytes (32 MiB in the dev config): RESOURCE_EXHAUSTED from gRPC itself;
+    server.max_image_bytes (20 MiB): INVALID_ARGUMENT before any decoding."""
+    code, details = _status(stub, pb.InferRequest(model="faces", image=b"\x89PNG" + bytes(33 << 20)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+    code, details = _status(stub, pb.InferRequest(model="faces", image=png(64, 64) + bytes(21 << 20)))
+    assert code == INVALID and "over the limit of 20971520" in details, details
+
+
 def test_large_tensor_request_gives_its_memory_back(stub, classifier_onnx):
     """A batch-40 EfficientNet request grew ONNX Runtime's CPU arena by ~340 MB, kept for the life of
     the process; over [limits] arena_shrink_bytes the run gives it back."""
