@@ -188,6 +188,22 @@ def test_security_config_is_validated(tmp_path):
         parse_config({"auth": {"tokens": [{"name": "x", "sha256": "0" * 64, "roles": ["root"]}]}})
 
 
+def test_role_table():
+    from edgeinfer.config import AuthConfig
+    from edgeinfer.rpc.auth import OPEN, required_role
+
+    auth = AuthConfig()
+    assert required_role("/edgeinfer.v1.Inference/Infer", auth) == "infer"
+    assert required_role("/edgeinfer.v1.Admin/Reload", auth) == "admin"
+    assert required_role("/inference.GRPCInferenceService/ModelInfer", auth) == "infer"
+    assert required_role("/inference.GRPCInferenceService/RepositoryModelLoad", auth) == "admin"
+    assert required_role("/inference.GRPCInferenceService/ServerLive", auth) == OPEN
+    assert required_role("/grpc.health.v1.Health/Check", auth) == OPEN
+    assert required_role("/grpc.health.v1.Health/Check", AuthConfig(open_health=False)) == "infer"
+    assert required_role("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", auth) == OPEN
+    assert required_role("/some.New/Method", auth) == "admin"
+
+
 def test_plain_text_on_a_public_address_is_warned_about():
     from edgeinfer.process.daemon import _loopback
 

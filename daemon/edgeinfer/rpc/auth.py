@@ -1,7 +1,8 @@
 """Who may call what: TLS server credentials, bearer tokens and certificate subjects mapped to roles.
 
-Roles: `infer` (edgeinfer.v1.Inference and Streams) and `admin` (edgeinfer.v1.Admin; any method this
-table does not name needs admin too, so a service added later is closed until it is placed here).
+Roles: `infer` (edgeinfer.v1.Inference and Streams, KServe v2 inference and metadata) and `admin`
+(edgeinfer.v1.Admin, KServe repository load/unload; any method the table below does not name needs
+admin too, so a service added later is closed until it is placed here).
 Health checks and reflection are open unless `[auth] open_health` / `open_reflection` say otherwise.
 
 Checks run in a grpc.aio server interceptor. Its `handler_call_details` carries the method and the
@@ -34,10 +35,19 @@ OPEN = ""  # the role of a method anyone may call
 
 # Service prefix -> the role its methods need. "health" and "reflection" become OPEN or "infer"
 # by [auth] open_health / open_reflection. Anything not listed needs "admin".
+# First match wins: single methods before their service's prefix.
 SERVICE_ROLES: tuple[tuple[str, str], ...] = (
     ("/edgeinfer.v1.Inference/", "infer"),
     ("/edgeinfer.v1.Streams/", "infer"),
     ("/edgeinfer.v1.Admin/", "admin"),
+    # KServe v2 / Triton: loading and unloading models is an operator's; liveness and readiness
+    # are health checks; the rest is inference and metadata.
+    ("/inference.GRPCInferenceService/RepositoryModelLoad", "admin"),
+    ("/inference.GRPCInferenceService/RepositoryModelUnload", "admin"),
+    ("/inference.GRPCInferenceService/ServerLive", "health"),
+    ("/inference.GRPCInferenceService/ServerReady", "health"),
+    ("/inference.GRPCInferenceService/ModelReady", "health"),
+    ("/inference.GRPCInferenceService/", "infer"),
     ("/grpc.health.v1.Health/", "health"),
     ("/grpc.reflection.v1alpha.ServerReflection/", "reflection"),
     ("/grpc.reflection.v1.ServerReflection/", "reflection"),
