@@ -362,9 +362,9 @@ class LimitsConfig:
     rate_burst: int = field(default=50, metadata=_positive)
     # Longest time a request may wait or run, whatever deadline the client sets (or none); 0 = no cap.
     max_deadline_s: float = field(default=60.0, metadata=_non_negative)
-    # Requests whose tensors exceed this many bytes give ONNX Runtime's CPU arena back after
-    # the run (memory.enable_memory_arena_shrinkage): a batch-40 EfficientNet request otherwise
-    # keeps ~340 MB for the life of the process. 0 = never.
+    # ONNX Runtime runs whose inputs exceed this many bytes, or whose non-batch shapes differ from
+    # the warm-up's, give the CPU arena back afterwards (memory.enable_memory_arena_shrinkage): a
+    # batch-40 EfficientNet request otherwise keeps ~380 MB for the life of the process. 0 = never.
     arena_shrink_bytes: int = field(default=16 * 1024 * 1024, metadata=_non_negative)
     # Errors a client causes (bad input, malformed messages) are logged at most once per
     # this many seconds per kind, with a count of the ones left out.

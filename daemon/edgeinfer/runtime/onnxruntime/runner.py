@@ -206,6 +206,9 @@ class OnnxRuntimeRunner(DescribedRunner):
         # [limits] arena_shrink_bytes, set by the model (model/served.py).
         self.shrink_arena_bytes = 16 * 1024 * 1024
         self._shrink = None
+        # Non-batch input shapes of the first call (the warm-up's): a call with other ones (a client's
+        # own tensor shapes) may grow the arena for activations no usual request needs.
+        self._usual_shapes: Optional[dict] = None
         # batch size -> a session of the same model that only ever runs that size (pin_batch_sizes).
         self._pinned: dict[int, object] = {}
         self._batch_input = next((s.name for s in self._inputs if s.dynamic_batch), None)
@@ -241,17 +244,27 @@ class OnnxRuntimeRunner(DescribedRunner):
             if self._io is not None:
                 return self._io.run(feeds, session)
             run_options = None
-            if self.shrink_arena_bytes and sum(a.nbytes for a in feeds.values()) > self.shrink_arena_bytes:
+            if self.shrink_arena_bytes and self._unusual(feeds):
                 run_options = self._shrink_options()
             results = session.run(self._output_names, dict(feeds), run_options)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise InferenceError(f"onnxruntime failed: {ort_message(exc)}") from exc
         return dict(zip(self._output_names, results))
 
+    def _unusual(self, feeds: Mapping[str, np.ndarray]) -> bool:
+        """Whether this call's arena growth should be given back: inputs over shrink_arena_bytes, or
+        non-batch shapes other than the first call's."""
+        shapes = {name: a.shape[1:] for name, a in feeds.items()}
+        if self._usual_shapes is None:
+            self._usual_shapes = shapes
+        elif shapes != self._usual_shapes:
+            return True
+        return sum(a.nbytes for a in feeds.values()) > self.shrink_arena_bytes
+
     def _shrink_options(self):
         """RunOptions that hand the CPU arena's unused chunks back after the run: the memory a large
-        request grew is otherwise kept for the life of the process. Only for large requests, since
-        the next ones have to grow it again."""
+        or oddly shaped request grew is otherwise kept for the life of the process. Only for those
+        (_unusual), since the next ones would have to grow it again."""
         if self._shrink is None:
             import onnxruntime as ort
 
