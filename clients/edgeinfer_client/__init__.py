@@ -11,7 +11,8 @@ from .client import DEFAULT_ADDRESS, Client
 from ._request import build_request
 from .errors import ClientError
 from .types import (Accuracy, Attempt, ClassScore, Detection, InferResult, ModelInfo, StreamError,
-                    TensorInfo)
+                    StreamFrameResult, StreamInfo, TensorInfo)
 
 __all__ = ["Accuracy", "AsyncClient", "Attempt", "ClassScore", "Client", "ClientError", "DEFAULT_ADDRESS",
-           "Detection", "InferResult", "ModelInfo", "StreamError", "TensorInfo", "build_request"]
+           "Detection", "InferResult", "ModelInfo", "StreamError", "StreamFrameResult", "StreamInfo", "TensorInfo",
+           "build_request"]

@@ -11,9 +11,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ._request import ImageLike, build_request
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2 as pb
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
+from edgeinfer_proto.edgeinfer.v1 import streams_pb2 as spb
+from edgeinfer_proto.edgeinfer.v1 import streams_pb2_grpc as spb_grpc
 from .errors import ClientError, from_rpc_error
-from .types import (InferResult, ModelInfo, StreamError, model_from_proto, result_from_proto,
-                    stream_item_from_proto)
+from .types import (InferResult, ModelInfo, StreamError, StreamFrameResult, StreamInfo, model_from_proto,
+                    result_from_proto, stream_info_from_proto, stream_item_from_proto, stream_result_from_proto)
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 MAX_MESSAGE = 64 * 1024 * 1024
@@ -39,6 +41,7 @@ class Client:
         self._channel = grpc.insecure_channel(address, options=channel_options())
         self._stub = pb_grpc.InferenceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._streams = spb_grpc.StreamsStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -93,6 +96,43 @@ class Client:
 
     def get_model(self, name: str, timeout: Optional[float] = None) -> ModelInfo:
         return model_from_proto(self._call(self._stub.GetModel, pb.GetModelRequest(name=name), timeout))
+
+    # -- streams the daemon pulls itself ([[streams]]) -----------------------------------
+    def streams(self, timeout: Optional[float] = None) -> list[StreamInfo]:
+        """The daemon's streams: state, fps in/out, frame counts, reconnects, last error."""
+        resp = self._call(self._streams.ListStreams, spb.ListStreamsRequest(), timeout)
+        return [stream_info_from_proto(s) for s in resp.streams]
+
+    def watch(self, name: str, *, count: Optional[int] = None, queue_size: int = 0,
+              timeout: Optional[float] = None) -> Iterator[StreamFrameResult]:
+        """Results of a stream's processed frames as they come, in frame order.
+
+        Args:
+            name: the stream's name.
+            count: stop after this many results (None: until the daemon stops or `timeout`).
+            queue_size: results this watcher may fall behind before the daemon drops its oldest
+                (0 = the daemon's default); `StreamFrameResult.dropped` counts them.
+            timeout: deadline in seconds for the whole watch; None = no deadline (not the client's
+                default: a watch is endless).
+        """
+        call = self._streams.WatchStream(spb.WatchStreamRequest(name=name, queue_size=queue_size), timeout=timeout)
+        seen = 0
+        try:
+            for item in call:
+                yield stream_result_from_proto(item)
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()
+
+    def snapshot(self, name: str, draw_boxes: bool = False, timeout: Optional[float] = None) -> bytes:
+        """The stream's latest frame as JPEG bytes (with the last result's boxes drawn when asked)."""
+        resp = self._call(self._streams.GetSnapshot, spb.GetSnapshotRequest(name=name, draw_boxes=draw_boxes),
+                          timeout)
+        return resp.jpeg
 
     def health(self, service: str = "", timeout: Optional[float] = None) -> str:
         """"SERVING", "NOT_SERVING", ...; service "" is the whole daemon, a model name one model."""

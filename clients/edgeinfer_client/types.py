@@ -148,3 +148,76 @@ def model_from_proto(m: pb.ModelInfo) -> ModelInfo:
         accuracy=[Accuracy(a.precision, dict(a.metrics), a.gate_metric, a.threshold, a.passed, a.samples)
                   for a in m.accuracy],
     )
+
+
+# -- streams (edgeinfer.v1.Streams) ----------------------------------------------------
+
+@dataclass
+class StreamInfo:
+    """One stream the daemon pulls itself ([[streams]] in its config)."""
+
+    name: str
+    model: str
+    source: str
+    state: str            # connecting, live, stalled, reconnecting, stopped
+    state_reason: str
+    fps_in: float
+    fps_out: float
+    frames_in: int
+    frames_processed: int
+    frames_dropped: int   # replaced by a newer frame before inference took them
+    frames_skipped: int   # left out by sampling to the stream's fps
+    frames_failed: int
+    reconnects: int
+    last_error: str
+    decode: str
+    width: int
+    height: int
+    subscribers: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class StreamFrameResult:
+    """The result of one processed frame of a stream."""
+
+    stream: str
+    frame: int            # the frame's index among those the stream captured
+    timestamp: float      # capture time, Unix seconds
+    result: InferResult   # classes and detections in the frame's pixels
+    latency_s: float      # capture to result, measured in the daemon
+    dropped: int          # results this watcher has lost so far to its full queue
+
+    @property
+    def detections(self) -> list[Detection]:
+        return self.result.detections
+
+    @property
+    def classes(self) -> list[ClassScore]:
+        return self.result.classes
+
+    def to_dict(self) -> dict:
+        """The JSON shape `edgeinfer-client watch --json` prints (one object per line)."""
+        r = self.result.to_dict()
+        return {"stream": self.stream, "frame": self.frame, "timestamp": self.timestamp,
+                "image_size": list(self.result.image_size), "detections": r["detections"],
+                "classes": r["classes"], "latency_ms": round(self.latency_s * 1000, 2), "dropped": self.dropped}
+
+
+def stream_info_from_proto(s) -> StreamInfo:
+    from edgeinfer_proto.edgeinfer.v1 import streams_pb2 as spb
+
+    state = spb.StreamState.Name(s.state).removeprefix("STREAM_STATE_").lower()
+    return StreamInfo(name=s.name, model=s.model, source=s.source, state=state, state_reason=s.state_reason,
+                      fps_in=s.fps_in, fps_out=s.fps_out, frames_in=s.frames_in,
+                      frames_processed=s.frames_processed, frames_dropped=s.frames_dropped,
+                      frames_skipped=s.frames_skipped, frames_failed=s.frames_failed, reconnects=s.reconnects,
+                      last_error=s.last_error, decode=s.decode, width=s.width, height=s.height,
+                      subscribers=s.subscribers)
+
+
+def stream_result_from_proto(r) -> StreamFrameResult:
+    return StreamFrameResult(stream=r.stream, frame=r.frame, timestamp=r.timestamp,
+                             result=result_from_proto(r.response), latency_s=r.latency_s, dropped=r.dropped)

@@ -304,11 +304,43 @@ class ModelConfig:
 
 
 @dataclass
+class StreamConfig:
+    """One video source the daemon pulls itself ([[streams]]; edgeinfer/streams)."""
+    name: str
+    # A video file (relative to the config file), an rtsp://, rtsp(s)://, http(s):// URL,
+    # a V4L2 device (/dev/videoN), or a GStreamer pipeline (contains "!") where OpenCV has GStreamer.
+    source: str
+    # The configured model that every sampled frame goes to.
+    model: str
+    # Frames per second sent to the model; the newest frame is taken at this rate. 0 = every
+    # frame the source delivers (as the model keeps up).
+    fps: float = field(default=5.0, metadata=_non_negative)
+    # Files: start again at the end (true), or end the stream (false: state "stopped").
+    loop: bool = True
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    # No frame for this long: the source is stalled and is reopened. Also the limit for
+    # opening the source and for one read.
+    stall_timeout_s: float = field(default=5.0, metadata=_positive)
+    # Reconnect backoff: 0.5 s doubling, with jitter, up to this.
+    reconnect_max_s: float = field(default=30.0, metadata=_positive)
+    # Reconnect attempts in a row before the stream stops; 0 = forever.
+    max_reconnects: int = field(default=0, metadata=_non_negative)
+    # "cpu": FFmpeg through OpenCV. "gpu": NVDEC through PyNvVideoCodec (falls back to "cpu"
+    # with the reason in the stream's state where it cannot run). "auto": gpu where it can.
+    decode: Literal["cpu", "gpu", "auto"] = "cpu"
+    # V4L2 devices: capture size, and the pixel format as a FOURCC ("MJPG", "YUYV"); 0/"" = the driver's.
+    width: int = field(default=0, metadata=_non_negative)
+    height: int = field(default=0, metadata=_non_negative)
+    fourcc: str = field(default="", metadata=_check(lambda v: len(v) in (0, 4), "a 4-character code such as \"MJPG\""))
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     models: list[ModelConfig] = field(default_factory=list)
+    streams: list[StreamConfig] = field(default_factory=list)
     # File the config came from (for messages) and its folder (for relative paths).
     source: str = "<memory>"
 
@@ -505,6 +537,7 @@ def parse_config(data: dict, source: str = "<memory>", base_dir: Optional[Path] 
     base = Path(base_dir) if base_dir else Path.cwd()
     data = dict(data)
     models_raw = data.pop("models", [])
+    streams_raw = data.pop("streams", [])
     if isinstance(models_raw, dict):
         raise ctx.fail("", "models", "expected [[models]] entries (an array of tables), got a single table")
     if not isinstance(models_raw, list):
@@ -544,8 +577,45 @@ def parse_config(data: dict, source: str = "<memory>", base_dir: Optional[Path] 
                 if val and not Path(val).exists():
                     raise ctx.fail(f"models.{model.name}.calibration", key, f"not found: {val}")
         cfg.models.append(model)
+    _add_streams(ctx, cfg, streams_raw, base)
     cfg.cache.dir = os.path.expanduser(cfg.cache.dir)
     return cfg
+
+
+def _is_url(source: str) -> bool:
+    return "://" in source
+
+
+def _add_streams(ctx: _Ctx, cfg: Config, streams_raw, base: Path) -> None:
+    if isinstance(streams_raw, dict):
+        raise ctx.fail("", "streams", "expected [[streams]] entries (an array of tables), got a single table")
+    if not isinstance(streams_raw, list):
+        raise ctx.fail("", "streams", f"expected [[streams]] entries, got {streams_raw!r}")
+    models = {m.name for m in cfg.models}
+    for i, raw in enumerate(streams_raw):
+        if not isinstance(raw, dict):
+            raise ctx.fail("streams", f"[{i}]", "expected a table")
+        label = raw.get("name") if isinstance(raw.get("name"), str) else f"#{i + 1}"
+        table = f"streams.{label}"
+        s = _build(ctx, table, StreamConfig, raw)
+        if not s.name or not all(c.isalnum() or c in "-_." for c in s.name):
+            raise ctx.fail("streams", "name", f"expected letters, digits, '-', '_' or '.', got {s.name!r}")
+        if any(o.name == s.name for o in cfg.streams):
+            raise ctx.fail(table, "name", "a stream of this name is already configured")
+        if s.model not in models:
+            raise ctx.fail(table, "model", f"no model {s.model!r} is configured "
+                           f"(configured: {', '.join(sorted(models)) or 'none'})")
+        if not s.source.strip():
+            raise ctx.fail(table, "source", "expected a file, URL, /dev/videoN or GStreamer pipeline")
+        if cfg.server.supervised:
+            # Every process would open the camera again; one process pulls each source.
+            raise ctx.fail(table, "source", "streams run in one daemon process: they need [server] processes = 1 "
+                           "and inference = \"per-process\"")
+        if not _is_url(s.source) and "!" not in s.source and not s.source.startswith("/dev/"):
+            # A file: relative to the config file. Checked at run time too (the stream's state says
+            # why), so a file that appears later is picked up by the reconnect loop.
+            s.source = str((base / os.path.expanduser(s.source)).resolve())
+        cfg.streams.append(s)
 
 
 def load_config(path: Union[str, Path], check_files: bool = True) -> Config:

@@ -64,3 +64,15 @@ class InferenceError(EdgeInferError):
     """The runtime failed while executing a request."""
 
     code = grpc.StatusCode.INTERNAL
+
+
+class StreamNotFound(EdgeInferError):
+    """No configured stream has this name."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class StreamUnavailable(EdgeInferError):
+    """The stream has nothing to give yet (no frame captured); the message says its state."""
+
+    code = grpc.StatusCode.UNAVAILABLE

@@ -27,6 +27,9 @@ from edgeinfer.model.registry import ModelRegistry
 from edgeinfer.rpc.methods import GenericOnly
 from edgeinfer.serving.lanes import InferencePipeline
 from edgeinfer.rpc.servicer import SERVICE_NAME, InferenceServicer, add_to_server
+from edgeinfer.rpc import streams_servicer
+from edgeinfer.observe.metrics import StreamCollector
+from edgeinfer.streams.manager import StreamManager
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,10 @@ class Daemon:
         self.metrics.register(DaemonCollector(lambda: list(self.registry), self.pipeline.queue_depths,
                                               self.pipeline.in_flight, __version__, self.pipeline.max_batch))
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics)
+        # [[streams]]: sources the daemon pulls itself (edgeinfer/streams), fed to the pipeline.
+        self.streams = StreamManager(config.streams, self.registry, self.pipeline, self.metrics)
+        if config.streams:
+            self.metrics.register(StreamCollector(self.streams.stats))
         self.health = health.aio.HealthServicer()
         self.server: Optional[grpc.aio.Server] = None
         self.port: Optional[int] = None
@@ -84,7 +91,8 @@ class Daemon:
         # Health and reflection through generic handlers only: a method registered with the core
         # costs every call a little (rpc/methods.py), and these are called rarely.
         health_pb2_grpc.add_HealthServicer_to_server(self.health, GenericOnly(self.server))
-        names = [SERVICE_NAME, health.SERVICE_NAME]
+        streams_servicer.add_to_server(streams_servicer.StreamsServicer(self.streams, self.registry), self.server)
+        names = [SERVICE_NAME, streams_servicer.SERVICE_NAME, health.SERVICE_NAME]
         if self.config.server.reflection:
             names.append(reflection.SERVICE_NAME)
             # What reflection.enable_server_reflection does for an aio server, minus the registration.
@@ -107,6 +115,7 @@ class Daemon:
             await self._publish(model)
         self.registry.add_listener(self._on_state_change)
         self.registry.start_loading()
+        self.streams.start()
         systemd.notify("READY=1", f"STATUS=serving on {listen}; loading {len(self.registry.models)} model(s)")
         return self.port
 
@@ -172,6 +181,8 @@ class Daemon:
         systemd.notify("STOPPING=1")
         log.info("shutting down: draining for up to %.1fs", self.config.server.grace_period_s)
         await self.health.enter_graceful_shutdown()
+        # First: WatchStream calls end at once instead of holding the grace period.
+        await self.streams.stop()
         await self.server.stop(self.config.server.grace_period_s)
         self.server = None
         # Queued requests still run (their callers are gone if the grace expired).
