@@ -439,7 +439,8 @@ def _convert(ctx: _Ctx, table: str, key: str, tp, value):
 
 def _build(ctx: _Ctx, table: str, cls, data: dict):
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    # Config.source records the file a config came from; it is no key ([[streams]] source is).
+    fields = {f.name: f for f in dataclasses.fields(cls) if not (cls is Config and f.name == "source")}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ctx.fail(table, unknown[0],
