@@ -6,6 +6,7 @@ With --json, `infer` prints exactly one JSON object, `stream` and `watch` one pe
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -94,7 +95,13 @@ def cmd_infer(client: Client, args) -> int:
 def cmd_stream(client: Client, args) -> int:
     failures = 0
     count = 0
-    for item in client.stream(args.model, _frames(args.source), score_threshold=args.score_threshold):
+    # The first frame is read here, before the call: an error opening the source reaches the
+    # user as itself, where inside gRPC's request iterator it became "Exception iterating requests".
+    frames = _frames(args.source)
+    first = next(frames, None)
+    if first is None:
+        raise ClientError("INVALID_ARGUMENT", f"{args.source}: no frames or images found")
+    for item in client.stream(args.model, itertools.chain([first], frames), score_threshold=args.score_threshold):
         count += 1
         if isinstance(item, StreamError):
             failures += 1
