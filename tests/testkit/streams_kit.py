@@ -22,10 +22,12 @@ def rtsp_server_missing() -> str:
     if not Path(SYSTEM_PYTHON).exists():
         return f"no system Python at {SYSTEM_PYTHON}"
     probe = subprocess.run([SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0'); "
-                            "from gi.repository import GstRtspServer"], capture_output=True, text=True)
+                            "from gi.repository import GstRtspServer; gi.require_version('Gst', '1.0'); "
+                            "from gi.repository import Gst; Gst.init(None); "
+                            "assert Gst.ElementFactory.find('mpeg4videoparse') and Gst.ElementFactory.find('qtdemux')"], capture_output=True, text=True)
     if probe.returncode:
         return ("GStreamer's RTSP server is not installed (Debian: apt-get install python3-gi "
-                "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-good)")
+                "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)")
     return ""
 
 

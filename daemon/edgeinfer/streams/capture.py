@@ -181,6 +181,7 @@ class Capture:
 
     def _supervise(self) -> None:
         cfg = self.cfg
+        log.info("stream %s: %s (%s)", cfg.name, self.state.value, self.state_reason)
         attempt = 0
         while not self._stop.is_set():
             conn = _Connection()
