@@ -66,7 +66,8 @@ def cmd_serve(args) -> int:
 
 def cmd_check_config(args) -> int:
     config = _load(args.config)
-    print(f"{args.config}: OK ({len(config.models)} model(s): {', '.join(m.name for m in config.models)})")
+    streams = f"; {len(config.streams)} stream(s): {', '.join(s.name for s in config.streams)}" if config.streams else ""
+    print(f"{args.config}: OK ({len(config.models)} model(s): {', '.join(m.name for m in config.models)}{streams})")
     return 0
 
 

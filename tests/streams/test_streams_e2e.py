@@ -80,8 +80,9 @@ def test_two_subscribers_get_ordered_results_with_faces_and_a_slow_one_does_not_
         frames = [r.frame for _, r in results]
         assert frames == sorted(frames) and len(set(frames)) == len(frames), frames
         assert all(r.stream == "cam" and r.result.image_size == (176, 144) for _, r in results)
-    with_face = sum(bool(r.detections) for _, r in fast_results)
-    assert with_face >= 0.95 * len(fast_results), f"{with_face}/{len(fast_results)} frames with a face"
+    for results in (fast_results, slow_results):
+        with_face = sum(bool(r.detections) for _, r in results)
+        assert with_face >= 0.95 * len(results), f"{with_face}/{len(results)} frames with a face"
     for _, r in fast_results:
         for d in r.detections:
             x1, y1, x2, y2 = d.box
@@ -213,3 +214,19 @@ def test_config_checks_streams(centerface_onnx):
                        base_dir=Path("/srv/edge"))
     assert cfg.streams[0].source == "/srv/edge/v/x.mp4"  # relative to the config file
     assert cfg.streams[1].source == "rtsp://cam/x"       # URLs untouched
+
+
+def test_check_config_names_the_streams_and_their_errors(tmp_path, centerface_onnx):
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'daemon'}:{ROOT / 'clients'}")
+    good = tmp_path / "good.toml"
+    good.write_text(f'[[models]]\nname = "faces"\nonnx = "{centerface_onnx}"\n\n'
+                    '[[streams]]\nname = "door"\nsource = "rtsp://cam.local:554/s"\nmodel = "faces"\n')
+    out = subprocess.run([sys.executable, "-m", "edgeinfer.cli", "check-config", str(good)],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0 and "OK (1 model(s): faces; 1 stream(s): door)" in out.stdout, out
+    bad = tmp_path / "bad.toml"
+    bad.write_text(good.read_text().replace('model = "faces"', 'model = "cars"'))
+    out = subprocess.run([sys.executable, "-m", "edgeinfer.cli", "check-config", str(bad)],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2
+    assert "[streams.door] model: no model 'cars' is configured (configured: faces)" in out.stderr
