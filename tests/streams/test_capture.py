@@ -142,3 +142,29 @@ def test_a_silent_server_is_detected_within_stall_timeout_and_reconnected(silent
         assert wait_for(lambda: cap.reconnects >= 2 and len(accepted) >= 4, 10), (cap.reconnects, len(accepted))
     finally:
         cap.stop()
+
+
+def test_a_reader_stuck_in_an_open_that_never_returns_is_abandoned_and_replaced(face_video):
+    """A driver call that never returns (a wedged V4L2 device; none can be wedged here, so the
+    opener blocks on an event): the supervisor gives the connection up after its bound and opens
+    the source again on a new reader, which here succeeds."""
+    from edgeinfer.streams.sources import open_source
+
+    release = threading.Event()
+    calls = []
+
+    def opener(cfg):
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            release.wait(30)  # the first open hangs
+        return open_source(cfg)
+
+    cap = Capture(_cfg(face_video, stall_timeout_s=0.5, reconnect_max_s=0.5), opener=opener)
+    cap.start()
+    try:
+        assert wait_for(lambda: cap.state is State.LIVE, 10), (cap.state, cap.last_error)
+        assert "opening the source did not return within 2 s" in cap.last_error
+        assert len(calls) == 2 and cap.reconnects == 1
+    finally:
+        release.set()
+        cap.stop()
