@@ -47,7 +47,12 @@ demo: $(STAMP) $(ASSETS)
 	$(VENV)/bin/edgeinfer serve --config $(CONFIG)
 
 test: $(STAMP) $(ASSETS)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The import contracts in pyproject.toml: the daemon's one-way layers (docs/architecture.md).
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
 
 # The whole suite, daemon included, in a second venv pinned to the floors that
 # pyproject.toml declares (tests/floor-constraints.txt: grpcio 1.62.3,

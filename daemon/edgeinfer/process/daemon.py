@@ -65,6 +65,7 @@ class Daemon:
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics)
         self.health = health.aio.HealthServicer()
         self.server: Optional[grpc.aio.Server] = None
+        self.servicer: Optional[InferenceServicer] = None
         self.port: Optional[int] = None
         self._stop = asyncio.Event()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -79,8 +80,8 @@ class Daemon:
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 1 if self.reuse_port else 0),
         ])
-        servicer = InferenceServicer(self.registry, self.pipeline, self.config.server.stream_window)
-        add_to_server(servicer, self.server)
+        self.servicer = InferenceServicer(self.registry, self.pipeline, self.config.server.stream_window)
+        add_to_server(self.servicer, self.server)
         # Health and reflection through generic handlers only: a method registered with the core
         # costs every call a little (rpc/methods.py), and these are called rarely.
         health_pb2_grpc.add_HealthServicer_to_server(self.health, GenericOnly(self.server))
@@ -116,6 +117,8 @@ class Daemon:
             asyncio.run_coroutine_threadsafe(self._publish(model), self._loop)
 
     async def _publish(self, model: ServedModel) -> None:
+        # The route first: a model reported SERVING already takes its requests the way chosen for it.
+        self.servicer.route(model)
         await self.health.set(model.name, _SERVING if model.state is ModelState.READY else _NOT_SERVING)
         await self._publish_overall()
 
