@@ -20,7 +20,7 @@ from typing import AsyncIterator, Callable, Optional
 import grpc
 from edgeinfer_proto.inference import grpc_service_pb2 as pb
 
-from edgeinfer.errors import InvalidInput, ModelNotFound, ModelNotReady
+from edgeinfer.errors import EdgeInferError, InvalidInput, ModelNotFound, ModelNotReady
 from edgeinfer.model.registry import ModelRegistry
 from edgeinfer.model.served import ServedModel
 from edgeinfer.model.types import EncodedImage, ModelState, Prediction, Tensors
@@ -151,7 +151,8 @@ class KServeServicer:
             self.pipeline.record(label, "DEADLINE_EXCEEDED" if expired else "CANCELLED")
             raise
         except Exception as exc:
-            self.pipeline.record(label, status_of(exc)[0].name)
+            # status_of would log an unexpected error here and again where the call ends.
+            self.pipeline.record(label, exc.code.name if isinstance(exc, EdgeInferError) else "INTERNAL")
             if model is not None:
                 self._count(model.name, time.perf_counter_ns() - start, None, 0)
             raise
