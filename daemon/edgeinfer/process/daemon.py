@@ -27,6 +27,7 @@ from edgeinfer.model.registry import ModelRegistry
 from edgeinfer.rpc.methods import GenericOnly
 from edgeinfer.serving.lanes import InferencePipeline
 from edgeinfer.rpc.servicer import SERVICE_NAME, InferenceServicer, add_to_server
+from edgeinfer.rpc import kserve
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,13 @@ class Daemon:
         ])
         self.servicer = InferenceServicer(self.registry, self.pipeline, self.config.server.stream_window)
         add_to_server(self.servicer, self.server)
+        # KServe v2 / Triton gRPC on the same port and data plane (rpc/kserve.py).
+        kserve.add_to_server(kserve.KServeServicer(self.registry, self.pipeline, __version__,
+                                                   self.config.server.stream_window), self.server)
         # Health and reflection through generic handlers only: a method registered with the core
         # costs every call a little (rpc/methods.py), and these are called rarely.
         health_pb2_grpc.add_HealthServicer_to_server(self.health, GenericOnly(self.server))
-        names = [SERVICE_NAME, health.SERVICE_NAME]
+        names = [SERVICE_NAME, kserve.SERVICE_NAME, health.SERVICE_NAME]
         if self.config.server.reflection:
             names.append(reflection.SERVICE_NAME)
             # What reflection.enable_server_reflection does for an aio server, minus the registration.
