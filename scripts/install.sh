@@ -16,7 +16,8 @@
 #      configs/datacenter.toml, only where no config exists yet; every example
 #      config and the docs go to /usr/share/doc/edgeinfer.
 #   4. device set-up the sandbox cannot do itself: nvidia-uvm loaded at boot
-#      (dGPU), a DeviceAllow= drop-in for this Jetson's own nv* device nodes.
+#      (dGPU); on a Jetson a DeviceAllow= drop-in for its nvgpu/nvmap/host1x
+#      nodes (systemd/jetson-dropin.sh).
 #   5. systemctl daemon-reload, a restart of edgeinfer units already running
 #      (not with --no-start), and the next steps.
 #
@@ -183,10 +184,11 @@ if [ "$DRY_RUN" = 0 ] && [ "$JETSON" = 1 ]; then
 fi
 
 # --- 2. units, user, directories ----------------------------------------------
+rewrite=
+[ "$PREFIX" = "$UNIT_PREFIX" ] || rewrite=" ($UNIT_PREFIX/venv/ -> $PREFIX/venv/)"
 for unit in "$SRC"/systemd/*.service; do
     name=$(basename "$unit")
-    sed "s#$UNIT_PREFIX/venv/#$PREFIX/venv/#g" "$unit" \
-        | put "$UNIT_DIR/$name" 0644 "systemd/$name ($UNIT_PREFIX/venv/ -> $PREFIX/venv/)"
+    sed "s#$UNIT_PREFIX/venv/#$PREFIX/venv/#g" "$unit" | put "$UNIT_DIR/$name" 0644 "systemd/$name$rewrite"
 done
 put "$SYSUSERS_FILE" 0644 systemd/edgeinfer.sysusers.conf < "$SRC/systemd/edgeinfer.sysusers.conf"
 put "$TMPFILES_FILE" 0644 systemd/edgeinfer.tmpfiles.conf < "$SRC/systemd/edgeinfer.tmpfiles.conf"
@@ -223,33 +225,13 @@ if [ "$GPU" = 1 ] && [ "$JETSON" = 0 ]; then
     run modprobe nvidia-uvm || warn "modprobe nvidia-uvm failed; CUDA will not work in the units until it loads"
 fi
 
-# jetson_device_lines: a DeviceAllow= line per driver behind this Jetson's
-# GPU/DLA/NvSci nodes: the driver's major by its /proc/devices name (covers
-# every node it has, whatever this L4T release calls them), misc devices by
-# path (char-misc would also open /dev/kvm, /dev/fuse, ...).
-jetson_device_lines() {
-    for node in /dev/nvhost-* /dev/nvgpu/*/* /dev/nvmap /dev/host1x-fence /dev/nvsciipc /dev/nvdla*; do
-        [ -c "$node" ] || continue
-        major=$((0x$(stat -L -c %t "$node")))
-        name=$(awk -v m="$major" '/^Character devices:/ { c = 1; next } /^Block devices:/ { c = 0 }
-                                  c && $1 == m { print $2; exit }' /proc/devices)
-        if [ -z "$name" ] || [ "$name" = misc ]; then
-            echo "DeviceAllow=$node rw"
-        else
-            echo "DeviceAllow=char-$name rw"
-        fi
-    done | sort -u
-}
 if [ "$JETSON" = 1 ]; then
-    lines=$(jetson_device_lines)
+    # The units list only dGPU and camera drivers; a Jetson's nvgpu/nvmap/host1x
+    # nodes come from this drop-in, made from the nodes that exist here.
+    dropin=$(sh "$SRC/systemd/jetson-dropin.sh")
     for unit in "$SRC"/systemd/*.service; do
         name=$(basename "$unit")
-        {
-            echo "# Written by scripts/install.sh from this Jetson's device nodes: the"
-            echo "# drivers behind its GPU, DLA and NvSci nodes, beyond the unit's own list."
-            echo "[Service]"
-            echo "$lines"
-        } | put "$UNIT_DIR/$name.d/50-jetson-devices.conf" 0644
+        printf '%s\n' "$dropin" | put "$UNIT_DIR/$name.d/50-jetson-devices.conf" 0644
     done
 fi
 
