@@ -143,8 +143,13 @@ under_home "$PYTHON" \
     && die "$PYTHON lives under a home directory, which the service user cannot reach (ProtectHome=); pass --python /usr/bin/python3"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
     || die "$PYTHON is $("$PYTHON" -V 2>&1); edgeinfer needs Python >= 3.10"
-"$PYTHON" -c 'import ensurepip, venv' 2>/dev/null \
-    || die "$PYTHON cannot create venvs; install the python3-venv package"
+if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
+    if [ "$DRY_RUN" = 1 ]; then
+        warn "$PYTHON cannot create venvs; install the python3-venv package first"
+    else
+        die "$PYTHON cannot create venvs; install the python3-venv package"
+    fi
+fi
 
 if [ "$JETSON" = 1 ]; then
     note "Jetson: $(head -n 1 /etc/nv_tegra_release | sed 's/^# *//')"
