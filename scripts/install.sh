@@ -178,7 +178,8 @@ if [ "$DRY_RUN" = 0 ] && under_home "$VENV/bin/python"; then
 fi
 EXTRAS=daemon
 [ "$GPU" = 1 ] && EXTRAS=daemon,gpu
-run "$VENV/bin/python" -m pip install --quiet --upgrade pip
+# A newer pip is nice to have, not needed: an offline host goes on with its own.
+run "$VENV/bin/python" -m pip install --quiet --upgrade pip || warn "could not upgrade pip; using the venv's own"
 run "$VENV/bin/python" -m pip install --upgrade "$SRC[$EXTRAS]"
 if [ "$DRY_RUN" = 0 ] && [ "$JETSON" = 1 ]; then
     if trt=$("$VENV/bin/python" -c 'import tensorrt; print(tensorrt.__version__)' 2>/dev/null); then
@@ -186,6 +187,7 @@ if [ "$DRY_RUN" = 0 ] && [ "$JETSON" = 1 ]; then
     else
         warn "the venv cannot import tensorrt: install JetPack's bindings (apt install python3-libnvinfer); until then models run on ONNX Runtime"
     fi
+    note "ONNX Runtime from PyPI is CPU-only on aarch64: TensorRT serves the GPU here"
 fi
 
 # --- 2. units, user, directories ----------------------------------------------
