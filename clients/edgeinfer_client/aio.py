@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ._request import ImageLike, build_request
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2 as pb
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
+from .balancing import Address, channel_target
 from .client import DEFAULT_ADDRESS, channel_options
 from .errors import from_rpc_error
 from .types import (InferResult, ModelInfo, StreamError, model_from_proto, result_from_proto,
@@ -20,10 +21,11 @@ from .types import (InferResult, ModelInfo, StreamError, model_from_proto, resul
 class AsyncClient:
     """asyncio twin of `Client`. Use `async with AsyncClient(addr) as c: await c.infer(...)`."""
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: Optional[float] = None):
+    def __init__(self, address: Address = DEFAULT_ADDRESS, timeout: Optional[float] = None):
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(address, options=channel_options())
+        target, balancing = channel_target(address)
+        self._channel = grpc.aio.insecure_channel(target, options=channel_options() + balancing)
         self._stub = pb_grpc.InferenceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

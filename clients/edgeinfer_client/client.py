@@ -13,6 +13,7 @@ from edgeinfer_proto.edgeinfer.v1 import inference_pb2 as pb
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
 from edgeinfer_proto.edgeinfer.v1 import streams_pb2 as spb
 from edgeinfer_proto.edgeinfer.v1 import streams_pb2_grpc as spb_grpc
+from .balancing import Address, channel_target
 from .errors import ClientError, from_rpc_error
 from .types import (InferResult, ModelInfo, StreamError, StreamFrameResult, StreamInfo, model_from_proto,
                     result_from_proto, stream_info_from_proto, stream_item_from_proto, stream_result_from_proto)
@@ -29,16 +30,19 @@ class Client:
     """Talks to one edgeinfer daemon.
 
     Args:
-        address: "host:port" or "unix:/path".
+        address: "host:port" or "unix:/path"; or several daemons, spread round robin with
+            UNAVAILABLE retried on the next one: a list of "host:port", or "dns:///name:port"
+            (balancing.py).
         timeout: default deadline in seconds for each call (None = no deadline).
 
     Every method raises ClientError on failure; `.code` holds the gRPC status name.
     """
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: Optional[float] = None):
+    def __init__(self, address: Address = DEFAULT_ADDRESS, timeout: Optional[float] = None):
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address, options=channel_options())
+        target, balancing = channel_target(address)
+        self._channel = grpc.insecure_channel(target, options=channel_options() + balancing)
         self._stub = pb_grpc.InferenceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._streams = spb_grpc.StreamsStub(self._channel)

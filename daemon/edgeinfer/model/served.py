@@ -63,6 +63,8 @@ class ServedModel:
         # Set by unload(): a load still running (e.g. warming up at shutdown) ends quietly,
         # and a TensorRT build in progress stops at its next step.
         self._stop_loading = threading.Event()
+        # Taken down on request (take_down), not failed: RepositoryIndex says UNAVAILABLE, "unloaded".
+        self.unloaded = False
 
     @property
     def name(self) -> str:
@@ -151,6 +153,20 @@ class ServedModel:
         runner, self.runner = self.runner, None
         if runner is not None:
             runner.deactivate()
+
+    def take_down(self, reason: str) -> None:
+        """Stop serving on request (KServe's RepositoryModelUnload): the runner goes, the model
+        answers UNAVAILABLE with `reason` until `bring_up`. FAILED is the state of a model
+        that does not serve, whatever the cause; the reason says which."""
+        self.unload()
+        self.unloaded = True
+        self._set_state(ModelState.FAILED, reason)
+
+    def bring_up(self) -> None:
+        """Load again after `take_down` (or a failed load); blocking, as load()."""
+        self._stop_loading.clear()
+        self.unloaded = False
+        self.load()
 
     def _normalizing(self, runner: Runner) -> Runner:
         """[models.input] normalize_on = "gpu": the runner wrapped so its image input takes uint8 NHWC.

@@ -27,6 +27,7 @@ from edgeinfer.model.registry import ModelRegistry
 from edgeinfer.rpc.methods import GenericOnly
 from edgeinfer.serving.lanes import InferencePipeline
 from edgeinfer.rpc.servicer import SERVICE_NAME, InferenceServicer, add_to_server
+from edgeinfer.rpc import kserve
 from edgeinfer.rpc import streams_servicer
 from edgeinfer.observe.metrics import StreamCollector
 from edgeinfer.streams.manager import StreamManager
@@ -72,6 +73,7 @@ class Daemon:
             self.metrics.register(StreamCollector(self.streams.stats))
         self.health = health.aio.HealthServicer()
         self.server: Optional[grpc.aio.Server] = None
+        self.servicer: Optional[InferenceServicer] = None
         self.port: Optional[int] = None
         self._stop = asyncio.Event()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -86,13 +88,16 @@ class Daemon:
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 1 if self.reuse_port else 0),
         ])
-        servicer = InferenceServicer(self.registry, self.pipeline, self.config.server.stream_window)
-        add_to_server(servicer, self.server)
+        self.servicer = InferenceServicer(self.registry, self.pipeline, self.config.server.stream_window)
+        add_to_server(self.servicer, self.server)
+        # KServe v2 / Triton gRPC on the same port and data plane (rpc/kserve.py).
+        kserve.add_to_server(kserve.KServeServicer(self.registry, self.pipeline, __version__,
+                                                   self.config.server.stream_window), self.server)
         # Health and reflection through generic handlers only: a method registered with the core
         # costs every call a little (rpc/methods.py), and these are called rarely.
         health_pb2_grpc.add_HealthServicer_to_server(self.health, GenericOnly(self.server))
         streams_servicer.add_to_server(streams_servicer.StreamsServicer(self.streams, self.registry), self.server)
-        names = [SERVICE_NAME, streams_servicer.SERVICE_NAME, health.SERVICE_NAME]
+        names = [SERVICE_NAME, kserve.SERVICE_NAME, streams_servicer.SERVICE_NAME, health.SERVICE_NAME]
         if self.config.server.reflection:
             names.append(reflection.SERVICE_NAME)
             # What reflection.enable_server_reflection does for an aio server, minus the registration.
@@ -125,6 +130,8 @@ class Daemon:
             asyncio.run_coroutine_threadsafe(self._publish(model), self._loop)
 
     async def _publish(self, model: ServedModel) -> None:
+        # The route first: a model reported SERVING already takes its requests the way chosen for it.
+        self.servicer.route(model)
         await self.health.set(model.name, _SERVING if model.state is ModelState.READY else _NOT_SERVING)
         await self._publish_overall()
 

@@ -20,7 +20,8 @@ from edgeinfer.rpc import converters
 from edgeinfer.rpc.errors import abort_with, status_of, translate_errors
 from edgeinfer.rpc.fastpath import InlineTensorPath
 from edgeinfer.rpc.methods import add_service
-from edgeinfer.serving.lanes import InferencePipeline
+from edgeinfer.model.types import ModelState
+from edgeinfer.serving.lanes import InferencePipeline, Route
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self.pipeline = pipeline
         self.stream_window = stream_window
         # model name -> the short path of a model whose tensor requests run inline (rpc/fastpath.py);
-        # learnt from the general path's first answer, replaced when the model gets a new runner.
+        # set by route() when the model's runner is ready, forgotten when it stops or is replaced.
         self._inline: dict[str, InlineTensorPath] = {}
 
     def _answer_inline(self, request: pb.InferRequest) -> Optional[pb.InferResponse]:
@@ -51,13 +52,24 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             self._count_failure(path.name, exc)
             raise
 
-    def _learn_inline(self, model) -> None:
-        runner = self.pipeline.inline_runner(model)
-        if runner is None or not InlineTensorPath.suits(model):
+    def route(self, model) -> None:
+        """Choose how the model's requests run, once its runner is ready (called by the daemon on
+        every state change): the pipeline's lane for that runner, and this edge's short path when the
+        lane runs inline and the short path answers the model's requests as the general path would."""
+        if model.state is not ModelState.READY or model.runner is None:
+            self._inline.pop(model.name, None)
+            return
+        try:
+            lane = self.pipeline.lane(model)
+        except EdgeInferError:  # stopped meanwhile
+            self._inline.pop(model.name, None)
+            return
+        if lane.route is not Route.INLINE or not InlineTensorPath.suits(model):
+            self._inline.pop(model.name, None)
             return
         path = self._inline.get(model.name)
-        if path is None or path.runner is not runner:
-            self._inline[model.name] = InlineTensorPath(model, runner, self.pipeline.metrics)
+        if path is None or path.runner is not lane.runner:
+            self._inline[model.name] = InlineTensorPath(model, lane.runner, self.pipeline.metrics)
 
     def _count_failure(self, label: str, exc: BaseException) -> None:
         self.pipeline.record(label, exc.code.name if isinstance(exc, EdgeInferError) else "INTERNAL")
@@ -86,7 +98,6 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             self._count_failure(label, exc)
             raise
         self.pipeline.record(label, "OK")
-        self._learn_inline(model)
         return response
 
     async def Infer(self, request, context):

@@ -28,6 +28,7 @@ decode work is spent on it.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,14 @@ from edgeinfer.model.families.postprocess import Options
 log = logging.getLogger(__name__)
 
 
+class Route(enum.Enum):
+    """The way a model's requests run, chosen once when the model (or its new runner) is ready."""
+
+    INLINE = "inline"  # tensors at batch 1 run on the event loop thread (images still hop to a worker)
+    WORKER = "worker"  # one hop to a worker thread: decode, preprocess, infer, postprocess
+    BATCHED = "batched"  # a worker decodes and preprocesses; the model's Batcher stacks and runs
+
+
 class _Lane:
     """One model's admission gate and, when batching, its batcher; `inline`: tensors run on the loop."""
 
@@ -55,6 +64,12 @@ class _Lane:
         self.max_batch = max_batch
         self.batcher = batcher
         self.inline = inline
+
+    @property
+    def route(self) -> Route:
+        if self.batcher is not None:
+            return Route.BATCHED
+        return Route.INLINE if self.inline else Route.WORKER
 
 
 def _settle(fut: asyncio.Future, pred: Optional[Prediction], exc: Optional[BaseException]) -> None:
@@ -98,11 +113,6 @@ class InferencePipeline:
         lane = self._lanes.get(name)
         return lane.batcher if lane else None
 
-    def inline_runner(self, model: ServedModel) -> Optional[Runner]:
-        """The runner that the model's tensor requests run on inline, on the event loop (None: they hop)."""
-        lane = self._lanes.get(model.name)
-        return lane.runner if lane is not None and lane.inline and lane.runner is model.runner else None
-
     def max_batch(self, model: ServedModel) -> int:
         """The batch size the model is served with (0 while it has no runner)."""
         lane, runner = self._lanes.get(model.name), model.runner
@@ -111,8 +121,21 @@ class InferencePipeline:
         return effective_max_batch(model.cfg.batching, runner) if runner is not None else 0
 
     # -- lanes ----------------------------------------------------------------------
-    def _lane(self, model: ServedModel, runner: Runner) -> _Lane:
-        """A new lane for the model's current runner (the first request, or after a reload)."""
+    def lane(self, model: ServedModel) -> _Lane:
+        """The model's lane for its current runner: its route, gate and batcher, made here, once per
+        runner (the daemon asks as soon as the model is ready; a request asks if it comes first).
+
+        Raises:
+            ModelNotReady: the model has no runner.
+        """
+        runner = model.require_ready()
+        lane = self._lanes.get(model.name)
+        if lane is None or lane.runner is not runner:
+            lane = self._new_lane(model, runner)
+        return lane
+
+    def _new_lane(self, model: ServedModel, runner: Runner) -> _Lane:
+        """A new lane for the model's current runner (when it became ready, or after a reload)."""
         lane = self._lanes.get(model.name)
         if lane is not None and lane.batcher is not None:  # the model was reloaded: retire the old one
             self.executor.submit(lane.batcher.close)
@@ -147,11 +170,8 @@ class InferencePipeline:
             ModelNotReady, QueueFull (RESOURCE_EXHAUSTED), DeadlineExpired, InvalidInput,
             InferenceError: as domain errors, translated at the gRPC edge.
         """
-        runner = model.require_ready()
+        lane = self.lane(model)
         name = model.name
-        lane = self._lanes.get(name)
-        if lane is None or lane.runner is not runner:
-            lane = self._lane(model, runner)
         # Batch 1 only: the warm-up measured batch 1, a bigger batch can take far longer.
         if lane.inline and isinstance(item, Tensors) and item.rows <= 1:
             # Runs now, on this thread: it never waits, so it takes no place in the queue.
