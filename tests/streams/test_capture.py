@@ -148,7 +148,7 @@ def test_a_reader_stuck_in_an_open_that_never_returns_is_abandoned_and_replaced(
     """A driver call that never returns (a wedged V4L2 device; none can be wedged here, so the
     opener blocks on an event): the supervisor gives the connection up after its bound and opens
     the source again on a new reader, which here succeeds."""
-    from edgeinfer.streams.sources import open_source
+    from edgeinfer.streams.decode import open_source
 
     release = threading.Event()
     calls = []

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from edgeinfer.config import StreamConfig
-from edgeinfer.streams.sources import (DEVICE, FILE, GSTREAMER, URL, SourceError, kind_of, open_cpu,
-                                       open_source, redact)
+from edgeinfer.streams.decode import open_source
+from edgeinfer.streams.sources import DEVICE, FILE, GSTREAMER, URL, SourceError, kind_of, open_cpu, redact
 
 
 def _cfg(source, **kw) -> StreamConfig:

@@ -30,7 +30,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from edgeinfer.config import StreamConfig
-from edgeinfer.streams.sources import Source, SourceError, open_source, redact
+from edgeinfer.streams.decode import open_source
+from edgeinfer.streams.sources import Source, SourceError, redact
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ where OpenCV's default waits 30 s; a refused port answers at once
 (docs/decisions.md says why not PyAV). Every failure is a `SourceError` whose
 message says what was wrong with the source, never a bare "cannot open".
 
-`decode = "gpu"` is `NvdecSource` (PyNvVideoCodec); where it cannot run,
-`open_source` falls back to the CPU and returns the reason with the source.
+`decode = "gpu"` is `NvdecSource` (streams/nvdec.py); streams/decode.py picks
+between the two.
 """
 from __future__ import annotations
 
@@ -216,20 +216,3 @@ def open_cpu(cfg: StreamConfig) -> CvSource:
         cap.release()
         raise SourceError(f"the GStreamer pipeline did not start: {source}")
     return CvSource(cap, source, is_file=False)
-
-
-def open_source(cfg: StreamConfig) -> tuple[Source, str]:
-    """Open the stream's source with the decoder `cfg.decode` asks for.
-
-    Returns (source, note): note is why GPU decode was not used ("" when it was, or not asked).
-    Raises SourceError with the reason.
-    """
-    note = ""
-    if cfg.decode in ("gpu", "auto"):
-        from edgeinfer.streams.nvdec import DecoderUnavailable, NvdecSource
-
-        try:
-            return NvdecSource.open(cfg), ""
-        except DecoderUnavailable as exc:
-            note = f"GPU decode unavailable, decoding on the CPU: {exc}"
-    return open_cpu(cfg), note
