@@ -82,3 +82,49 @@ def test_gpu_decode_falls_back_to_cpu_with_the_reason(face_video):
         assert note.startswith("GPU decode unavailable, decoding on the CPU: PyNvVideoCodec is not installed")
     finally:
         src.close()
+
+
+def test_an_http_mjpeg_camera_opens_and_reads(face_video):
+    """An IP camera's MJPEG over HTTP (multipart/x-mixed-replace), served on loopback."""
+    import http.server
+    import threading
+
+    import cv2
+
+    cap = cv2.VideoCapture(str(face_video))
+    jpegs = []
+    for _ in range(30):
+        ok, frame = cap.read()
+        jpegs.append(cv2.imencode(".jpg", frame)[1].tobytes())
+    cap.release()
+
+    class Camera(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            try:
+                for i in range(300):
+                    jpeg = jpegs[i % len(jpegs)]
+                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                     + f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n")
+                    time.sleep(0.01)
+            except OSError:  # the client went away
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Camera)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        src = open_cpu(_cfg(f"http://127.0.0.1:{server.server_address[1]}/video.mjpg"))
+        try:
+            assert not src.is_file
+            frames = [src.read() for _ in range(10)]
+            assert all(f.shape == (144, 176, 3) for f in frames)
+        finally:
+            src.close()
+    finally:
+        server.shutdown()
+        server.server_close()

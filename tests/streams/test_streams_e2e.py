@@ -234,3 +234,14 @@ def test_check_config_names_the_streams_and_their_errors(tmp_path, centerface_on
                          capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 2
     assert "[streams.door] model: no model 'cars' is configured (configured: faces)" in out.stderr
+
+
+def test_cli_stream_of_a_url_without_opencv_says_what_to_install(served):
+    code = ("import sys; sys.modules['cv2'] = None\n"
+            "from edgeinfer_client.cli import main\n"
+            f"sys.exit(main(['--address', '{served.address}', 'stream', '--model', 'faces', 'rtsp://cam:554/x']))")
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'clients'}")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 1
+    assert "reading a stream URL or camera needs OpenCV" in out.stderr
+    assert "pip install opencv-python-headless" in out.stderr

@@ -182,8 +182,10 @@ class Stream:
             return
         except Exception as exc:  # noqa: BLE001 - one bad frame never stops the stream
             self.frames_failed += 1
-            self.inference_note = str(exc) if isinstance(exc, EdgeInferError) else f"{type(exc).__name__}: {exc}"
-            log.warning("stream %s: frame %d failed: %s", self.name, frame.index, self.inference_note)
+            note = str(exc) if isinstance(exc, EdgeInferError) else f"{type(exc).__name__}: {exc}"
+            if note != self.inference_note:  # once per new reason, not once per frame
+                log.warning("stream %s: frame %d failed: %s", self.name, frame.index, note)
+            self.inference_note = note
             await asyncio.sleep(0.05)
             return
         self.inference_note = ""
