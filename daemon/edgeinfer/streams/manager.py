@@ -175,8 +175,10 @@ class Stream:
         except asyncio.CancelledError:
             raise
         except (ModelNotReady, QueueFull) as exc:
-            # Not this stream's fault: note it, count the frame, and let the next one try.
-            self.frames_failed += 1
+            # Not this stream's fault: note it and let a later frame try. A frame the model is
+            # still loading for (a TensorRT build can take minutes) is not counted as failed.
+            if isinstance(exc, QueueFull):
+                self.frames_failed += 1
             self.inference_note = str(exc)
             await asyncio.sleep(0.1 if isinstance(exc, ModelNotReady) else 0.01)
             return
