@@ -10,8 +10,8 @@ from .aio import AsyncClient
 from .client import DEFAULT_ADDRESS, Client
 from ._request import build_request
 from .errors import ClientError
-from .types import (Accuracy, Attempt, ClassScore, Detection, InferResult, ModelInfo, StreamError,
-                    TensorInfo)
+from .types import (Accuracy, Attempt, ClassScore, Detection, InferResult, ModelChange, ModelInfo, ReloadResult,
+                    StreamError, TensorInfo)
 
 __all__ = ["Accuracy", "AsyncClient", "Attempt", "ClassScore", "Client", "ClientError", "DEFAULT_ADDRESS",
-           "Detection", "InferResult", "ModelInfo", "StreamError", "TensorInfo", "build_request"]
+           "Detection", "InferResult", "ModelChange", "ModelInfo", "ReloadResult", "StreamError", "TensorInfo", "build_request"]

@@ -9,11 +9,12 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._request import ImageLike, build_request
+from edgeinfer_proto.edgeinfer.v1 import admin_pb2, admin_pb2_grpc
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2 as pb
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
 from .errors import ClientError, from_rpc_error
-from .types import (InferResult, ModelInfo, StreamError, model_from_proto, result_from_proto,
-                    stream_item_from_proto)
+from .types import (InferResult, ModelInfo, ReloadResult, StreamError, model_from_proto, reload_from_proto,
+                    result_from_proto, stream_item_from_proto)
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 MAX_MESSAGE = 64 * 1024 * 1024
@@ -39,6 +40,7 @@ class Client:
         self._channel = grpc.insecure_channel(address, options=channel_options())
         self._stub = pb_grpc.InferenceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -93,6 +95,12 @@ class Client:
 
     def get_model(self, name: str, timeout: Optional[float] = None) -> ModelInfo:
         return model_from_proto(self._call(self._stub.GetModel, pb.GetModelRequest(name=name), timeout))
+
+    def reload(self, timeout: Optional[float] = None) -> ReloadResult:
+        """Make the daemon re-read its config file (as SIGHUP does); returns once every changed model
+        serves its new version or failed to (the old one then serves on). A refused config is not an
+        error here: `accepted` is False and `error` says why."""
+        return reload_from_proto(self._call(self._admin.Reload, admin_pb2.ReloadRequest(), timeout))
 
     def health(self, service: str = "", timeout: Optional[float] = None) -> str:
         """"SERVING", "NOT_SERVING", ...; service "" is the whole daemon, a model name one model."""

@@ -17,9 +17,43 @@ from edgeinfer.errors import ConfigError
 log = logging.getLogger("edgeinfer")
 
 
+# sd-daemon(3) priority prefixes: journald reads "<N>" at the start of a line as its syslog priority.
+_SYSLOG_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+
+class JournalFormatter(logging.Formatter):
+    """Lines for journald: "<N>name: message", no timestamp (the journal stamps each line itself);
+    every line of a multi-line record (a traceback) carries the prefix, so each keeps its priority."""
+
+    def __init__(self) -> None:
+        super().__init__("%(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = max((lvl for lvl in _SYSLOG_PRIORITY if lvl <= record.levelno), default=logging.DEBUG)
+        prefix = f"<{_SYSLOG_PRIORITY[level]}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines() or [""])
+
+
+def stderr_is_journal() -> bool:
+    """Whether stderr is connected to journald: JOURNAL_STREAM ("dev:inode", set by systemd) names it."""
+    import os
+
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(v) for v in value.split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    if stderr_is_journal():
+        handler.setFormatter(JournalFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def _load(path: str) -> Config:
@@ -32,14 +66,17 @@ def cmd_serve(args) -> int:
     from edgeinfer.process import systemd
     from edgeinfer.process.daemon import Daemon
 
-    config = _load(args.config)
-    if args.listen:
-        config.server.listen = args.listen
+    def overrides(config: Config) -> Config:
+        if args.listen:
+            config.server.listen = args.listen
+        return config
+
+    config = overrides(_load(args.config))
     tick = systemd.watchdog_interval_s() or 1.0
     if config.server.supervised:
         from edgeinfer.process.supervisor import Supervisor
 
-        supervisor = Supervisor(config, tick_s=min(tick, 1.0))
+        supervisor = Supervisor(config, tick_s=min(tick, 1.0), config_path=args.config)
         try:
             supervisor.start()
         except OSError as exc:
@@ -48,7 +85,7 @@ def cmd_serve(args) -> int:
         return supervisor.run()
 
     async def main() -> None:
-        daemon = Daemon(config, tick_s=min(tick, 1.0))
+        daemon = Daemon(config, tick_s=min(tick, 1.0), config_path=args.config, config_overrides=overrides)
         await daemon.run()
 
     from edgeinfer.process.eventloop import run
@@ -56,6 +93,9 @@ def cmd_serve(args) -> int:
     try:
         run(main(), config.server.event_loop)
     except ValueError as exc:  # uvloop asked for but not installed
+        log.error("%s", exc)
+        return 2
+    except ConfigError as exc:  # e.g. a device index this machine does not have
         log.error("%s", exc)
         return 2
     except OSError as exc:
