@@ -378,6 +378,8 @@ class Daemon:
                 log.warning("model %s: requests still running on the replaced version after %.0f s; unloading it",
                             old.name, self.config.server.grace_period_s)
         await asyncio.get_running_loop().run_in_executor(None, old.unload)
+        log.info("model %s: the %s version answered its requests and is unloaded", old.name,
+                 "removed" if old.name not in self.registry.models else "replaced")
 
     # -- shutdown -----------------------------------------------------------------
     async def stop(self) -> None:
