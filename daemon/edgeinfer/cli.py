@@ -17,43 +17,10 @@ from edgeinfer.errors import ConfigError
 log = logging.getLogger("edgeinfer")
 
 
-# sd-daemon(3) priority prefixes: journald reads "<N>" at the start of a line as its syslog priority.
-_SYSLOG_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
-
-
-class JournalFormatter(logging.Formatter):
-    """Lines for journald: "<N>name: message", no timestamp (the journal stamps each line itself);
-    every line of a multi-line record (a traceback) carries the prefix, so each keeps its priority."""
-
-    def __init__(self) -> None:
-        super().__init__("%(name)s: %(message)s")
-
-    def format(self, record: logging.LogRecord) -> str:
-        level = max((lvl for lvl in _SYSLOG_PRIORITY if lvl <= record.levelno), default=logging.DEBUG)
-        prefix = f"<{_SYSLOG_PRIORITY[level]}>"
-        return "\n".join(prefix + line for line in super().format(record).splitlines() or [""])
-
-
-def stderr_is_journal() -> bool:
-    """Whether stderr is connected to journald: JOURNAL_STREAM ("dev:inode", set by systemd) names it."""
-    import os
-
-    value = os.environ.get("JOURNAL_STREAM", "")
-    try:
-        dev, ino = (int(v) for v in value.split(":"))
-        st = os.fstat(sys.stderr.fileno())
-    except (ValueError, OSError, AttributeError):
-        return False
-    return (st.st_dev, st.st_ino) == (dev, ino)
-
-
 def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if stderr_is_journal():
-        handler.setFormatter(JournalFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+    from edgeinfer.observe.journal import stderr_handler
+
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[stderr_handler()])
 
 
 def _load(path: str) -> Config:

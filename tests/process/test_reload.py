@@ -264,7 +264,7 @@ def test_tensorrt_plans_for_the_models_gpu(trivial_onnx, tmp_path):
 # -- journald ------------------------------------------------------------------------------
 
 def test_journal_lines_carry_priorities_and_no_timestamp():
-    from edgeinfer.cli import JournalFormatter
+    from edgeinfer.observe.journal import JournalFormatter
 
     fmt = JournalFormatter()
 
@@ -276,6 +276,7 @@ def test_journal_lines_carry_priorities_and_no_timestamp():
     assert line(logging.ERROR, "e") == "<3>edgeinfer.x: e"
     assert line(logging.CRITICAL, "c") == "<2>edgeinfer.x: c"
     assert line(logging.DEBUG, "d") == "<7>edgeinfer.x: d"
+    assert JournalFormatter("1").format(logging.LogRecord("n", logging.INFO, __file__, 1, "m", (), None)) == "<6>[1] n: m"
     try:
         raise ValueError("boom")
     except ValueError:
@@ -284,7 +285,7 @@ def test_journal_lines_carry_priorities_and_no_timestamp():
 
 
 def test_journal_stream_must_name_stderr(monkeypatch, tmp_path):
-    from edgeinfer import cli
+    from edgeinfer.observe import journal as cli
 
     with open(tmp_path / "err", "w") as fh:
         st = os.fstat(fh.fileno())

@@ -326,3 +326,34 @@ def test_a_stuck_inference_stops_the_watchdog(notify, trivial_onnx, tmp_path):
             release.unlink()
         d.kill()
     assert "inference stalled: model trivial: a request has been running for" in d.log_text()
+
+
+@pytest.mark.slow
+def test_several_processes_reload_together_on_sighup_to_the_supervisor(notify, trivial_onnx, tmp_path):
+    config = tmp_path / "edgeinfer.toml"
+    cache = tmp_path / "cache"
+    _trivial_config(config, cache, [("m", "1", trivial_onnx, 1)], server="processes = 2\ngrace_period_s = 1.0")
+    d = ServeProcess(config, tmp_path / "serve.log", env={"NOTIFY_SOCKET": notify.path})
+    try:
+        t_ready, _ = notify.wait_for(lambda f: f.get("READY") == "1", timeout=60, what="READY=1")
+        d.wait_serving()
+        with Client(d.address, timeout=10) as c:
+            with pytest.raises(ClientError) as info:
+                c.reload()  # one process alone would serve another config than its sibling
+        assert info.value.code == "FAILED_PRECONDITION" and "SIGHUP to the supervisor" in str(info.value)
+
+        _trivial_config(config, cache, [("m", "2", trivial_onnx, 1)], server="processes = 2\ngrace_period_s = 1.0")
+        t_hup = time.monotonic()
+        d.signal(signal.SIGHUP)
+        t_rel, fields = notify.wait_for(lambda f: f.get("RELOADING") == "1", after=t_hup, what="RELOADING=1")
+        assert int(fields["MONOTONIC_USEC"]) >= int(t_hup * 1e6) - 1_000_000
+        notify.wait_for(lambda f: f.get("READY") == "1", after=t_rel, timeout=60, what="READY=1 after the reload")
+        # Each new channel may reach either process: all answer with the new version.
+        for _ in range(8):
+            with Client(d.address, timeout=10) as c:
+                assert c.infer("m", tensors={"x": X}).model_version == "2"
+        d.signal(signal.SIGTERM)
+        assert d.wait(60) == 0, d.log_text()
+    finally:
+        d.kill()
+    assert d.log_text().count("reload: model m updated (version 1 -> 2)") == 2

@@ -161,6 +161,7 @@ class Supervisor:
         self._reload_requested = False
         self._reloading: Optional[set[int]] = None  # front-ends yet to report a reload
         self._reload_deadline = 0.0
+        self._ready_sent = False
         self.tick_s = tick_s
         self.on_loaded = on_loaded  # called once with child 0's model states, when all loaded
         self.listen = config.server.listen
@@ -206,7 +207,12 @@ class Supervisor:
             if kind_ == "listening":
                 listening.add(index)
         log.info("%d processes serving on %s (pids %s)", self.count, self.listen, self.pids)
-        systemd.notify("READY=1", f"STATUS={self.count} processes serving on {self.listen}; loading models")
+        status = f"STATUS={self.count} processes serving on {self.listen}; loading models"
+        if self.config.server.ready == "listening":
+            self._ready_sent = True
+            systemd.notify("READY=1", status)
+        else:
+            systemd.notify(status)
         return self.listen
 
     def _start_host(self, log_level: int) -> list:
@@ -261,6 +267,13 @@ class Supervisor:
             self._loaded[index] = value
             if len(self._loaded) == self.count:
                 self._all_loaded.set()
+                # [server] ready = "all-models" / "any-model": judged once every process finished loading.
+                states = [s[0] for s in self._loaded[0].values()]
+                policy = self.config.server.ready
+                ok = all(s == "ready" for s in states) if policy == "all-models" else "ready" in states or not states
+                if not self._ready_sent and ok:
+                    self._ready_sent = True
+                    systemd.notify("READY=1")
                 if self.on_loaded is not None:
                     self.on_loaded(self._loaded[0])
 
@@ -313,7 +326,9 @@ class Supervisor:
                     log.warning("process(es) %s missed their health ticks; not feeding the watchdog", stale)
                 else:
                     ready = sum(s[0] == "ready" for s in self._loaded.get(0, {}).values())
-                    systemd.notify("WATCHDOG=1", f"STATUS={self.count} processes; {ready} model(s) ready")
+                    extend = [] if self._ready_sent or self._all_loaded.is_set() else [
+                        f"EXTEND_TIMEOUT_USEC={int(max(30.0, 10 * self.tick_s) * 1e6)}"]
+                    systemd.notify("WATCHDOG=1", f"STATUS={self.count} processes; {ready} model(s) ready", *extend)
             return 0
         finally:
             self.stop()
