@@ -87,6 +87,27 @@ def test_notify_sequence_ready_status_watchdog_reload_stopping(notify, trivial_o
     assert any(line.startswith("<6>edgeinfer.process.daemon: reloaded") for line in lines)
 
 
+def test_ready_all_models_waits_for_the_models_and_extends_the_start_timeout(notify, centerface_onnx, tmp_path):
+    config = tmp_path / "edgeinfer.toml"
+    _faces_config(config, tmp_path / "cache", centerface_onnx, server='ready = "all-models"')
+    d = ServeProcess(config, tmp_path / "serve.log", env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"})
+    try:
+        t_ready, _ = notify.wait_for(lambda f: f.get("READY") == "1", timeout=60, what="READY=1")
+        before = [f for t, f in notify.snapshot() if t < t_ready]
+        # Before READY: the port was bound and the model loading, which STATUS said, with the start
+        # timeout extended meanwhile.
+        assert any("loading 1 model: faces" in f.get("STATUS", "") for f in before), before
+        assert any(int(f.get("EXTEND_TIMEOUT_USEC", 0)) >= 30_000_000 for f in before), before
+        assert not any("WATCHDOG" in f and "READY" in f for f in before)
+        with Client(d.address, timeout=10) as c:
+            assert c.health("faces") == "SERVING"
+        notify.wait_for(lambda f: f.get("STATUS", "").startswith("serving 1 model (faces)"), what="STATUS serving")
+        d.signal(signal.SIGTERM)
+        assert d.wait(30) == 0
+    finally:
+        d.kill()
+
+
 class _Load:
     """`threads` clients calling Infer in a loop; every answer or error recorded with its send time."""
 

@@ -100,6 +100,7 @@ class Daemon:
         # Reloads run one at a time; models loading beside the ones they will replace, by name.
         self._reload_lock: Optional[asyncio.Lock] = None
         self._beside: dict[str, ServedModel] = {}
+        self._reloading = False
         self._reload_tasks: set[asyncio.Task] = set()
 
     # -- startup ------------------------------------------------------------
@@ -171,7 +172,7 @@ class Daemon:
         parts = []
         if self._stalled:
             parts.append(f"STALLED ({self._stalled})")
-        if self._beside:
+        if self._reloading:
             parts.append("reloading")
         if loading:
             parts.append(f"loading {len(loading)} model{'s' if len(loading) != 1 else ''}: "
@@ -186,7 +187,7 @@ class Daemon:
 
     def _notify_state(self) -> None:
         """READY=1 once the policy holds; STATUS= when it changed; EXTEND_TIMEOUT_USEC while models load
-        before READY or during a reload (so a slow first engine build outlives TimeoutStartSec)."""
+        before READY, and while a reload runs (so a slow first engine build outlives TimeoutStartSec)."""
         lines = []
         if not self._ready_sent and self._ready_by_policy():
             self._ready_sent = True
@@ -195,8 +196,8 @@ class Daemon:
         if status != self._status:
             self._status = status
             lines.append(f"STATUS={status}")
-        loading = self._beside or any(m.state is ModelState.LOADING for m in self.registry)
-        if loading and (not self._ready_sent or self._beside):
+        loading = any(m.state is ModelState.LOADING for m in self.registry)
+        if (loading and not self._ready_sent) or self._reloading:
             lines.append(f"EXTEND_TIMEOUT_USEC={int(max(30.0, 10 * self.tick_s) * 1e6)}")
         if lines:
             systemd.notify(*lines)
@@ -278,11 +279,14 @@ class Daemon:
             # MONOTONIC_USEC lets systemd (Type=notify-reload) match this RELOADING=1 to its request.
             systemd.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}",
                            f"STATUS=reloading {self.config_path}")
+            self._reloading = True
             try:
                 outcome = await self._reload()
             except Exception as exc:  # noqa: BLE001 - a reload must never take the daemon down
                 log.exception("reload failed")
                 outcome = ReloadOutcome(False, str(self.config_path or ""), f"{type(exc).__name__}: {exc}")
+            finally:
+                self._reloading = False
             if outcome.accepted:
                 log.info("%s", outcome.summary())
                 for c in outcome.models:
