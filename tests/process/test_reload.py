@@ -29,7 +29,7 @@ def _write(path: Path, models: list[dict], server: str = "workers = 2\ninline_ma
     text = f"[server]\n{server}\n[metrics]\nenabled = false\n[cache]\ndir = \"{path.parent / 'cache'}\"\n"
     for m in models:
         text += (f'\n[[models]]\nname = "{m["name"]}"\nversion = "{m.get("version", "1")}"\nonnx = "{m["onnx"]}"\n'
-                 f'backends = ["onnxruntime"]\nwarmup_runs = 1\n[models.postprocess]\ntask = "raw"\n'
+                 f'backends = ["{m.get("backend", "onnxruntime")}"]\nwarmup_runs = 1\n[models.postprocess]\ntask = "raw"\n'
                  f'[models.onnxruntime]\nproviders = ["CPUExecutionProvider"]\nintra_op_threads = 1\n')
     path.write_text(text)
     return path
@@ -297,3 +297,14 @@ def test_journal_stream_must_name_stderr(monkeypatch, tmp_path):
         assert not cli.stderr_is_journal()
         monkeypatch.delenv("JOURNAL_STREAM")
         assert not cli.stderr_is_journal()
+
+
+def test_a_model_that_failed_to_load_is_tried_again_on_reload(start_daemon, trivial_onnx, tmp_path):
+    # TensorRT is not installed here: the model fails to load, and again when retried.
+    path = _write(tmp_path / "edgeinfer.toml", [{"name": "m", "onnx": trivial_onnx, "backend": "tensorrt"}])
+    d = _started(start_daemon, path)
+    assert d.daemon.registry.get("m").state.value == "failed"
+    with Client(d.address, timeout=60) as c:
+        result = c.reload()
+    assert [(m.name, m.action, m.detail) for m in result.models] == [("m", "failed", "retried: it had failed to load")]
+    assert "no backend could load the model" in result.models[0].error

@@ -320,6 +320,10 @@ class Daemon:
         current = {name: m.cfg for name, m in self.registry.models.items()}
         plan = changes.plan_models(current, {n: m.onnx_digest for n, m in self.registry.models.items()},
                                    new, new_digests)
+        for c in plan:
+            # A model that failed to load is tried again (the cause may be fixed: a driver, a library).
+            if c.action == changes.UNCHANGED and self.registry.models[c.name].state is ModelState.FAILED:
+                c.action, c.detail = changes.UPDATED, "retried: it had failed to load"
         outcome = ReloadOutcome(True, path, needs_restart=changes.settings_needing_restart(self.config, new))
         if self.registry.remote is not None and any(c.action != changes.UNCHANGED for c in plan):
             # The models live in the shared inference process, which does not reload.
