@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 import numpy as np
 import pytest
 
@@ -158,11 +159,15 @@ def test_stop_answers_the_frames_an_open_stream_sent_then_ends_it_unavailable(st
         more.wait(30)  # the stream stays open: a camera that never stops
 
     channel = grpc.insecure_channel(d.address)
+    # A load balancer watching health: it must see NOT_SERVING as soon as the stop begins.
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
     call = pb_grpc.InferenceStub(channel).InferStream(frames(), timeout=30)
     got = []
     first = next(call)
     got.append(first.request_id)
     d.loop.call_soon_threadsafe(d.daemon.request_stop)
+    assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
     with pytest.raises(grpc.RpcError) as info:
         for resp in call:
             assert resp.WhichOneof("result") == "response"
