@@ -228,11 +228,16 @@ class Daemon:
     async def run(self) -> None:
         if self.server is None:
             await self.start()
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + self.tick_s
         try:
             while not self._stop.is_set():
                 try:
-                    await asyncio.wait_for(self._stop.wait(), timeout=self.tick_s)
+                    # On a fixed schedule: a tick delayed by a busy loop does not push back the next
+                    # (the watchdog pings stay within WatchdogSec / 2).
+                    await asyncio.wait_for(self._stop.wait(), timeout=max(0.0, next_tick - loop.time()))
                 except asyncio.TimeoutError:
+                    next_tick = max(next_tick + self.tick_s, loop.time() + self.tick_s / 4)
                     await self._tick()
         finally:
             await self.stop()
