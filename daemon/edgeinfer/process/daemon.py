@@ -56,7 +56,7 @@ class Daemon:
                  admin_refusal: str = ""):
         """reuse_port: share the port with sibling processes (process/supervisor.py); off, a
         second daemon on a taken port fails to bind instead of silently sharing it.
-        on_tick: called after each healthy tick (the worker pool answered), from the loop.
+        on_tick: called after each healthy tick (inference makes progress), from the loop.
         siblings_ready: with sibling processes, whether every one of them finished loading;
         overall health stays NOT_SERVING until it is true, so whichever process a health
         check reaches gives the same answer (checked on each tick).
