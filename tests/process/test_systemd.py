@@ -74,6 +74,24 @@ def test_notify_sequence_ready_status_watchdog_reload_stopping(notify, trivial_o
         assert t_hup * 1e6 - 1e6 < sent_us <= now_us
         notify.wait_for(lambda f: f.get("READY") == "1", after=t_rel, what="READY=1 after the reload")
 
+        # The same through `edgeinfer-client reload` (Admin.Reload), then the asyncio client.
+        import asyncio
+        import subprocess
+        import sys
+
+        from edgeinfer_client import AsyncClient
+
+        cli = subprocess.run([sys.executable, "-m", "edgeinfer_client.cli", "--address", d.address, "reload"],
+                             capture_output=True, text=True, timeout=60, env=d.env)
+        assert cli.returncode == 0, cli.stderr
+        assert cli.stdout.splitlines() == [f"reloaded {config}", "  trivial          unchanged"]
+
+        async def aio_reload():
+            async with AsyncClient(d.address, timeout=30) as c:
+                return await c.reload()
+
+        assert [(m.name, m.action) for m in asyncio.run(aio_reload()).models] == [("trivial", "unchanged")]
+
         t_term = time.monotonic()
         d.signal(signal.SIGTERM)
         assert d.wait(30) == 0, d.log_text()

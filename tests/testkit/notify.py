@@ -91,6 +91,7 @@ class ServeProcess:
         for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"):
             full_env.pop(key, None)
         full_env.update(env or {})
+        self.env = full_env
         self._fh = open(log, "w")
         entry = [str(script), *script_args] if script is not None else ["-m", "edgeinfer.cli"]
         self.proc = subprocess.Popen([sys.executable, *entry, "serve", "--config", str(config),
