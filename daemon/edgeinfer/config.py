@@ -108,8 +108,9 @@ class ServerConfig:
     ready: Literal["listening", "all-models", "any-model"] = "listening"
     # The systemd watchdog is fed only while inference makes progress: a
     # request or batch running on a model for longer than this many seconds
-    # (a hung GPU call, a deadlocked runner) stops the pings, so systemd
-    # restarts the daemon. A long queue that keeps moving never does.
+    # (a hung GPU call, a deadlocked runner), or requests waiting this long
+    # while no call starts or finishes, stop the pings, so systemd restarts
+    # the daemon. A long queue that keeps moving never does.
     watchdog_stall_s: float = field(default=60.0, metadata=_positive)
     # GPU index (within CUDA_VISIBLE_DEVICES) for every model without its own
     # `device`: TensorRT, ONNX Runtime's CUDA EP and edgeinfer's CUDA buffers.

@@ -313,3 +313,36 @@ def test_a_model_that_failed_to_load_is_tried_again_on_reload(start_daemon, triv
         result = c.reload()
     assert [(m.name, m.action, m.detail) for m in result.models] == [("m", "failed", "retried: it had failed to load")]
     assert "no backend could load the model" in result.models[0].error
+
+
+def test_requests_waiting_while_nothing_runs_are_a_stall_too(start_daemon, trivial_onnx, tmp_path):
+    """A wedged batcher or worker pool runs nothing at all: requests wait, no runner call starts."""
+    import asyncio
+
+    from edgeinfer.serving.lanes import InferencePipeline
+
+    pipe = InferencePipeline(1)
+    try:
+        assert pipe.stalled(0.05) is None
+        gate = threading.Event()
+        pipe.executor.submit(gate.wait)  # the only worker is taken by something that never returns
+        d = _started(start_daemon, _write(tmp_path / "edgeinfer.toml", [{"name": "m", "onnx": trivial_onnx}]))
+        model = d.daemon.registry.get("m")
+
+        async def one():
+            from edgeinfer.model.families.postprocess import Options
+            from edgeinfer.model.types import Tensors
+
+            task = asyncio.ensure_future(pipe.run(model, Tensors({"x": X}), Options()))
+            await asyncio.sleep(0.15)
+            reason = pipe.stalled(0.1)
+            gate.set()
+            await task
+            return reason, pipe.stalled(0.1)
+
+        reason, after = asyncio.run(one())
+        assert "1 request(s) waiting, the oldest for 0 s, and no runner call started or finished for" in reason
+        assert after is None
+    finally:
+        gate.set()
+        pipe.close(1)

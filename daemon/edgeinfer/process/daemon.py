@@ -251,7 +251,7 @@ class Daemon:
         if not self._siblings_were_ready and self.siblings_ready():
             self._siblings_were_ready = True
             await self._publish_overall()
-        stalled = self.pipeline.progress.stalled(self.config.server.watchdog_stall_s)
+        stalled = self.pipeline.stalled(self.config.server.watchdog_stall_s)
         if stalled != self._stalled:
             if stalled:
                 log.error("inference stalled: %s; not feeding the watchdog", stalled)

@@ -87,6 +87,9 @@ class InferencePipeline:
         self._closed = False
         # Runner calls in flight: the watchdog's measure of progress (serving/progress.py).
         self.progress = InferenceProgress()
+        # Admitted requests not answered yet, by entry time (event loop only): how long the oldest waits.
+        self._admitted: dict[int, float] = {}
+        self._admissions = 0
 
     # -- observability --------------------------------------------------------------
     def queue_depths(self) -> dict[str, int]:
@@ -149,6 +152,12 @@ class InferencePipeline:
                      "< [server] inline_max_us %d)", model.name, model.warm_infer_us, self.inline_max_us)
         self._lanes[model.name] = lane
         return lane
+
+    def stalled(self, bound_s: float) -> Optional[str]:
+        """Why inference is stalled (serving/progress.py), or None; event loop only."""
+        oldest = min(self._admitted.values(), default=None)
+        waiting_s = time.monotonic() - oldest if oldest is not None else 0.0
+        return self.progress.stalled(bound_s, waiting_s, len(self._admitted))
 
     def _retire(self, lane: _Lane) -> None:
         """Stop giving the lane new requests; close it when the last one it has is answered."""
@@ -219,12 +228,16 @@ class InferencePipeline:
                             f"([models.{name}.batching] max_queue); try again later")
         self._in_flight[name] = self._in_flight.get(name, 0) + 1
         lane.active += 1
+        self._admissions += 1
+        token = self._admissions
+        self._admitted[token] = time.monotonic()
         try:
             if lane.batcher is None:
                 pred = await self._direct(model, lane, item, options, submitted, expires)
             else:
                 pred = await self._batched(model, lane, item, options, submitted, expires)
         finally:
+            del self._admitted[token]
             self._in_flight[name] -= 1
             lane.active -= 1
             if lane.retired and not lane.active:
