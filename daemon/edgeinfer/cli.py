@@ -72,7 +72,11 @@ def cmd_serve(args) -> int:
 
 
 def cmd_check_config(args) -> int:
+    from edgeinfer import platform
+    from edgeinfer.config import check_devices
+
     config = _load(args.config)
+    check_devices(config, platform.visible_gpu_count())  # as `serve` will: a GPU index that is not there
     print(f"{args.config}: OK ({len(config.models)} model(s): {', '.join(m.name for m in config.models)})")
     return 0
 

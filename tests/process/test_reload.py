@@ -346,3 +346,16 @@ def test_requests_waiting_while_nothing_runs_are_a_stall_too(start_daemon, trivi
     finally:
         gate.set()
         pipe.close(1)
+
+
+def test_check_config_refuses_a_device_from_the_environment_that_is_not_there(trivial_onnx, tmp_path, monkeypatch,
+                                                                               capsys):
+    from edgeinfer import cli, platform
+
+    path = _write(tmp_path / "edgeinfer.toml", [{"name": "m", "onnx": trivial_onnx}])
+    monkeypatch.setattr(platform, "visible_gpu_count", lambda: 2)
+    monkeypatch.setenv("EDGEINFER_DEVICE", "1")
+    assert cli.main(["check-config", str(path)]) == 0
+    monkeypatch.setenv("EDGEINFER_DEVICE", "2")  # edgeinfer@2 on a host with 2 GPUs
+    assert cli.main(["check-config", str(path)]) == 2
+    assert "environment EDGEINFER_DEVICE = 2: no such GPU, 2 GPU(s) visible" in capsys.readouterr().err
