@@ -9,13 +9,14 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._request import ImageLike, build_request
+from edgeinfer_proto.edgeinfer.v1 import admin_pb2, admin_pb2_grpc
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2 as pb
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
 from .balancing import Address, channel_target
 from .client import DEFAULT_ADDRESS, channel_options
 from .errors import from_rpc_error
-from .types import (InferResult, ModelInfo, StreamError, model_from_proto, result_from_proto,
-                    stream_item_from_proto)
+from .types import (InferResult, ModelInfo, ReloadResult, StreamError, model_from_proto, reload_from_proto,
+                    result_from_proto, stream_item_from_proto)
 
 
 class AsyncClient:
@@ -28,6 +29,7 @@ class AsyncClient:
         self._channel = grpc.aio.insecure_channel(target, options=channel_options() + balancing)
         self._stub = pb_grpc.InferenceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminStub(self._channel)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -67,6 +69,10 @@ class AsyncClient:
 
     async def get_model(self, name: str, timeout: Optional[float] = None) -> ModelInfo:
         return model_from_proto(await self._call(self._stub.GetModel, pb.GetModelRequest(name=name), timeout))
+
+    async def reload(self, timeout: Optional[float] = None) -> ReloadResult:
+        """As `Client.reload`: the daemon re-reads its config file and applies it."""
+        return reload_from_proto(await self._call(self._admin.Reload, admin_pb2.ReloadRequest(), timeout))
 
     async def health(self, service: str = "", timeout: Optional[float] = None) -> str:
         resp = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)

@@ -177,6 +177,27 @@ def cmd_models(client: Client, args) -> int:
     return 0
 
 
+def cmd_reload(client: Client, args) -> int:
+    result = client.reload(timeout=max(args.timeout, 600.0))  # a changed model may build an engine first
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0 if result.accepted else 1
+    if not result.accepted:
+        print(f"reload refused: {result.error}", file=sys.stderr)
+        return 1
+    print(f"reloaded {result.config_path}")
+    for m in result.models:
+        line = f"  {m.name:<16} {m.action:<9}"
+        if m.detail:
+            line += f" {m.detail}"
+        if m.error:
+            line += f": {m.error}"
+        print(line)
+    for key in result.needs_restart:
+        print(f"  needs restart (not applied): {key}")
+    return 1 if any(m.action == "failed" for m in result.models) else 0
+
+
 def cmd_health(client: Client, args) -> int:
     status = client.health(args.service)
     print(status)
@@ -226,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the daemon's models")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("reload", help="make the daemon re-read its config file (like systemctl reload)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_reload)
 
     p = sub.add_parser("health", help="SERVING / NOT_SERVING of the daemon or one model")
     p.add_argument("service", nargs="?", default="", help="model name ('' = the whole daemon)")

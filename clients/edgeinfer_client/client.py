@@ -9,14 +9,16 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._request import ImageLike, build_request
+from edgeinfer_proto.edgeinfer.v1 import admin_pb2, admin_pb2_grpc
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2 as pb
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
 from edgeinfer_proto.edgeinfer.v1 import streams_pb2 as spb
 from edgeinfer_proto.edgeinfer.v1 import streams_pb2_grpc as spb_grpc
 from .balancing import Address, channel_target
 from .errors import ClientError, from_rpc_error
-from .types import (InferResult, ModelInfo, StreamError, StreamFrameResult, StreamInfo, model_from_proto,
-                    result_from_proto, stream_info_from_proto, stream_item_from_proto, stream_result_from_proto)
+from .types import (InferResult, ModelInfo, ReloadResult, StreamError, StreamFrameResult, StreamInfo,
+                    model_from_proto, reload_from_proto, result_from_proto, stream_info_from_proto,
+                    stream_item_from_proto, stream_result_from_proto)
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 MAX_MESSAGE = 64 * 1024 * 1024
@@ -46,6 +48,7 @@ class Client:
         self._stub = pb_grpc.InferenceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._streams = spb_grpc.StreamsStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -137,6 +140,13 @@ class Client:
         resp = self._call(self._streams.GetSnapshot, spb.GetSnapshotRequest(name=name, draw_boxes=draw_boxes),
                           timeout)
         return resp.jpeg
+
+    # -- administration (edgeinfer.v1.Admin) ---------------------------------------------
+    def reload(self, timeout: Optional[float] = None) -> ReloadResult:
+        """Make the daemon re-read its config file (as SIGHUP does); returns once every changed model
+        serves its new version or failed to (the old one then serves on). A refused config is not an
+        error here: `accepted` is False and `error` says why."""
+        return reload_from_proto(self._call(self._admin.Reload, admin_pb2.ReloadRequest(), timeout))
 
     def health(self, service: str = "", timeout: Optional[float] = None) -> str:
         """"SERVING", "NOT_SERVING", ...; service "" is the whole daemon, a model name one model."""

@@ -1,10 +1,11 @@
 """Plain dataclasses the client returns: no protobuf leaks out of the library."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from edgeinfer_proto.tensors import from_tensor
+from edgeinfer_proto.edgeinfer.v1 import admin_pb2
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2 as pb
 
 
@@ -221,3 +222,36 @@ def stream_info_from_proto(s) -> StreamInfo:
 def stream_result_from_proto(r) -> StreamFrameResult:
     return StreamFrameResult(stream=r.stream, frame=r.frame, timestamp=r.timestamp,
                              result=result_from_proto(r.response), latency_s=r.latency_s, dropped=r.dropped)
+
+
+# -- admin (edgeinfer.v1.Admin) ----------------------------------------------------------
+
+@dataclass
+class ModelChange:
+    """One model's part of a reload: action is "added", "removed", "updated", "unchanged" or "failed"."""
+    name: str
+    action: str
+    detail: str = ""
+    error: str = ""
+
+
+@dataclass
+class ReloadResult:
+    """What Admin.Reload did. accepted False: the config was refused (error says why), nothing changed."""
+    accepted: bool
+    error: str = ""
+    config_path: str = ""
+    models: list[ModelChange] = field(default_factory=list)
+    needs_restart: list[str] = field(default_factory=list)
+    processes: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def reload_from_proto(r: "admin_pb2.ReloadResponse") -> ReloadResult:
+    action = admin_pb2.ModelChange.Action.Name
+    return ReloadResult(accepted=r.accepted, error=r.error, config_path=r.config_path,
+                        models=[ModelChange(m.name, action(m.action).removeprefix("ACTION_").lower(), m.detail, m.error)
+                                for m in r.models],
+                        needs_restart=list(r.needs_restart), processes=r.processes)

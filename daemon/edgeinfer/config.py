@@ -101,6 +101,22 @@ class ServerConfig:
     # is done: the core is free for decoding and gRPC meanwhile, at the cost
     # of a thread wake-up per wait).
     cuda_sync: Literal["auto", "spin", "yield", "block"] = "auto"
+    # When the daemon tells systemd READY=1 (Type=notify): "listening" = the
+    # port is bound (models still loading answer UNAVAILABLE); "all-models" =
+    # every model is ready (a model that fails never lets the unit start:
+    # systemd's start timeout fails it); "any-model" = one model is ready.
+    ready: Literal["listening", "all-models", "any-model"] = "listening"
+    # The systemd watchdog is fed only while inference makes progress: a
+    # request or batch running on a model for longer than this many seconds
+    # (a hung GPU call, a deadlocked runner), or requests waiting this long
+    # while no call starts or finishes, stop the pings, so systemd restarts
+    # the daemon. A long queue that keeps moving never does.
+    watchdog_stall_s: float = field(default=60.0, metadata=_positive)
+    # GPU index (within CUDA_VISIBLE_DEVICES) for every model without its own
+    # `device`: TensorRT, ONNX Runtime's CUDA EP and edgeinfer's CUDA buffers.
+    # The environment variable EDGEINFER_DEVICE overrides it (the systemd
+    # template edgeinfer@N sets it).
+    device: int = field(default=0, metadata=_non_negative)
 
     @property
     def supervised(self) -> bool:
@@ -295,6 +311,8 @@ class ModelConfig:
     onnxruntime: OnnxRuntimeConfig = field(default_factory=OnnxRuntimeConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    # GPU index this model runs on; unset = [server] device.
+    device: Optional[int] = field(default=None, metadata=_non_negative)
 
     @property
     def backend_order(self) -> list[str]:
@@ -557,6 +575,7 @@ def parse_config(data: dict, source: str = "<memory>", base_dir: Optional[Path] 
     if cfg.server.inference == "shared" and cfg.server.listen.startswith("unix:"):
         raise ctx.fail("server", "inference", f"\"shared\" runs front-end processes on a TCP port; listen = "
                        f"{cfg.server.listen!r} is a unix socket: use host:port or inference = \"per-process\"")
+    _apply_device_env(ctx, cfg)
     seen = set()
     for i, raw in enumerate(models_raw):
         if not isinstance(raw, dict):
@@ -567,6 +586,8 @@ def parse_config(data: dict, source: str = "<memory>", base_dir: Optional[Path] 
         if model.name in seen:
             raise ctx.fail(f"models.{model.name}", "name", "a model of this name is already configured")
         seen.add(model.name)
+        if model.device is None:
+            model.device = cfg.server.device
         if check_files:
             if not Path(model.onnx).is_file():
                 raise ctx.fail(f"models.{model.name}", "onnx", f"file not found: {model.onnx}")
@@ -617,6 +638,41 @@ def _add_streams(ctx: _Ctx, cfg: Config, streams_raw, base: Path) -> None:
             # why), so a file that appears later is picked up by the reconnect loop.
             s.source = str((base / os.path.expanduser(s.source)).resolve())
         cfg.streams.append(s)
+
+
+DEVICE_ENV = "EDGEINFER_DEVICE"
+
+
+def _apply_device_env(ctx: _Ctx, cfg: Config) -> None:
+    """EDGEINFER_DEVICE overrides [server] device (one daemon per GPU from one config file)."""
+    value = os.environ.get(DEVICE_ENV, "").strip()
+    if not value:
+        return
+    if not value.isdigit():
+        raise ConfigError(f"{ctx.source}: environment {DEVICE_ENV}={value!r}: expected a GPU index "
+                          f"(an integer >= 0) overriding [server] device")
+    cfg.server.device = int(value)
+
+
+def check_devices(cfg: Config, visible_gpus: int) -> None:
+    """Refuse a GPU index that does not exist; `visible_gpus`: GPUs this process sees (0 = none, CPU only:
+    nothing to check, the models run on the CPU).
+
+    Raises:
+        ConfigError: naming the key ([server] device, EDGEINFER_DEVICE or [models.X] device).
+    """
+    if visible_gpus <= 0:
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = f"{visible_gpus} GPU(s) visible" + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
+    if cfg.server.device >= visible_gpus:
+        key = f"environment {DEVICE_ENV}" if os.environ.get(DEVICE_ENV, "").strip() else "[server] device"
+        raise ConfigError(f"{cfg.source}: {key} = {cfg.server.device}: no such GPU, {seen}; "
+                          f"indexes count from 0 within the visible set")
+    for m in cfg.models:
+        if m.device is not None and m.device >= visible_gpus:
+            raise ConfigError(f"{cfg.source}: [models.{m.name}] device = {m.device}: no such GPU, {seen}; "
+                              f"indexes count from 0 within the visible set")
 
 
 def load_config(path: Union[str, Path], check_files: bool = True) -> Config:

@@ -17,6 +17,7 @@ import numpy as np
 from edgeinfer.runtime.base import Runner, TensorSpec
 from edgeinfer.config import ModelConfig, ServerConfig
 from edgeinfer.errors import BackendLoadError, InvalidInput, ModelNotReady
+from edgeinfer.cache.files import file_sha256
 from edgeinfer.model.loading import Attempt, ModelLoader
 from edgeinfer.model.families.labels import load_labels
 from edgeinfer.model.families.postprocess import Options, Result, postprocessor_for
@@ -65,6 +66,11 @@ class ServedModel:
         self._stop_loading = threading.Event()
         # Taken down on request (take_down), not failed: RepositoryIndex says UNAVAILABLE, "unloaded".
         self.unloaded = False
+        # Set when a reload put another ServedModel of this name in the registry: this one only
+        # answers the requests it already has (rpc/fastpath.py forgets it at once).
+        self.retired = False
+        # sha256 of the ONNX file as it was when loading began: a reload compares it.
+        self.onnx_digest: Optional[str] = None
 
     @property
     def name(self) -> str:
@@ -90,6 +96,8 @@ class ServedModel:
         start = time.perf_counter()
         self._set_state(ModelState.LOADING, "loading")
         try:
+            if self.onnx_digest is None:
+                self.onnx_digest = file_sha256(self.cfg.onnx)
             runner = self._remote_runner() if self.remote is not None else self._local_runner()
             self.progress(f"warming up ({self.cfg.warmup_runs} runs)")
             self._warm_up(runner)

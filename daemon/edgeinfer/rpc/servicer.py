@@ -36,6 +36,19 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         # model name -> the short path of a model whose tensor requests run inline (rpc/fastpath.py);
         # set by route() when the model's runner is ready, forgotten when it stops or is replaced.
         self._inline: dict[str, InlineTensorPath] = {}
+        # Open InferStreams' readers (the task, and whether it is waiting for the client's next frame);
+        # drain_streams() stops them reading.
+        self._readers: dict[asyncio.Task, list[bool]] = {}
+        self._draining = False
+
+    def drain_streams(self) -> int:
+        """Shutdown: every open InferStream stops reading frames, answers those it has read, and
+        ends with UNAVAILABLE (the client reconnects). Returns how many were open."""
+        self._draining = True
+        for task, waiting in list(self._readers.items()):
+            if waiting[0]:  # waiting for a frame that would come after the signal: stop waiting
+                task.cancel()
+        return len(self._readers)
 
     def _answer_inline(self, request: pb.InferRequest) -> Optional[pb.InferResponse]:
         """The short path's answer, or None: the request takes the general path."""
@@ -140,10 +153,29 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 return pb.StreamResponse(request_id=request.request_id, sequence=seq, response=resp)
             return asyncio.ensure_future(one(seq, request))
 
+        # [waiting for the client's next frame (only then may a drain cancel the reader),
+        #  the reader stopped because of a drain (the stream then ends UNAVAILABLE)]
+        waiting = [False, False]
+
         async def reader() -> None:
             seq = 0
+            frames = request_iterator.__aiter__()
             try:
-                async for request in request_iterator:
+                while True:
+                    if self._draining:
+                        waiting[1] = True
+                        break
+                    waiting[0] = True
+                    try:
+                        request = await frames.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    except asyncio.CancelledError:
+                        if self._draining:
+                            waiting[1] = True
+                        raise
+                    finally:
+                        waiting[0] = False
                     # put() blocks while the window is full: back-pressure to the client.
                     await pending.put(start(seq, request))
                     seq += 1
@@ -151,14 +183,24 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 await pending.put(None)
 
         reader_task = asyncio.ensure_future(reader())
+        self._readers[reader_task] = waiting
         try:
             while True:
                 item = await pending.get()
                 if item is None:
                     break
                 yield item if isinstance(item, pb.StreamResponse) else await item
+            if waiting[1]:
+                # Every frame read was answered; frames the client sent after these were not read.
+                if not reader_task.done():
+                    await asyncio.wait([reader_task])
+                context.set_code(grpc.StatusCode.UNAVAILABLE)
+                context.set_details("the daemon is shutting down: every frame it read was answered; "
+                                    "send the rest again after reconnecting")
+                return
             await reader_task  # surfaces a broken client stream
         finally:
+            self._readers.pop(reader_task, None)
             if not reader_task.done():
                 reader_task.cancel()
             while not pending.empty():

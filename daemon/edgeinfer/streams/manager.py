@@ -299,3 +299,33 @@ class StreamManager:
             return
         self._started = False
         await asyncio.gather(*(s.stop() for s in self), return_exceptions=True)
+
+    async def reconfigure(self, configs: list[StreamConfig], registry: ModelRegistry, pipeline: InferencePipeline,
+                          metrics=None) -> dict[str, str]:
+        """Apply a reloaded config's [[streams]] (event loop): a removed or changed stream stops (its
+        watchers end), a new or changed one starts; an unchanged one runs on untouched, its watchers
+        with it. Returns stream name -> "added", "removed", "updated" or "unchanged"."""
+        new = {c.name: c for c in configs}
+        outcome: dict[str, str] = {}
+        stopping = []
+        for name, stream in list(self._streams.items()):
+            if name not in new:
+                outcome[name] = "removed"
+            elif new[name] != stream.cfg:
+                outcome[name] = "updated"
+            else:
+                outcome[name] = "unchanged"
+                continue
+            del self._streams[name]
+            stopping.append(stream.stop())
+        await asyncio.gather(*stopping, return_exceptions=True)
+        for name, cfg in new.items():
+            if name in self._streams:
+                continue
+            outcome.setdefault(name, "added")
+            stream = Stream(cfg, registry, pipeline, metrics)
+            self._streams[name] = stream
+            if self._started:
+                log.info("stream %s: %s -> model %s at %s fps", name, redact(cfg.source), cfg.model, cfg.fps or "source")
+                stream.start()
+        return outcome
