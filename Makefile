@@ -47,7 +47,12 @@ demo: $(STAMP) $(ASSETS)
 	$(VENV)/bin/edgeinfer serve --config $(CONFIG)
 
 test: $(STAMP) $(ASSETS)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The import contracts in pyproject.toml: the daemon's one-way layers (docs/architecture.md).
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
 
 # The whole suite, daemon included, in a second venv pinned to the floors that
 # pyproject.toml declares (tests/floor-constraints.txt: grpcio 1.62.3,
@@ -76,3 +81,16 @@ test-gpu:
 
 clean:
 	rm -rf $(VENV) $(FLOOR_VENV) assets .cache build *.egg-info
+
+# Install as a systemd service (as root): a venv in /opt/edgeinfer/venv with
+# this checkout, the units, the edgeinfer user and its directories, an example
+# config. INSTALL_ARGS="--dry-run" prints the steps; see scripts/install.sh.
+INSTALL_ARGS ?=
+.PHONY: install systemd-check
+install:
+	sh scripts/install.sh $(INSTALL_ARGS)
+
+# The units as systemd reads them: systemd-analyze verify without complaints,
+# security exposure at most 2.5 each, sysusers creating every group they name.
+systemd-check:
+	bash systemd/check.sh

@@ -50,6 +50,7 @@ def served(centerface_onnx, classifier_onnx, tmp_path_factory):
         proc.kill()
 
 
+@pytest.mark.slow
 def test_infer_json_is_exactly_one_object(served, media):
     address, _, _ = served
     res = _client(address, "infer", "--model", "imagenet", str(media / "coffee.png"), "--json")
@@ -74,6 +75,7 @@ def test_infer_faces_json(served, media):
     assert len(obj["detections"][0]["box"]) == 4 and len(obj["detections"][0]["landmarks"]) == 5
 
 
+@pytest.mark.slow
 def test_stream_json_one_line_per_frame(served, media):
     address, _, _ = served
     res = _client(address, "stream", "--model", "faces", str(media / "carphone_pristine.mp4"), "--json")
@@ -116,6 +118,7 @@ def test_sigterm_stops_cleanly(served):
     assert "shutting down" in text and "stopped" in text
 
 
+@pytest.mark.slow
 def test_serve_with_two_processes_answers_and_stops_cleanly_on_sigterm(centerface_onnx, classifier_onnx, tmp_path):
     """`[server] processes = 2` through `edgeinfer serve`: one supervisor, two daemons, one port; SIGTERM
     from the operator (systemd stop) ends all three with status 0."""

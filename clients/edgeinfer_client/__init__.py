@@ -11,8 +11,9 @@ from .aio import AsyncClient
 from .client import DEFAULT_ADDRESS, Client
 from ._request import build_request
 from .errors import ClientError
-from .types import (Accuracy, Attempt, ClassScore, Detection, InferResult, ModelInfo, StreamError,
-                    TensorInfo)
+from .types import (Accuracy, Attempt, ClassScore, Detection, InferResult, ModelChange, ModelInfo, ReloadResult,
+                    StreamError, StreamFrameResult, StreamInfo, TensorInfo)
 
 __all__ = ["Accuracy", "AsyncClient", "Attempt", "ClassScore", "Client", "ClientError", "DEFAULT_ADDRESS",
-           "Detection", "InferResult", "ModelInfo", "StreamError", "TensorInfo", "TlsOptions", "build_request"]
+           "Detection", "InferResult", "ModelChange", "ModelInfo", "ReloadResult", "StreamError",
+           "StreamFrameResult", "StreamInfo", "TensorInfo", "TlsOptions", "build_request"]

@@ -62,13 +62,17 @@ def tls_options(tls: TlsLike) -> Optional[TlsOptions]:
     raise ClientError("INVALID_ARGUMENT", f"tls: expected True, a dict or TlsOptions, got {type(tls).__name__}")
 
 
-def make_channel(address: str, tls: TlsLike, aio: bool = False):
-    """A grpc (or grpc.aio) channel to `address` with the TLS settings `tls`."""
+def make_channel(address, tls: TlsLike, aio: bool = False):
+    """A grpc (or grpc.aio) channel to `address` (one daemon or several: balancing.py) with the TLS
+    settings `tls`."""
+    from .balancing import channel_target
+
     opts = tls_options(tls)
-    options = channel_options()
+    target, balancing = channel_target(address)
+    options = channel_options() + balancing
     mod = grpc.aio if aio else grpc
     if opts is None:
-        return mod.insecure_channel(address, options=options)
+        return mod.insecure_channel(target, options=options)
     if (opts.cert is None) != (opts.key is None):
         raise ClientError("INVALID_ARGUMENT", "tls: a client certificate needs its key, and the key its certificate")
     creds = grpc.ssl_channel_credentials(root_certificates=_pem(opts.ca, "CA"),
@@ -76,7 +80,7 @@ def make_channel(address: str, tls: TlsLike, aio: bool = False):
                                          certificate_chain=_pem(opts.cert, "certificate"))
     if opts.server_name:
         options.append(("grpc.ssl_target_name_override", opts.server_name))
-    return mod.secure_channel(address, creds, options=options)
+    return mod.secure_channel(target, creds, options=options)
 
 
 def token_metadata(token: Optional[str]) -> Optional[tuple[tuple[str, str], ...]]:

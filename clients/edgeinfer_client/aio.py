@@ -10,19 +10,21 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._channel import TlsLike, make_channel, token_metadata
 from ._request import ImageLike, build_request
+from edgeinfer_proto.edgeinfer.v1 import admin_pb2, admin_pb2_grpc
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2 as pb
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
+from .balancing import Address
 from .client import DEFAULT_ADDRESS, _Progress, not_found_health
 from .errors import ClientError, from_rpc_error
-from .types import (InferResult, ModelInfo, StreamError, model_from_proto, result_from_proto,
-                    stream_item_from_proto)
+from .types import (InferResult, ModelInfo, ReloadResult, StreamError, model_from_proto, reload_from_proto,
+                    result_from_proto, stream_item_from_proto)
 
 
 class AsyncClient:
     """asyncio twin of `Client` (same arguments, tls and token included).
     Use `async with AsyncClient(addr) as c: await c.infer(...)`."""
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: Optional[float] = None, *,
+    def __init__(self, address: Address = DEFAULT_ADDRESS, timeout: Optional[float] = None, *,
                  tls: TlsLike = None, token: Optional[str] = None):
         self.address = address
         self.timeout = timeout
@@ -30,6 +32,7 @@ class AsyncClient:
         self._channel = make_channel(address, tls, aio=True)
         self._stub = pb_grpc.InferenceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminStub(self._channel)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -94,6 +97,10 @@ class AsyncClient:
 
     async def get_model(self, name: str, timeout: Optional[float] = None) -> ModelInfo:
         return model_from_proto(await self._call(self._stub.GetModel, pb.GetModelRequest(name=name), timeout))
+
+    async def reload(self, timeout: Optional[float] = None) -> ReloadResult:
+        """As `Client.reload`: the daemon re-reads its config file and applies it."""
+        return reload_from_proto(await self._call(self._admin.Reload, admin_pb2.ReloadRequest(), timeout))
 
     async def health(self, service: str = "", timeout: Optional[float] = None) -> str:
         try:

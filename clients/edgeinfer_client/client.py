@@ -11,11 +11,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._channel import MAX_MESSAGE, TlsLike, channel_options, make_channel, token_metadata
 from ._request import ImageLike, build_request
+from edgeinfer_proto.edgeinfer.v1 import admin_pb2, admin_pb2_grpc
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2 as pb
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
+from edgeinfer_proto.edgeinfer.v1 import streams_pb2 as spb
+from edgeinfer_proto.edgeinfer.v1 import streams_pb2_grpc as spb_grpc
+from .balancing import Address
 from .errors import ClientError, from_rpc_error
-from .types import (InferResult, ModelInfo, StreamError, model_from_proto, result_from_proto,
-                    stream_item_from_proto)
+from .types import (InferResult, ModelInfo, ReloadResult, StreamError, StreamFrameResult, StreamInfo,
+                    model_from_proto, reload_from_proto, result_from_proto, stream_info_from_proto,
+                    stream_item_from_proto, stream_result_from_proto)
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 __all__ = ["Client", "DEFAULT_ADDRESS", "MAX_MESSAGE", "channel_options"]
@@ -31,7 +36,9 @@ class Client:
     """Talks to one edgeinfer daemon.
 
     Args:
-        address: "host:port" or "unix:/path".
+        address: "host:port" or "unix:/path"; or several daemons, spread round robin with
+            UNAVAILABLE retried on the next one: a list of "host:port", or "dns:///name:port"
+            (balancing.py).
         timeout: default deadline in seconds for each call (None = no deadline); for stream(),
             the longest wait for each frame's result (a stream itself may run for hours).
         tls: None/False for plain text; True for TLS checked against the system's trust roots;
@@ -41,7 +48,7 @@ class Client:
     Every method raises ClientError on failure; `.code` holds the gRPC status name.
     """
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: Optional[float] = None, *,
+    def __init__(self, address: Address = DEFAULT_ADDRESS, timeout: Optional[float] = None, *,
                  tls: TlsLike = None, token: Optional[str] = None):
         self.address = address
         self.timeout = timeout
@@ -49,6 +56,8 @@ class Client:
         self._channel = make_channel(address, tls)
         self._stub = pb_grpc.InferenceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._streams = spb_grpc.StreamsStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -121,6 +130,51 @@ class Client:
 
     def get_model(self, name: str, timeout: Optional[float] = None) -> ModelInfo:
         return model_from_proto(self._call(self._stub.GetModel, pb.GetModelRequest(name=name), timeout))
+
+    # -- streams the daemon pulls itself ([[streams]]) -----------------------------------
+    def streams(self, timeout: Optional[float] = None) -> list[StreamInfo]:
+        """The daemon's streams: state, fps in/out, frame counts, reconnects, last error."""
+        resp = self._call(self._streams.ListStreams, spb.ListStreamsRequest(), timeout)
+        return [stream_info_from_proto(s) for s in resp.streams]
+
+    def watch(self, name: str, *, count: Optional[int] = None, queue_size: int = 0,
+              timeout: Optional[float] = None) -> Iterator[StreamFrameResult]:
+        """Results of a stream's processed frames as they come, in frame order.
+
+        Args:
+            name: the stream's name.
+            count: stop after this many results (None: until the daemon stops or `timeout`).
+            queue_size: results this watcher may fall behind before the daemon drops its oldest
+                (0 = the daemon's default); `StreamFrameResult.dropped` counts them.
+            timeout: deadline in seconds for the whole watch; None = no deadline (not the client's
+                default: a watch is endless).
+        """
+        call = self._streams.WatchStream(spb.WatchStreamRequest(name=name, queue_size=queue_size), timeout=timeout,
+                                         metadata=self._metadata)
+        seen = 0
+        try:
+            for item in call:
+                yield stream_result_from_proto(item)
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()
+
+    def snapshot(self, name: str, draw_boxes: bool = False, timeout: Optional[float] = None) -> bytes:
+        """The stream's latest frame as JPEG bytes (with the last result's boxes drawn when asked)."""
+        resp = self._call(self._streams.GetSnapshot, spb.GetSnapshotRequest(name=name, draw_boxes=draw_boxes),
+                          timeout)
+        return resp.jpeg
+
+    # -- administration (edgeinfer.v1.Admin) ---------------------------------------------
+    def reload(self, timeout: Optional[float] = None) -> ReloadResult:
+        """Make the daemon re-read its config file (as SIGHUP does); returns once every changed model
+        serves its new version or failed to (the old one then serves on). A refused config is not an
+        error here: `accepted` is False and `error` says why."""
+        return reload_from_proto(self._call(self._admin.Reload, admin_pb2.ReloadRequest(), timeout))
 
     def health(self, service: str = "", timeout: Optional[float] = None) -> str:
         """"SERVING", "NOT_SERVING", ...; service "" is the whole daemon, a model name one model."""

@@ -1,10 +1,11 @@
 """Plain dataclasses the client returns: no protobuf leaks out of the library."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from edgeinfer_proto.tensors import from_tensor
+from edgeinfer_proto.edgeinfer.v1 import admin_pb2
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2 as pb
 
 
@@ -157,3 +158,109 @@ def model_from_proto(m: pb.ModelInfo) -> ModelInfo:
         accuracy=[Accuracy(a.precision, dict(a.metrics), a.gate_metric, a.threshold, a.passed, a.samples)
                   for a in m.accuracy],
     )
+
+
+# -- streams (edgeinfer.v1.Streams) ----------------------------------------------------
+
+@dataclass
+class StreamInfo:
+    """One stream the daemon pulls itself ([[streams]] in its config)."""
+
+    name: str
+    model: str
+    source: str
+    state: str            # connecting, live, stalled, reconnecting, stopped
+    state_reason: str
+    fps_in: float
+    fps_out: float
+    frames_in: int
+    frames_processed: int
+    frames_dropped: int   # replaced by a newer frame before inference took them
+    frames_skipped: int   # left out by sampling to the stream's fps
+    frames_failed: int
+    reconnects: int
+    last_error: str
+    decode: str
+    width: int
+    height: int
+    subscribers: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class StreamFrameResult:
+    """The result of one processed frame of a stream."""
+
+    stream: str
+    frame: int            # the frame's index among those the stream captured
+    timestamp: float      # capture time, Unix seconds
+    result: InferResult   # classes and detections in the frame's pixels
+    latency_s: float      # capture to result, measured in the daemon
+    dropped: int          # results this watcher has lost so far to its full queue
+
+    @property
+    def detections(self) -> list[Detection]:
+        return self.result.detections
+
+    @property
+    def classes(self) -> list[ClassScore]:
+        return self.result.classes
+
+    def to_dict(self) -> dict:
+        """The JSON shape `edgeinfer-client watch --json` prints (one object per line)."""
+        r = self.result.to_dict()
+        return {"stream": self.stream, "frame": self.frame, "timestamp": self.timestamp,
+                "image_size": list(self.result.image_size), "detections": r["detections"],
+                "classes": r["classes"], "latency_ms": round(self.latency_s * 1000, 2), "dropped": self.dropped}
+
+
+def stream_info_from_proto(s) -> StreamInfo:
+    from edgeinfer_proto.edgeinfer.v1 import streams_pb2 as spb
+
+    state = spb.StreamState.Name(s.state).removeprefix("STREAM_STATE_").lower()
+    return StreamInfo(name=s.name, model=s.model, source=s.source, state=state, state_reason=s.state_reason,
+                      fps_in=s.fps_in, fps_out=s.fps_out, frames_in=s.frames_in,
+                      frames_processed=s.frames_processed, frames_dropped=s.frames_dropped,
+                      frames_skipped=s.frames_skipped, frames_failed=s.frames_failed, reconnects=s.reconnects,
+                      last_error=s.last_error, decode=s.decode, width=s.width, height=s.height,
+                      subscribers=s.subscribers)
+
+
+def stream_result_from_proto(r) -> StreamFrameResult:
+    return StreamFrameResult(stream=r.stream, frame=r.frame, timestamp=r.timestamp,
+                             result=result_from_proto(r.response), latency_s=r.latency_s, dropped=r.dropped)
+
+
+# -- admin (edgeinfer.v1.Admin) ----------------------------------------------------------
+
+@dataclass
+class ModelChange:
+    """One model's part of a reload: action is "added", "removed", "updated", "unchanged" or "failed"."""
+    name: str
+    action: str
+    detail: str = ""
+    error: str = ""
+
+
+@dataclass
+class ReloadResult:
+    """What Admin.Reload did. accepted False: the config was refused (error says why), nothing changed."""
+    accepted: bool
+    error: str = ""
+    config_path: str = ""
+    models: list[ModelChange] = field(default_factory=list)
+    needs_restart: list[str] = field(default_factory=list)
+    processes: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def reload_from_proto(r: "admin_pb2.ReloadResponse") -> ReloadResult:
+    action = admin_pb2.ModelChange.Action.Name
+    return ReloadResult(accepted=r.accepted, error=r.error, config_path=r.config_path,
+                        models=[ModelChange(m.name, action(m.action).removeprefix("ACTION_").lower(), m.detail, m.error)
+                                for m in r.models],
+                        needs_restart=list(r.needs_restart), processes=r.processes)

@@ -20,8 +20,9 @@ log = logging.getLogger("edgeinfer")
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    from edgeinfer.observe.journal import stderr_handler
+
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[stderr_handler()])
 
 
 def _load(path: str) -> Config:
@@ -34,14 +35,17 @@ def cmd_serve(args) -> int:
     from edgeinfer.process import systemd
     from edgeinfer.process.daemon import Daemon
 
-    config = _load(args.config)
-    if args.listen:
-        config.server.listen = args.listen
+    def overrides(config: Config) -> Config:
+        if args.listen:
+            config.server.listen = args.listen
+        return config
+
+    config = overrides(_load(args.config))
     tick = systemd.watchdog_interval_s() or 1.0
     if config.server.supervised:
         from edgeinfer.process.supervisor import Supervisor
 
-        supervisor = Supervisor(config, tick_s=min(tick, 1.0))
+        supervisor = Supervisor(config, tick_s=min(tick, 1.0), config_path=args.config)
         try:
             supervisor.start()
         except OSError as exc:
@@ -50,7 +54,7 @@ def cmd_serve(args) -> int:
         return supervisor.run()
 
     async def main() -> None:
-        daemon = Daemon(config, tick_s=min(tick, 1.0))
+        daemon = Daemon(config, tick_s=min(tick, 1.0), config_path=args.config, config_overrides=overrides)
         await daemon.run()
 
     from edgeinfer.process.eventloop import run
@@ -60,6 +64,9 @@ def cmd_serve(args) -> int:
     except ValueError as exc:  # uvloop asked for but not installed
         log.error("%s", exc)
         return 2
+    except ConfigError as exc:  # e.g. a device index this machine does not have
+        log.error("%s", exc)
+        return 2
     except OSError as exc:
         log.error("%s", exc)
         return 1
@@ -67,8 +74,13 @@ def cmd_serve(args) -> int:
 
 
 def cmd_check_config(args) -> int:
+    from edgeinfer import platform
+    from edgeinfer.config import check_devices
+
     config = _load(args.config)
-    print(f"{args.config}: OK ({len(config.models)} model(s): {', '.join(m.name for m in config.models)})")
+    check_devices(config, platform.visible_gpu_count())  # as `serve` will: a GPU index that is not there
+    streams = f"; {len(config.streams)} stream(s): {', '.join(s.name for s in config.streams)}" if config.streams else ""
+    print(f"{args.config}: OK ({len(config.models)} model(s): {', '.join(m.name for m in config.models)}{streams})")
     return 0
 
 

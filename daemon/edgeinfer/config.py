@@ -101,6 +101,22 @@ class ServerConfig:
     # is done: the core is free for decoding and gRPC meanwhile, at the cost
     # of a thread wake-up per wait).
     cuda_sync: Literal["auto", "spin", "yield", "block"] = "auto"
+    # When the daemon tells systemd READY=1 (Type=notify): "listening" = the
+    # port is bound (models still loading answer UNAVAILABLE); "all-models" =
+    # every model is ready (a model that fails never lets the unit start:
+    # systemd's start timeout fails it); "any-model" = one model is ready.
+    ready: Literal["listening", "all-models", "any-model"] = "listening"
+    # The systemd watchdog is fed only while inference makes progress: a
+    # request or batch running on a model for longer than this many seconds
+    # (a hung GPU call, a deadlocked runner), or requests waiting this long
+    # while no call starts or finishes, stop the pings, so systemd restarts
+    # the daemon. A long queue that keeps moving never does.
+    watchdog_stall_s: float = field(default=60.0, metadata=_positive)
+    # GPU index (within CUDA_VISIBLE_DEVICES) for every model without its own
+    # `device`: TensorRT, ONNX Runtime's CUDA EP and edgeinfer's CUDA buffers.
+    # The environment variable EDGEINFER_DEVICE overrides it (the systemd
+    # template edgeinfer@N sets it).
+    device: int = field(default=0, metadata=_non_negative)
 
     @property
     def supervised(self) -> bool:
@@ -295,6 +311,8 @@ class ModelConfig:
     onnxruntime: OnnxRuntimeConfig = field(default_factory=OnnxRuntimeConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    # GPU index this model runs on; unset = [server] device.
+    device: Optional[int] = field(default=None, metadata=_non_negative)
 
     @property
     def backend_order(self) -> list[str]:
@@ -372,6 +390,37 @@ class LimitsConfig:
 
 
 @dataclass
+class StreamConfig:
+    """One video source the daemon pulls itself ([[streams]]; edgeinfer/streams)."""
+    name: str
+    # A video file (relative to the config file), an rtsp://, rtsp(s)://, http(s):// URL,
+    # a V4L2 device (/dev/videoN), or a GStreamer pipeline (contains "!") where OpenCV has GStreamer.
+    source: str
+    # The configured model that every sampled frame goes to.
+    model: str
+    # Frames per second sent to the model; the newest frame is taken at this rate. 0 = every
+    # frame the source delivers (as the model keeps up).
+    fps: float = field(default=5.0, metadata=_non_negative)
+    # Files: start again at the end (true), or end the stream (false: state "stopped").
+    loop: bool = True
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    # No frame for this long: the source is stalled and is reopened. Also the limit for
+    # opening the source and for one read.
+    stall_timeout_s: float = field(default=5.0, metadata=_positive)
+    # Reconnect backoff: 0.5 s doubling, with jitter, up to this.
+    reconnect_max_s: float = field(default=30.0, metadata=_positive)
+    # Reconnect attempts in a row before the stream stops; 0 = forever.
+    max_reconnects: int = field(default=0, metadata=_non_negative)
+    # "cpu": FFmpeg through OpenCV. "gpu": NVDEC through PyNvVideoCodec (falls back to "cpu"
+    # with the reason in the stream's state where it cannot run). "auto": gpu where it can.
+    decode: Literal["cpu", "gpu", "auto"] = "cpu"
+    # V4L2 devices: capture size, and the pixel format as a FOURCC ("MJPG", "YUYV"); 0/"" = the driver's.
+    width: int = field(default=0, metadata=_non_negative)
+    height: int = field(default=0, metadata=_non_negative)
+    fourcc: str = field(default="", metadata=_check(lambda v: len(v) in (0, 4), "a 4-character code such as \"MJPG\""))
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -380,6 +429,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     models: list[ModelConfig] = field(default_factory=list)
+    streams: list[StreamConfig] = field(default_factory=list)
     # File the config came from (for messages) and its folder (for relative paths).
     source: str = "<memory>"
 
@@ -478,7 +528,8 @@ def _convert(ctx: _Ctx, table: str, key: str, tp, value):
 
 def _build(ctx: _Ctx, table: str, cls, data: dict):
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    # Config.source records the file a config came from; it is no key ([[streams]] source is).
+    fields = {f.name: f for f in dataclasses.fields(cls) if not (cls is Config and f.name == "source")}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ctx.fail(table, unknown[0],
@@ -604,6 +655,7 @@ def parse_config(data: dict, source: str = "<memory>", base_dir: Optional[Path] 
     base = Path(base_dir) if base_dir else Path.cwd()
     data = dict(data)
     models_raw = data.pop("models", [])
+    streams_raw = data.pop("streams", [])
     if isinstance(models_raw, dict):
         raise ctx.fail("", "models", "expected [[models]] entries (an array of tables), got a single table")
     if not isinstance(models_raw, list):
@@ -623,6 +675,7 @@ def parse_config(data: dict, source: str = "<memory>", base_dir: Optional[Path] 
         raise ctx.fail("server", "inference", f"\"shared\" runs front-end processes on a TCP port; listen = "
                        f"{cfg.server.listen!r} is a unix socket: use host:port or inference = \"per-process\"")
     _validate_security(ctx, cfg, base, check_files)
+    _apply_device_env(ctx, cfg)
     seen = set()
     for i, raw in enumerate(models_raw):
         if not isinstance(raw, dict):
@@ -633,6 +686,8 @@ def parse_config(data: dict, source: str = "<memory>", base_dir: Optional[Path] 
         if model.name in seen:
             raise ctx.fail(f"models.{model.name}", "name", "a model of this name is already configured")
         seen.add(model.name)
+        if model.device is None:
+            model.device = cfg.server.device
         if check_files:
             if not Path(model.onnx).is_file():
                 raise ctx.fail(f"models.{model.name}", "onnx", f"file not found: {model.onnx}")
@@ -644,8 +699,80 @@ def parse_config(data: dict, source: str = "<memory>", base_dir: Optional[Path] 
                 if val and not Path(val).exists():
                     raise ctx.fail(f"models.{model.name}.calibration", key, f"not found: {val}")
         cfg.models.append(model)
+    _add_streams(ctx, cfg, streams_raw, base)
     cfg.cache.dir = os.path.expanduser(cfg.cache.dir)
     return cfg
+
+
+def _is_url(source: str) -> bool:
+    return "://" in source
+
+
+def _add_streams(ctx: _Ctx, cfg: Config, streams_raw, base: Path) -> None:
+    if isinstance(streams_raw, dict):
+        raise ctx.fail("", "streams", "expected [[streams]] entries (an array of tables), got a single table")
+    if not isinstance(streams_raw, list):
+        raise ctx.fail("", "streams", f"expected [[streams]] entries, got {streams_raw!r}")
+    models = {m.name for m in cfg.models}
+    for i, raw in enumerate(streams_raw):
+        if not isinstance(raw, dict):
+            raise ctx.fail("streams", f"[{i}]", "expected a table")
+        label = raw.get("name") if isinstance(raw.get("name"), str) else f"#{i + 1}"
+        table = f"streams.{label}"
+        s = _build(ctx, table, StreamConfig, raw)
+        if not s.name or not all(c.isalnum() or c in "-_." for c in s.name):
+            raise ctx.fail("streams", "name", f"expected letters, digits, '-', '_' or '.', got {s.name!r}")
+        if any(o.name == s.name for o in cfg.streams):
+            raise ctx.fail(table, "name", "a stream of this name is already configured")
+        if s.model not in models:
+            raise ctx.fail(table, "model", f"no model {s.model!r} is configured "
+                           f"(configured: {', '.join(sorted(models)) or 'none'})")
+        if not s.source.strip():
+            raise ctx.fail(table, "source", "expected a file, URL, /dev/videoN or GStreamer pipeline")
+        if cfg.server.supervised:
+            # Every process would open the camera again; one process pulls each source.
+            raise ctx.fail(table, "source", "streams run in one daemon process: they need [server] processes = 1 "
+                           "and inference = \"per-process\"")
+        if not _is_url(s.source) and "!" not in s.source and not s.source.startswith("/dev/"):
+            # A file: relative to the config file. Checked at run time too (the stream's state says
+            # why), so a file that appears later is picked up by the reconnect loop.
+            s.source = str((base / os.path.expanduser(s.source)).resolve())
+        cfg.streams.append(s)
+
+
+DEVICE_ENV = "EDGEINFER_DEVICE"
+
+
+def _apply_device_env(ctx: _Ctx, cfg: Config) -> None:
+    """EDGEINFER_DEVICE overrides [server] device (one daemon per GPU from one config file)."""
+    value = os.environ.get(DEVICE_ENV, "").strip()
+    if not value:
+        return
+    if not value.isdigit():
+        raise ConfigError(f"{ctx.source}: environment {DEVICE_ENV}={value!r}: expected a GPU index "
+                          f"(an integer >= 0) overriding [server] device")
+    cfg.server.device = int(value)
+
+
+def check_devices(cfg: Config, visible_gpus: int) -> None:
+    """Refuse a GPU index that does not exist; `visible_gpus`: GPUs this process sees (0 = none, CPU only:
+    nothing to check, the models run on the CPU).
+
+    Raises:
+        ConfigError: naming the key ([server] device, EDGEINFER_DEVICE or [models.X] device).
+    """
+    if visible_gpus <= 0:
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = f"{visible_gpus} GPU(s) visible" + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
+    if cfg.server.device >= visible_gpus:
+        key = f"environment {DEVICE_ENV}" if os.environ.get(DEVICE_ENV, "").strip() else "[server] device"
+        raise ConfigError(f"{cfg.source}: {key} = {cfg.server.device}: no such GPU, {seen}; "
+                          f"indexes count from 0 within the visible set")
+    for m in cfg.models:
+        if m.device is not None and m.device >= visible_gpus:
+            raise ConfigError(f"{cfg.source}: [models.{m.name}] device = {m.device}: no such GPU, {seen}; "
+                              f"indexes count from 0 within the visible set")
 
 
 def load_config(path: Union[str, Path], check_files: bool = True) -> Config:

@@ -66,6 +66,18 @@ class InferenceError(EdgeInferError):
     code = grpc.StatusCode.INTERNAL
 
 
+class StreamNotFound(EdgeInferError):
+    """No configured stream has this name."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class StreamUnavailable(EdgeInferError):
+    """The stream has nothing to give yet (no frame captured); the message says its state."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 class LimitExceeded(EdgeInferError):
     """A per-client bound ([limits] rate_per_client, max_streams_per_connection) was reached."""
 

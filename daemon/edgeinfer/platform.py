@@ -108,6 +108,24 @@ def gpu_present() -> bool:
     return any(Path(p).exists() for p in ("/dev/nvhost-gpu", "/dev/nvgpu/igpu0/ctrl", "/dev/nvhost-ctrl-gpu"))
 
 
+def visible_gpu_count() -> int:
+    """GPUs this process may use, indexed 0.. within CUDA_VISIBLE_DEVICES; 0 on a CPU-only machine.
+
+    cuda-python's count when it is installed (it applies CUDA_VISIBLE_DEVICES itself);
+    otherwise the driver's GPUs (a Jetson has one), narrowed by CUDA_VISIBLE_DEVICES.
+    """
+    if _cudart() is not None:
+        return cuda_device_count()
+    if not gpu_present():
+        return 0
+    gpus = Path("/proc/driver/nvidia/gpus")
+    n = sum(1 for _ in gpus.iterdir()) if gpus.is_dir() else 1
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        n = min(n, len([v for v in visible.split(",") if v.strip() and not v.strip().startswith("-")]))
+    return n
+
+
 def _gpus(cudart) -> list[GpuInfo]:
     out = []
     for i in range(cuda_device_count()):

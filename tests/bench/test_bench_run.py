@@ -36,6 +36,7 @@ def bench_results(dev_config, media, start_daemon, tmp_path_factory):
     return results, paths, lines
 
 
+@pytest.mark.slow
 def test_every_target_was_measured_without_errors(bench_results):
     results, _, lines = bench_results
     points = results["runs"][0]["points"] + results["echo"]
@@ -160,6 +161,7 @@ def test_bench_starts_a_multi_process_daemon_and_counts_all_its_cores(tmp_path):
     assert usage["server_cores"] > 0.05, usage  # the children's CPU counts, not only the idle supervisor's
 
 
+@pytest.mark.slow
 def test_rounds_alternate_runs_and_judge_the_median(dev_config, media, start_daemon, tmp_path):
     import statistics
 
@@ -187,6 +189,7 @@ def test_rounds_alternate_runs_and_judge_the_median(dev_config, media, start_dae
     assert "## Targets: median of 3 rounds" in text
 
 
+@pytest.mark.slow
 def test_batched_ceiling_tries_each_preprocessing_pool_and_labels_it(dev_config, media, tmp_path):
     """--ceiling-pools: one batched ceiling point per pool size, each saying its pool; ratios use the best."""
     from edgeinfer_bench.analysis import compute_ratios
@@ -257,6 +260,7 @@ def test_runs_share_a_ceiling_only_when_model_and_gpu_wait_mode_agree():
     assert key(block) == key(Config(server=ServerConfig(cuda_sync="block"), models=[model]))
 
 
+@pytest.mark.slow
 def test_interleaved_rounds_pair_each_daemon_slice_with_its_own_ceiling_and_echo(dev_config, media, start_daemon,
                                                                                  tmp_path):
     """--interleave: daemons, ceiling and echo stay loaded; each round of a point is a slice of each, back to

@@ -111,6 +111,7 @@ def _descendant_masks() -> dict[int, frozenset]:
 
 
 @two_cpus
+@pytest.mark.slow
 def test_a_placed_benchmark_starts_daemon_ceiling_echo_and_clients_on_their_cpus(dev_config, media, tmp_path):
     """The bench starts each process on its side's CPUs, while it measures, and the report says where."""
     cfg = copy.deepcopy(dev_config)

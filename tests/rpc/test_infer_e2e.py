@@ -129,6 +129,7 @@ def test_async_client_gives_the_same_answers(daemon, media, classifier_onnx):
     assert health == "SERVING"
 
 
+@pytest.mark.slow
 def test_stream_over_video_is_ordered_and_finds_the_face(client, media):
     cap = cv2.VideoCapture(str(media / "carphone_pristine.mp4"))
     frames = []

@@ -122,20 +122,20 @@ def test_inline_off_when_the_threshold_is_zero(start_daemon, trivial_onnx, class
 
 def test_short_path_answers_as_the_general_path_and_counts_the_same(start_daemon, trivial_onnx, classifier_onnx,
                                                                      tmp_path, monkeypatch):
-    """After the first answer, fitting tensor requests skip the domain objects (rpc/fastpath.py)."""
+    """From the first request on, fitting tensor requests skip the domain objects (rpc/fastpath.py)."""
     d = start_daemon(_config(trivial_onnx, classifier_onnx, tmp_path, inline_max_us=10_000_000))
     trivial = d.daemon.registry.get("trivial")
     general = _spy_calls(trivial, "predict")
     x = np.random.default_rng(3).standard_normal((1, 64)).astype(np.float32)
     with Client(d.address, timeout=30) as c:
-        first = c.infer("trivial", tensors={"x": x}, request_id="a", top_k=3)   # general path; learns
-        assert len(general) == 1
+        first = c.infer("trivial", tensors={"x": x}, request_id="a", top_k=3)   # the short path already
+        assert len(general) == 0
         ok0, lat0 = _requests_ok(d, "trivial"), _latency_count(d, "trivial")
         session = trivial.runner.session
         plain, bound = _spy_calls(session, "run"), _spy_bound_runs(trivial, monkeypatch)
         xs = [x + i for i in range(5)]  # each request refills the bound input: no answer may repeat the last
         answers = [c.infer("trivial", tensors={"x": xs[i]}, request_id=f"b{i}") for i in range(5)]
-        assert len(general) == 1, "fitting requests must not take the general path any more"
+        assert len(general) == 0, "fitting requests must not take the general path"
         # On the CPU EP the short path runs the model through its IO binding (bound_call.py).
         assert len(bound) == 5 and plain == []
         assert _requests_ok(d, "trivial") == ok0 + 5
@@ -161,7 +161,7 @@ def test_short_path_answers_as_the_general_path_and_counts_the_same(start_daemon
             assert "INVALID_ARGUMENT" in str(err.value) and words in str(err.value), label
         batch = c.infer("trivial", tensors={"x": np.zeros((3, 64), np.float32)})  # batch 3: general, on a worker
         np.testing.assert_array_equal(batch.outputs["y"], np.ones((3, 64), np.float32))
-        assert len(general) == 1 + len(cases) + 1
+        assert len(general) == len(cases) + 1
         assert d.daemon.metrics.registry.get_sample_value(
             "edgeinfer_requests_total", {"model": "trivial", "code": "INVALID_ARGUMENT"}) == len(cases)
 
@@ -194,7 +194,7 @@ def test_short_path_failure_is_counted_and_answered(start_daemon, trivial_onnx, 
     runner = d.daemon.registry.get("trivial").runner
     x = np.ones((1, 64), np.float32)
     with Client(d.address, timeout=30) as c:
-        c.infer("trivial", tensors={"x": x})  # learns the short path
+        c.infer("trivial", tensors={"x": x})  # on the short path
         (call,) = list(runner._bound_calls)
 
         def failing():  # the short path's runtime call (ORT's Run) fails
@@ -222,7 +222,7 @@ def test_stream_frames_answer_in_order_across_short_path_workers_and_errors(star
     d = start_daemon(_config(trivial_onnx, classifier_onnx, tmp_path, inline_max_us=10_000_000))
     trivial = d.daemon.registry.get("trivial")
     with Client(d.address, timeout=30) as c:
-        c.infer("trivial", tensors={"x": np.zeros((1, 64), np.float32)})  # learns the short path
+        c.infer("trivial", tensors={"x": np.zeros((1, 64), np.float32)})  # on the short path
     threads = _spy_threads(trivial, monkeypatch)
     rng = np.random.default_rng(7)
     frames = [rng.standard_normal((1, 64)).astype(np.float32) for _ in range(6)]

@@ -108,6 +108,8 @@ def test_missing_or_wrong_token_is_unauthenticated(tls_daemon, site):
 
 def test_admin_methods_need_the_admin_role(tls_daemon, site):
     """Admin methods (edgeinfer.v1.Admin, and any method the role table does not name) need admin."""
+    from edgeinfer_proto.edgeinfer.v1.admin_pb2 import ReloadRequest
+
     out, _ = site
     creds = grpc.ssl_channel_credentials((out / "ca.pem").read_bytes())
     with grpc.secure_channel(tls_daemon.address, creds) as ch:
@@ -120,10 +122,16 @@ def test_admin_methods_need_the_admin_role(tls_daemon, site):
             with pytest.raises(grpc.RpcError) as info:
                 call(b"", timeout=5)
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            # The admin token passes the check; the method itself is not on this daemon.
-            with pytest.raises(grpc.RpcError) as info:
-                call(b"", timeout=5, metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),))
-            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        # The admin token passes the check: Reload answers (this in-process daemon has no file to
+        # re-read, which its answer says), and a method no service has is UNIMPLEMENTED.
+        reload = ch.unary_unary("/edgeinfer.v1.Admin/Reload")
+        with pytest.raises(grpc.RpcError) as info:
+            reload(ReloadRequest().SerializeToString(), timeout=10, metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "no config file" in info.value.details()
+        with pytest.raises(grpc.RpcError) as info:
+            ch.unary_unary("/edgeinfer.v1.Whatever/Do")(b"", timeout=5,
+                                                       metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),))
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_certificate_subject_grants_roles(mtls_daemon, site):
@@ -210,3 +218,55 @@ def test_plain_text_on_a_public_address_is_warned_about():
     assert _loopback("127.0.0.1:50051") and _loopback("[::1]:1") and _loopback("localhost:1")
     assert _loopback("unix:/run/edgeinfer.sock")
     assert not _loopback("0.0.0.0:50051") and not _loopback(":50051") and not _loopback("10.0.0.7:1")
+
+
+def test_config_reload_applies_new_certificates_and_tokens(start_daemon, trivial_onnx, tmp_path):
+    """A reload (SIGHUP or Admin.Reload) re-reads the TLS files and takes the new tokens; a TLS file
+    that cannot be read refuses the reload and the running credentials stay."""
+    import asyncio
+    import shutil
+
+    from edgeinfer.config import load_config
+    from edgeinfer.rpc.certs import make_site
+
+    first, second, live = tmp_path / "first", tmp_path / "second", tmp_path / "live"
+    make_site(first, "a", ["127.0.0.1"], [])
+    make_site(second, "b", ["127.0.0.1"], [])
+    shutil.copytree(first, live)
+    config = tmp_path / "edgeinfer.toml"
+
+    def write(token: str) -> None:
+        config.write_text(
+            f'[server]\nworkers = 2\n[metrics]\nenabled = false\n[cache]\ndir = "{tmp_path / "cache"}"\n'
+            f'[tls]\ncert = "{live / "server.pem"}"\nkey = "{live / "server.key"}"\n'
+            f'[[auth.tokens]]\nname = "k"\nsha256 = "{_token_entry("k", token, ["infer"])["sha256"]}"\n'
+            f'[[models]]\nname = "trivial"\nonnx = "{trivial_onnx}"\nbackends = ["onnxruntime"]\n'
+            f'[models.postprocess]\ntask = "raw"\n[models.onnxruntime]\nproviders = ["CPUExecutionProvider"]\n')
+
+    def as_test_daemon(cfg):
+        cfg.server.listen, cfg.metrics.enabled = "127.0.0.1:0", False
+        return cfg
+
+    write(INFER_TOKEN)
+    d = start_daemon(load_config(config), config_path=str(config), config_overrides=as_test_daemon)
+
+    def reload():
+        return asyncio.run_coroutine_threadsafe(d.daemon.reload(), d.loop).result(30)
+
+    with Client(d.address, timeout=5, tls={"ca": first / "ca.pem"}, token=INFER_TOKEN) as c:
+        assert _infer(c)
+    for name in ("server.pem", "server.key"):
+        shutil.copy(second / name, live / name)
+    write(ADMIN_TOKEN)
+    outcome = reload()
+    assert outcome.accepted, outcome.summary()
+    assert not any("[tls]" in s or "[auth]" in s for s in outcome.needs_restart), outcome.needs_restart
+    with Client(d.address, timeout=5, tls={"ca": second / "ca.pem"}, token=ADMIN_TOKEN) as c:
+        assert _infer(c)
+    with Client(d.address, timeout=5, tls={"ca": second / "ca.pem"}, token=INFER_TOKEN) as c:
+        assert _code(lambda: _infer(c)) == "UNAUTHENTICATED"  # the old token is gone
+    (live / "server.key").unlink()
+    outcome = reload()
+    assert not outcome.accepted and "[tls] key" in outcome.error
+    with Client(d.address, timeout=5, tls={"ca": second / "ca.pem"}, token=ADMIN_TOKEN) as c:
+        assert _infer(c)  # the credentials served so far stay

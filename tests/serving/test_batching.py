@@ -188,6 +188,7 @@ def test_batched_faces_match_unbatched_per_image(batched, media):
     assert r.image_size == tuple(cv2.imread(str(media / names[-1])).shape[1::-1])
 
 
+@pytest.mark.slow
 def test_stream_frames_are_batched_and_ordered(batched, media):
     cap = cv2.VideoCapture(str(media / "carphone_pristine.mp4"))
     frames = []

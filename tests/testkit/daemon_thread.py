@@ -44,6 +44,9 @@ class DaemonThread:
             raise self._error
         if wait_loaded:
             self.daemon.registry.wait_loaded(120)
+            # The daemon publishes each model's state (and chooses its route) on its loop, from a
+            # callback the loader scheduled before it ended: one pass of the loop runs it.
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), self.loop).result(30)
         return self
 
     @property

@@ -1,4 +1,4 @@
-"""The two file primitives both caches rest on: an atomic write and an exclusive file lock.
+"""The file primitives both caches rest on: an atomic write, an exclusive file lock, a content hash.
 
 Engines and precision variants are written by daemons and by `edgeinfer build`,
 possibly at once and possibly as different users, and a machine can lose power
@@ -8,6 +8,7 @@ and two writers must build once.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import fcntl
 import os
 import tempfile
@@ -100,3 +101,12 @@ class FileLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+def file_sha256(path: Union[str, Path]) -> str:
+    """Hex sha256 of a file's content (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

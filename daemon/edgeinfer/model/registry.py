@@ -70,6 +70,43 @@ class ModelRegistry:
         except KeyError:
             raise ModelNotFound(f"no model named {name!r}; served models: {sorted(self.models)}") from None
 
+    # -- reload (the daemon's event loop thread) ---------------------------------------
+    # `models` is replaced, never changed in place: threads that iterate it (metrics, loaders)
+    # keep the dict they started with.
+    def new_model(self, cfg, announce: bool = False) -> ServedModel:
+        """A ServedModel for `cfg`, not registered. announce=False: its state changes tell nobody
+        (a model loading beside the one it will replace must not turn that name's health off)."""
+        return ServedModel(cfg, self.config.server, Path(self.config.cache.dir),
+                           self._notify if announce else (lambda _m: None), remote=self.remote)
+
+    def add(self, model: ServedModel) -> None:
+        """Register a new model (its state changes are announced from now on)."""
+        model.on_state_change = self._notify
+        self.models = {**self.models, model.name: model}
+
+    def replace(self, model: ServedModel) -> ServedModel:
+        """Put `model` in place of the registered model of its name, at once; returns the old one,
+        marked retired (it still answers the requests it has)."""
+        old = self.models[model.name]
+        model.on_state_change = self._notify
+        self.models = {**self.models, model.name: model}
+        old.retired = True
+        return old
+
+    def remove(self, name: str) -> ServedModel:
+        """Unregister a model (new requests get NOT_FOUND); returns it, retired, still loaded."""
+        models = dict(self.models)
+        old = models.pop(name)
+        self.models = models
+        old.retired = True
+        return old
+
+    def load_in_thread(self, model: ServedModel) -> threading.Thread:
+        t = threading.Thread(target=model.load, name=f"load-{model.name}", daemon=True)
+        t.start()
+        self._threads.append(t)
+        return t
+
     def __iter__(self) -> Iterable[ServedModel]:
         return iter(self.models.values())
 

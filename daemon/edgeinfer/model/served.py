@@ -17,6 +17,7 @@ import numpy as np
 from edgeinfer.runtime.base import Runner, TensorSpec
 from edgeinfer.config import ModelConfig, ServerConfig
 from edgeinfer.errors import BackendLoadError, InvalidInput, ModelNotReady
+from edgeinfer.cache.files import file_sha256
 from edgeinfer.model.loading import Attempt, ModelLoader
 from edgeinfer.model.families.labels import load_labels
 from edgeinfer.model.families.postprocess import Options, Result, postprocessor_for
@@ -66,6 +67,13 @@ class ServedModel:
         # Set by unload(): a load still running (e.g. warming up at shutdown) ends quietly,
         # and a TensorRT build in progress stops at its next step.
         self._stop_loading = threading.Event()
+        # Taken down on request (take_down), not failed: RepositoryIndex says UNAVAILABLE, "unloaded".
+        self.unloaded = False
+        # Set when a reload put another ServedModel of this name in the registry: this one only
+        # answers the requests it already has (rpc/fastpath.py forgets it at once).
+        self.retired = False
+        # sha256 of the ONNX file as it was when loading began: a reload compares it.
+        self.onnx_digest: Optional[str] = None
 
     @property
     def name(self) -> str:
@@ -91,6 +99,8 @@ class ServedModel:
         start = time.perf_counter()
         self._set_state(ModelState.LOADING, "loading")
         try:
+            if self.onnx_digest is None:
+                self.onnx_digest = file_sha256(self.cfg.onnx)
             runner = self._remote_runner() if self.remote is not None else self._local_runner()
             self.progress(f"warming up ({self.cfg.warmup_runs} runs)")
             self._warm_up(runner)
@@ -156,6 +166,20 @@ class ServedModel:
         runner, self.runner = self.runner, None
         if runner is not None:
             runner.deactivate()
+
+    def take_down(self, reason: str) -> None:
+        """Stop serving on request (KServe's RepositoryModelUnload): the runner goes, the model
+        answers UNAVAILABLE with `reason` until `bring_up`. FAILED is the state of a model
+        that does not serve, whatever the cause; the reason says which."""
+        self.unload()
+        self.unloaded = True
+        self._set_state(ModelState.FAILED, reason)
+
+    def bring_up(self) -> None:
+        """Load again after `take_down` (or a failed load); blocking, as load()."""
+        self._stop_loading.clear()
+        self.unloaded = False
+        self.load()
 
     def _normalizing(self, runner: Runner) -> Runner:
         """[models.input] normalize_on = "gpu": the runner wrapped so its image input takes uint8 NHWC.

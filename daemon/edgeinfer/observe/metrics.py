@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Optional
 import prometheus_client
 from prometheus_client import CollectorRegistry
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import MetricsHandler
 
 from edgeinfer.listen import parse_listen
@@ -62,6 +62,17 @@ METRIC_NAMES = {
     "process_resident_memory_bytes": "gauge: daemon RSS (prometheus_client process collector, Linux)",
 }
 
+# Exported only by a daemon with [[streams]] (observe.metrics.StreamCollector).
+STREAM_METRIC_NAMES = {
+    "edgeinfer_stream_state": "gauge {stream, state}: 1 for the stream's current state (connecting|live|stalled|reconnecting|stopped)",
+    "edgeinfer_stream_state_changes_total": "counter {stream, state}: times the stream entered each state",
+    "edgeinfer_stream_frames_total": "counter {stream, kind}: kind = in (captured) | processed | dropped (late) | skipped (fps sampling) | failed",
+    "edgeinfer_stream_reconnects_total": "counter {stream}: reconnect attempts",
+    "edgeinfer_stream_subscriber_drops_total": "counter {stream}: results dropped from slow subscribers' queues",
+    "edgeinfer_stream_fps": "gauge {stream, direction}: direction = in | out, over the last 5 s",
+    "edgeinfer_stream_latency_seconds": "histogram {stream}: capture of a frame to its result",
+}
+
 
 class Metrics:
     """The request-path instruments of one daemon, in their own registry.
@@ -88,6 +99,7 @@ class Metrics:
             GCCollector(registry=r)
         self._gpu = GpuCollector()
         r.register(self._gpu)
+        self._stream_latency = None
 
     def declare_models(self, names: Iterable[str]) -> None:
         """Export zeros for each model's counters from the start (rate() needs the first sample)."""
@@ -115,6 +127,14 @@ class Metrics:
 
     def observe_queue_full(self, model: str) -> None:
         self.tally.queue_full(model)
+
+    def observe_stream_latency(self, stream: str, seconds: float) -> None:
+        """Capture-to-result latency of one stream frame (a few per second per stream: a plain histogram)."""
+        if self._stream_latency is None:
+            self._stream_latency = prometheus_client.Histogram(
+                "edgeinfer_stream_latency_seconds", "Seconds from a stream frame's capture to its result.",
+                ["stream"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._stream_latency.labels(stream).observe(seconds)
 
     def register(self, collector) -> None:
         self.registry.register(collector)
@@ -190,6 +210,51 @@ class DaemonCollector:
                 depth.add_metric([name], depths.get(name, 0))
                 flight.add_metric([name], flights.get(name, 0))
         return [state, info, load_s, attempts, depth, flight, build]
+
+
+class StreamCollector:
+    """Per-stream state and counters, read per scrape from `stats()` (objects with the fields of
+    edgeinfer.streams.manager.StreamStats)."""
+
+    STATES = ("connecting", "live", "stalled", "reconnecting", "stopped")
+    KINDS = ("in", "processed", "dropped", "skipped", "failed")
+
+    def __init__(self, stats: Callable[[], Iterable]):
+        self._stats = stats
+
+    def describe(self):
+        return list(self._families())
+
+    def collect(self):
+        return self._families(live=True)
+
+    def _families(self, live: bool = False):
+        state = GaugeMetricFamily("edgeinfer_stream_state", "1 for the stream's current state, 0 for the others.",
+                                  labels=["stream", "state"])
+        changes = CounterMetricFamily("edgeinfer_stream_state_changes", "Times the stream entered each state.",
+                                      labels=["stream", "state"])
+        frames = CounterMetricFamily("edgeinfer_stream_frames", "Stream frames: in (captured), processed, dropped "
+                                     "(replaced before inference took them), skipped (fps sampling), failed.",
+                                     labels=["stream", "kind"])
+        reconnects = CounterMetricFamily("edgeinfer_stream_reconnects", "Reconnect attempts of the stream.",
+                                         labels=["stream"])
+        sub_drops = CounterMetricFamily("edgeinfer_stream_subscriber_drops", "Results dropped from slow "
+                                        "subscribers' queues.", labels=["stream"])
+        fps = GaugeMetricFamily("edgeinfer_stream_fps", "Frames per second over the last 5 s: in (captured), "
+                                "out (results).", labels=["stream", "direction"])
+        if live:
+            for s in self._stats():
+                for name in self.STATES:
+                    state.add_metric([s.name, name], 1.0 if s.state == name else 0.0)
+                    changes.add_metric([s.name, name], s.state_changes.get(name, 0))
+                for kind, value in zip(self.KINDS, (s.frames_in, s.frames_processed, s.frames_dropped,
+                                                    s.frames_skipped, s.frames_failed)):
+                    frames.add_metric([s.name, kind], value)
+                reconnects.add_metric([s.name], s.reconnects)
+                sub_drops.add_metric([s.name], s.subscriber_drops)
+                fps.add_metric([s.name, "in"], s.fps_in)
+                fps.add_metric([s.name, "out"], s.fps_out)
+        return [state, changes, frames, reconnects, sub_drops, fps]
 
 
 def _one_line(text: str) -> str:

@@ -10,4 +10,6 @@ def prepare_child(tag: str, log_level: int) -> None:
     the main PID), and log lines say which process wrote them."""
     os.environ.pop("NOTIFY_SOCKET", None)
     os.environ.pop("WATCHDOG_USEC", None)
-    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)-7s [{tag}] %(name)s: %(message)s")
+    from edgeinfer.observe.journal import stderr_handler
+
+    logging.basicConfig(level=log_level, handlers=[stderr_handler(tag)])

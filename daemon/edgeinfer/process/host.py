@@ -253,7 +253,8 @@ def host_main(config: Config, links, events, index: int, log_level: int, tick_s:
     parent = os.getppid()
     stop = threading.Event()
     # Ctrl-C reaches the whole process group: the supervisor orders the stop, SIGTERM carries it.
-    signals.route({signal.SIGTERM: stop.set, signal.SIGINT: None})
+    # SIGHUP too: its models change on restart only (a reload reaches the front-ends).
+    signals.route({signal.SIGTERM: stop.set, signal.SIGINT: None, signals.RELOAD: None})
     try:
         metrics = Metrics()
         metrics.declare_models(m.name for m in config.models)

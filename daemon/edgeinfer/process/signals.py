@@ -18,6 +18,8 @@ from typing import Callable, Mapping, Optional
 log = logging.getLogger(__name__)
 
 STOP = (signal.SIGTERM, signal.SIGINT)
+# Reload the config (systemctl reload: ExecReload= or Type=notify-reload's ReloadSignal=).
+RELOAD = signal.SIGHUP
 
 
 def route(handlers: Mapping[int, Optional[Callable[[], None]]],

@@ -24,6 +24,14 @@ brings the whole service back (a half-sized service would look healthy).
 Children drop NOTIFY_SOCKET (systemd accepts the main PID only) and stop on
 their own if the supervisor disappears.
 
+Reload (SIGHUP to the supervisor, e.g. `systemctl reload`): the supervisor
+tells systemd RELOADING=1, forwards SIGHUP to every front-end child, each
+re-reads the config file and applies it to its own models, and once all of
+them reported READY=1 follows. Admin.Reload on a child answers
+FAILED_PRECONDITION: one child alone would serve another config than its
+siblings. The shared inference host does not reload its models (a reload
+that changes them reports them as needing a restart).
+
 With `[server] inference = "shared"` the children are front-ends without
 models of their own, and one more child, the inference host
 (edgeinfer/serving/shared), loads and runs the models for all of them over
@@ -38,6 +46,7 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import signal
 import socket
 import time
 from typing import Callable, Optional
@@ -83,7 +92,7 @@ HOST_NAME = "edgeinfer-inference"
 
 
 def _child(config: Config, index: int, events, all_loaded, loop_kind: str, log_level: int,
-           links=None) -> None:
+           links=None, config_path: Optional[str] = None, listen: str = "") -> None:
     """Body of child `index`: a Daemon on the shared port, reporting to the supervisor.
 
     links: with shared inference, this front-end's connections to the inference host."""
@@ -110,8 +119,14 @@ def _child(config: Config, index: int, events, all_loaded, loop_kind: str, log_l
             from edgeinfer.serving.shared.remote import RemoteModels
 
             remote = RemoteModels(links)
+        def reloaded(outcome) -> None:
+            events.put(("reloaded", index, outcome.summary()))
+
         daemon = Daemon(config, tick_s=1.0, reuse_port=True, on_tick=tick, siblings_ready=all_loaded.is_set,
-                        remote=remote)
+                        remote=remote, config_path=config_path,
+                        config_overrides=lambda c: child_config(c, index, listen), on_reloaded=reloaded,
+                        admin_refusal="this daemon runs several processes ([server] processes > 1 or "
+                                      "inference = \"shared\"): reload them together with SIGHUP to the supervisor (systemctl reload)")
         port = await daemon.start()
         events.put(("listening", index, port))
         loop = asyncio.get_running_loop()
@@ -140,8 +155,13 @@ class Supervisor:
     """
 
     def __init__(self, config: Config, tick_s: float = 1.0,
-                 on_loaded: Optional[Callable[[dict], None]] = None):
+                 on_loaded: Optional[Callable[[dict], None]] = None, config_path: Optional[str] = None):
         self.config = config
+        self.config_path = config_path
+        self._reload_requested = False
+        self._reloading: Optional[set[int]] = None  # front-ends yet to report a reload
+        self._reload_deadline = 0.0
+        self._ready_sent = False
         self.tick_s = tick_s
         self.on_loaded = on_loaded  # called once with child 0's model states, when all loaded
         self.listen = config.server.listen
@@ -174,7 +194,8 @@ class Supervisor:
         for i in range(self.count):
             p = self._ctx.Process(target=_child, name=f"edgeinfer-{i}",
                                   args=(child_config(self.config, i, self.listen), i, self._events,
-                                        self._all_loaded, kind, level, front_links[i]))
+                                        self._all_loaded, kind, level, front_links[i], self.config_path,
+                                        self.listen))
             p.start()
             self._procs.append(p)
             for conn in front_links[i] or []:  # the child has its own copies now
@@ -186,7 +207,12 @@ class Supervisor:
             if kind_ == "listening":
                 listening.add(index)
         log.info("%d processes serving on %s (pids %s)", self.count, self.listen, self.pids)
-        systemd.notify("READY=1", f"STATUS={self.count} processes serving on {self.listen}; loading models")
+        status = f"STATUS={self.count} processes serving on {self.listen}; loading models"
+        if self.config.server.ready == "listening":
+            self._ready_sent = True
+            systemd.notify("READY=1", status)
+        else:
+            systemd.notify(status)
         return self.listen
 
     def _start_host(self, log_level: int) -> list:
@@ -230,22 +256,60 @@ class Supervisor:
         kind, index, value = event
         if kind == "tick":
             self._last_tick[index] = time.monotonic()
+        elif kind == "reloaded":
+            log.info("process %d: %s", index, value)
+            if self._reloading is not None:
+                self._reloading.discard(index)
+                if not self._reloading:
+                    self._reloading = None
+                    systemd.notify("READY=1", f"STATUS={self.count} processes serving on {self.listen}; reloaded")
         elif kind == "loaded":
             self._loaded[index] = value
             if len(self._loaded) == self.count:
                 self._all_loaded.set()
+                # [server] ready = "all-models" / "any-model": judged once every process finished loading.
+                states = [s[0] for s in self._loaded[0].values()]
+                policy = self.config.server.ready
+                ok = all(s == "ready" for s in states) if policy == "all-models" else "ready" in states or not states
+                if not self._ready_sent and ok:
+                    self._ready_sent = True
+                    systemd.notify("READY=1")
                 if self.on_loaded is not None:
                     self.on_loaded(self._loaded[0])
 
     def request_stop(self) -> None:
         self._stop = True
 
+    def request_reload(self) -> None:
+        self._reload_requested = True
+
+    def _forward_reload(self) -> None:
+        """SIGHUP every front-end; READY=1 follows once each reported its reload (_handle)."""
+        self._reload_requested = False
+        fronts = [(i, p) for i, p in enumerate(self._procs) if p.name != HOST_NAME and p.is_alive()]
+        systemd.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}",
+                       f"STATUS=reloading {len(fronts)} processes")
+        log.info("reload: forwarding SIGHUP to %d process(es)", len(fronts))
+        self._reloading = {int(p.name.rsplit("-", 1)[1]) for _i, p in fronts}
+        # A model build can take minutes; past this, READY=1 goes out anyway (the children go on).
+        self._reload_deadline = time.monotonic() + 600
+        for _i, p in fronts:
+            os.kill(p.pid, signal.SIGHUP)
+
     def run(self) -> int:
         """Watch the children until stopped (0) or one of them dies (1)."""
-        signals.route({sig: self.request_stop for sig in signals.STOP})
+        handlers = {sig: self.request_stop for sig in signals.STOP}
+        handlers[signals.RELOAD] = self.request_reload
+        signals.route(handlers)
         started = time.monotonic()
         try:
             while not self._stop:
+                if self._reload_requested and self._reloading is None:
+                    self._forward_reload()
+                if self._reloading is not None and time.monotonic() > self._reload_deadline:
+                    log.warning("reload: process(es) %s did not report in time", sorted(self._reloading))
+                    self._reloading = None
+                    systemd.notify("READY=1")
                 try:
                     self._handle(self._events.get(timeout=self.tick_s))
                 except queue.Empty:
@@ -262,7 +326,9 @@ class Supervisor:
                     log.warning("process(es) %s missed their health ticks; not feeding the watchdog", stale)
                 else:
                     ready = sum(s[0] == "ready" for s in self._loaded.get(0, {}).values())
-                    systemd.notify("WATCHDOG=1", f"STATUS={self.count} processes; {ready} model(s) ready")
+                    extend = [] if self._ready_sent or self._all_loaded.is_set() else [
+                        f"EXTEND_TIMEOUT_USEC={int(max(30.0, 10 * self.tick_s) * 1e6)}"]
+                    systemd.notify("WATCHDOG=1", f"STATUS={self.count} processes; {ready} model(s) ready", *extend)
             return 0
         finally:
             self.stop()

@@ -146,7 +146,7 @@ class InlineTensorPath:
     def current(self) -> bool:
         """Whether the model still serves with the runner this path was made for (not reloaded or stopped)."""
         model = self.model
-        return model.runner is self.runner and model.state is ModelState.READY
+        return model.runner is self.runner and model.state is ModelState.READY and not model.retired
 
     def feeds(self, request: pb.InferRequest) -> Optional[dict[str, np.ndarray]]:
         """The request's tensors as feeds when every one fits the model exactly, else None."""

@@ -22,8 +22,8 @@ from edgeinfer.rpc.errors import abort_with, status_of, translate_errors
 from edgeinfer.rpc.fastpath import InlineTensorPath
 from edgeinfer.rpc.limits import RateLimiter, StreamSlots, ThrottledLog
 from edgeinfer.rpc.methods import add_service
-from edgeinfer.model.types import Tensors
-from edgeinfer.serving.lanes import InferencePipeline
+from edgeinfer.model.types import ModelState, Tensors
+from edgeinfer.serving.lanes import InferencePipeline, Route
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,21 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._max_deadline = limits.max_deadline_s or None
         self.client_log = ThrottledLog(log, limits.client_error_log_interval_s)
         # model name -> the short path of a model whose tensor requests run inline (rpc/fastpath.py);
-        # learnt from the general path's first answer, replaced when the model gets a new runner.
+        # set by route() when the model's runner is ready, forgotten when it stops or is replaced.
         self._inline: dict[str, InlineTensorPath] = {}
+        # Open InferStreams' readers (the task, and whether it is waiting for the client's next frame);
+        # drain_streams() stops them reading.
+        self._readers: dict[asyncio.Task, list[bool]] = {}
+        self._draining = False
+
+    def drain_streams(self) -> int:
+        """Shutdown: every open InferStream stops reading frames, answers those it has read, and
+        ends with UNAVAILABLE (the client reconnects). Returns how many were open."""
+        self._draining = True
+        for task, waiting in list(self._readers.items()):
+            if waiting[0]:  # waiting for a frame that would come after the signal: stop waiting
+                task.cancel()
+        return len(self._readers)
 
     def _answer_inline(self, request: pb.InferRequest) -> Optional[pb.InferResponse]:
         """The short path's answer, or None: the request takes the general path."""
@@ -104,13 +117,24 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             self._count_failure(path.name, exc)
             raise
 
-    def _learn_inline(self, model) -> None:
-        runner = self.pipeline.inline_runner(model)
-        if runner is None or not InlineTensorPath.suits(model):
+    def route(self, model) -> None:
+        """Choose how the model's requests run, once its runner is ready (called by the daemon on
+        every state change): the pipeline's lane for that runner, and this edge's short path when the
+        lane runs inline and the short path answers the model's requests as the general path would."""
+        if model.state is not ModelState.READY or model.runner is None:
+            self._inline.pop(model.name, None)
+            return
+        try:
+            lane = self.pipeline.lane(model)
+        except EdgeInferError:  # stopped meanwhile
+            self._inline.pop(model.name, None)
+            return
+        if lane.route is not Route.INLINE or not InlineTensorPath.suits(model):
+            self._inline.pop(model.name, None)
             return
         path = self._inline.get(model.name)
-        if path is None or path.runner is not runner:
-            self._inline[model.name] = InlineTensorPath(model, runner, self.pipeline.metrics)
+        if path is None or path.runner is not lane.runner:
+            self._inline[model.name] = InlineTensorPath(model, lane.runner, self.pipeline.metrics)
 
     def _count_failure(self, label: str, exc: BaseException) -> None:
         self.pipeline.record(label, exc.code.name if isinstance(exc, EdgeInferError) else "INTERNAL")
@@ -155,7 +179,6 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             self._count_failure(label, exc)
             raise
         self.pipeline.record(label, "OK")
-        self._learn_inline(model)
         return response
 
     async def Infer(self, request, context):
@@ -213,10 +236,29 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 return pb.StreamResponse(request_id=request.request_id, sequence=seq, response=resp)
             return asyncio.ensure_future(one(seq, request))
 
+        # [waiting for the client's next frame (only then may a drain cancel the reader),
+        #  the reader stopped because of a drain (the stream then ends UNAVAILABLE)]
+        waiting = [False, False]
+
         async def reader() -> None:
             seq = 0
+            frames = request_iterator.__aiter__()
             try:
-                async for request in request_iterator:
+                while True:
+                    if self._draining:
+                        waiting[1] = True
+                        break
+                    waiting[0] = True
+                    try:
+                        request = await frames.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    except asyncio.CancelledError:
+                        if self._draining:
+                            waiting[1] = True
+                        raise
+                    finally:
+                        waiting[0] = False
                     # put() blocks while the window is full: back-pressure to the client.
                     await pending.put(start(seq, request))
                     seq += 1
@@ -224,15 +266,25 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 await pending.put(None)
 
         reader_task = asyncio.ensure_future(reader())
+        self._readers[reader_task] = waiting
         try:
             while True:
                 item = await pending.get()
                 if item is None:
                     break
                 yield item if isinstance(item, pb.StreamResponse) else await item
+            if waiting[1]:
+                # Every frame read was answered; frames the client sent after these were not read.
+                if not reader_task.done():
+                    await asyncio.wait([reader_task])
+                context.set_code(grpc.StatusCode.UNAVAILABLE)
+                context.set_details("the daemon is shutting down: every frame it read was answered; "
+                                    "send the rest again after reconnecting")
+                return
             await reader_task  # surfaces a broken client stream
         finally:
             self._streams.release(peer)
+            self._readers.pop(reader_task, None)
             if not reader_task.done():
                 reader_task.cancel()
             while not pending.empty():

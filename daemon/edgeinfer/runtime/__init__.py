@@ -40,6 +40,11 @@ class LoadRequest:
     # (IProgressMonitor) instead of holding shutdown for minutes.
     cancel: Optional[threading.Event] = None
 
+    @property
+    def device(self) -> int:
+        """The GPU index the model runs on ([models] device, else [server] device; 0 without a config)."""
+        return int(getattr(self.model, "device", None) or 0)
+
 
 def loader_for(backend: str):
     """Import a backend's loader module; ImportError becomes BackendUnavailable."""

@@ -169,7 +169,8 @@ class Batcher:
 
     def __init__(self, model: ServedModel, runner: Runner, max_batch: int, cfg: BatchingConfig,
                  gate: QueueGate, on_batch: Callable[[int], None] = lambda _n: None,
-                 on_deadline: Callable[[], None] = lambda: None, slots: Optional[int] = None):
+                 on_deadline: Callable[[], None] = lambda: None, slots: Optional[int] = None,
+                 progress=None):
         self.model = model
         self.runner = runner
         self.max_batch = max(1, max_batch)
@@ -179,6 +180,8 @@ class Batcher:
         self.gate = gate
         self.on_batch = on_batch
         self.on_deadline = on_deadline
+        # serving.progress.InferenceProgress: each batch is registered while it runs (the watchdog).
+        self.progress = progress
         self._queue: collections.deque[Pending] = collections.deque()
         self._cond = threading.Condition()
         self._forming = threading.Lock()
@@ -297,6 +300,12 @@ class Batcher:
                 return group
 
     def _run(self, batch: Sequence[Pending]) -> None:
+        if self.progress is None:
+            return self._run_batch(batch)
+        with self.progress.running(self.model.name, f"batch of {len(batch)}"):
+            return self._run_batch(batch)
+
+    def _run_batch(self, batch: Sequence[Pending]) -> None:
         start = time.perf_counter()
         runner = self.model.runner
         if runner is None or runner is not self.runner:

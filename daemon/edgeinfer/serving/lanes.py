@@ -28,7 +28,9 @@ decode work is spent on it.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
@@ -37,12 +39,21 @@ from edgeinfer.runtime.base import Runner
 from edgeinfer.runtime.base import check_feeds
 from edgeinfer.runtime.buckets import effective_max_batch
 from edgeinfer.serving.batching import Batcher, Pending, QueueGate
+from edgeinfer.serving.progress import InferenceProgress
 from edgeinfer.errors import DeadlineExpired, QueueFull
 from edgeinfer.model.served import ServedModel
 from edgeinfer.model.types import ModelInput, Prediction, Tensors
 from edgeinfer.model.families.postprocess import Options
 
 log = logging.getLogger(__name__)
+
+
+class Route(enum.Enum):
+    """The way a model's requests run, chosen once when the model (or its new runner) is ready."""
+
+    INLINE = "inline"  # tensors at batch 1 run on the event loop thread (images still hop to a worker)
+    WORKER = "worker"  # one hop to a worker thread: decode, preprocess, infer, postprocess
+    BATCHED = "batched"  # a worker decodes and preprocesses; the model's Batcher stacks and runs
 
 
 class _Lane:
@@ -55,6 +66,17 @@ class _Lane:
         self.max_batch = max_batch
         self.batcher = batcher
         self.inline = inline
+        # Requests in run() on this lane (event loop only): a lane replaced by a reload is closed
+        # once the last of them is answered, never before (its batcher would refuse their rows).
+        self.active = 0
+        self.retired = False
+        self.closed = threading.Event()
+
+    @property
+    def route(self) -> Route:
+        if self.batcher is not None:
+            return Route.BATCHED
+        return Route.INLINE if self.inline else Route.WORKER
 
 
 def _settle(fut: asyncio.Future, pred: Optional[Prediction], exc: Optional[BaseException]) -> None:
@@ -74,8 +96,15 @@ class InferencePipeline:
         self.metrics = metrics
         self.inline_max_us = inline_max_us
         self._lanes: dict[str, _Lane] = {}
+        # Lanes replaced (reload) or drained whose requests are still being answered.
+        self._retiring: set[_Lane] = set()
         self._in_flight: dict[str, int] = {}
         self._closed = False
+        # Runner calls in flight: the watchdog's measure of progress (serving/progress.py).
+        self.progress = InferenceProgress()
+        # Admitted requests not answered yet, by entry time (event loop only): how long the oldest waits.
+        self._admitted: dict[int, float] = {}
+        self._admissions = 0
 
     # -- observability --------------------------------------------------------------
     def queue_depths(self) -> dict[str, int]:
@@ -98,11 +127,6 @@ class InferencePipeline:
         lane = self._lanes.get(name)
         return lane.batcher if lane else None
 
-    def inline_runner(self, model: ServedModel) -> Optional[Runner]:
-        """The runner that the model's tensor requests run on inline, on the event loop (None: they hop)."""
-        lane = self._lanes.get(model.name)
-        return lane.runner if lane is not None and lane.inline and lane.runner is model.runner else None
-
     def max_batch(self, model: ServedModel) -> int:
         """The batch size the model is served with (0 while it has no runner)."""
         lane, runner = self._lanes.get(model.name), model.runner
@@ -111,11 +135,24 @@ class InferencePipeline:
         return effective_max_batch(model.cfg.batching, runner) if runner is not None else 0
 
     # -- lanes ----------------------------------------------------------------------
-    def _lane(self, model: ServedModel, runner: Runner) -> _Lane:
-        """A new lane for the model's current runner (the first request, or after a reload)."""
+    def lane(self, model: ServedModel) -> _Lane:
+        """The model's lane for its current runner: its route, gate and batcher, made here, once per
+        runner (the daemon asks as soon as the model is ready; a request asks if it comes first).
+
+        Raises:
+            ModelNotReady: the model has no runner.
+        """
+        runner = model.require_ready()
         lane = self._lanes.get(model.name)
-        if lane is not None and lane.batcher is not None:  # the model was reloaded: retire the old one
-            self.executor.submit(lane.batcher.close)
+        if lane is None or lane.runner is not runner:
+            lane = self._new_lane(model, runner)
+        return lane
+
+    def _new_lane(self, model: ServedModel, runner: Runner) -> _Lane:
+        """A new lane for the model's current runner (when it became ready, or after a reload)."""
+        old = self._lanes.get(model.name)
+        if old is not None:  # the model was reloaded: retire the old lane once its requests are answered
+            self._retire(old)
         cfg = model.cfg.batching
         max_batch = effective_max_batch(cfg, runner, model.name)
         gate = QueueGate(cfg.max_queue)
@@ -127,7 +164,8 @@ class InferencePipeline:
                 on_batch = lambda n: metrics.observe_batch(name, n)  # noqa: E731
                 on_deadline = lambda: metrics.observe_deadline_expired(name)  # noqa: E731
             batcher = Batcher(model, runner, max_batch, cfg, gate,
-                              on_batch=on_batch or (lambda _n: None), on_deadline=on_deadline or (lambda: None))
+                              on_batch=on_batch or (lambda _n: None), on_deadline=on_deadline or (lambda: None),
+                              progress=self.progress)
             log.info("model %s: batching up to %d, %d us fill delay, %d slot(s), queue bound %d",
                      model.name, max_batch, cfg.max_queue_delay_us, batcher.slots, cfg.max_queue)
         fast = model.warm_infer_us is not None and model.warm_infer_us < self.inline_max_us
@@ -138,6 +176,51 @@ class InferencePipeline:
         self._lanes[model.name] = lane
         return lane
 
+    def stalled(self, bound_s: float) -> Optional[str]:
+        """Why inference is stalled (serving/progress.py), or None; event loop only."""
+        oldest = min(self._admitted.values(), default=None)
+        waiting_s = time.monotonic() - oldest if oldest is not None else 0.0
+        return self.progress.stalled(bound_s, waiting_s, len(self._admitted))
+
+    def _retire(self, lane: _Lane) -> None:
+        """Stop giving the lane new requests; close it when the last one it has is answered."""
+        lane.retired = True
+        if lane.active:
+            self._retiring.add(lane)
+        else:
+            self._close_lane(lane)
+
+    def _close_lane(self, lane: _Lane) -> None:
+        self._retiring.discard(lane)
+        if lane.batcher is None:
+            lane.closed.set()
+            return
+
+        def close() -> None:
+            try:
+                lane.batcher.close()
+            finally:
+                lane.closed.set()
+
+        # Its own thread: the worker pool may be busy with a queue of other requests.
+        threading.Thread(target=close, name="retire-lane", daemon=True).start()
+
+    async def drain(self, model: ServedModel, timeout: float) -> bool:
+        """Answer every request that runs on `model`'s current runner, then close its lane. New
+        requests must already go elsewhere (a reload swapped the model in the registry, or it was
+        removed). Returns False when requests were still running after `timeout` seconds."""
+        runner = model.runner
+        lanes = [lane for lane in [*self._lanes.values(), *self._retiring] if lane.runner is runner]
+        for lane in lanes:
+            if self._lanes.get(model.name) is lane:
+                del self._lanes[model.name]
+            if not lane.retired:
+                self._retire(lane)
+        end = time.monotonic() + timeout
+        while any(not lane.closed.is_set() for lane in lanes) and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        return all(lane.closed.is_set() for lane in lanes)
+
     # -- requests -------------------------------------------------------------------
     async def run(self, model: ServedModel, item: ModelInput, options: Options,
                   deadline_s: Optional[float] = None) -> Prediction:
@@ -147,11 +230,8 @@ class InferencePipeline:
             ModelNotReady, QueueFull (RESOURCE_EXHAUSTED), DeadlineExpired, InvalidInput,
             InferenceError: as domain errors, translated at the gRPC edge.
         """
-        runner = model.require_ready()
+        lane = self.lane(model)
         name = model.name
-        lane = self._lanes.get(name)
-        if lane is None or lane.runner is not runner:
-            lane = self._lane(model, runner)
         # Batch 1 only: the warm-up measured batch 1, a bigger batch can take far longer.
         if lane.inline and isinstance(item, Tensors) and item.rows <= 1:
             # Runs now, on this thread: it never waits, so it takes no place in the queue.
@@ -167,13 +247,21 @@ class InferencePipeline:
             raise QueueFull(f"model {name!r} has {lane.gate.limit} requests waiting "
                             f"([models.{name}.batching] max_queue); try again later")
         self._in_flight[name] = self._in_flight.get(name, 0) + 1
+        lane.active += 1
+        self._admissions += 1
+        token = self._admissions
+        self._admitted[token] = time.monotonic()
         try:
             if lane.batcher is None:
                 pred = await self._direct(model, lane, item, options, submitted, expires)
             else:
                 pred = await self._batched(model, lane, item, options, submitted, expires)
         finally:
+            del self._admitted[token]
             self._in_flight[name] -= 1
+            lane.active -= 1
+            if lane.retired and not lane.active:
+                self._close_lane(lane)
         if self.metrics is not None:
             self.metrics.observe_timing(name, pred.timing)
         return pred
@@ -186,7 +274,8 @@ class InferencePipeline:
             if expires is not None and started > expires:
                 self._deadline_expired(model.name)
                 raise DeadlineExpired("the request's deadline passed while it waited for a worker; it was not run")
-            pred = model.predict(item, options)
+            with self.progress.running(model.name):
+                pred = model.predict(item, options)
             pred.timing.queue_us = int((started - submitted) * 1e6)
             pred.timing.total_us += pred.timing.queue_us
             return pred
@@ -246,7 +335,7 @@ class InferencePipeline:
             return
         self._closed = True
         end = time.monotonic() + timeout
-        for lane in list(self._lanes.values()):
+        for lane in [*self._lanes.values(), *self._retiring]:
             if lane.batcher is not None:
                 lane.batcher.close(max(0.0, end - time.monotonic()))
         self.executor.shutdown(wait=False, cancel_futures=True)

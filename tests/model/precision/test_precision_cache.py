@@ -22,6 +22,7 @@ def small_calibration(datasets, tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_second_prepare_reuses_the_file_without_calibrating(config_factory, small_calibration, tmp_path,
                                                             progress_recorder):
     cfg = config_factory("imagenet", images=str(small_calibration), max_images=4)

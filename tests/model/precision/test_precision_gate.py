@@ -14,6 +14,7 @@ from edgeinfer.model.precision.metrics import (classification_figures, detection
 
 # -- refusals on the real models ---------------------------------------------------
 
+@pytest.mark.slow
 def test_too_strict_raw_cosine_refuses_int8_but_passes_fp32(prepared, config_factory):
     """min_cosine 0.99999 is above what INT8 reaches: refused with the figure; FP32 itself passes."""
     cfg = config_factory("imagenet", postprocess={"task": "raw", "labels": ""}, min_cosine=0.99999,
@@ -33,6 +34,7 @@ def test_too_strict_raw_cosine_refuses_int8_but_passes_fp32(prepared, config_fac
     assert same.passed and same.metrics["cosine_min"] > 0.9999999 and same.metrics["max_abs_diff"] == 0.0
 
 
+@pytest.mark.slow
 def test_broken_detector_is_refused(faces_cfg):
     """A candidate whose heatmap is wiped (a transform broken on purpose) finds no faces: refused."""
     reference = fp32_reference(faces_cfg)

@@ -19,6 +19,7 @@ def served(classifier_onnx, centerface_onnx, datasets, variant_cache, start_daem
     return start_daemon(cfg)
 
 
+@pytest.mark.slow
 def test_int8_refused_by_the_gate_then_fp16_serves(served, media):
     with Client(served.address, timeout=60) as c:
         m = c.get_model("imagenet")

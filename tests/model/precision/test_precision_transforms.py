@@ -106,6 +106,7 @@ def test_fp16_classifier_agrees_with_fp32(prepared, imagenet_cfg):
     assert report.metrics["cosine_min"] >= 0.999
 
 
+@pytest.mark.slow
 def test_fp16_face_boxes_agree_with_fp32(prepared, faces_cfg):
     variant, _ = prepared[("faces", "fp16")]
     report = evaluate_accuracy(faces_cfg, "fp16", session_callable(variant.onnx_path), fp32_reference(faces_cfg))
@@ -117,6 +118,7 @@ def test_fp16_face_boxes_agree_with_fp32(prepared, faces_cfg):
 
 # -- INT8 ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_int8_face_boxes_iou_against_fp32(prepared, faces_cfg):
     variant, _ = prepared[("faces", "int8")]
     reference = fp32_reference(faces_cfg)
@@ -130,6 +132,7 @@ def test_int8_face_boxes_iou_against_fp32(prepared, faces_cfg):
     assert report.passed, report.reason
 
 
+@pytest.mark.slow
 def test_int8_classifier_agreement_photos_and_frames(prepared, imagenet_cfg, val_stills):
     """INT8 keeps the photos' answers but moves the frames' Windsor-tie/bow-tie tie.
 

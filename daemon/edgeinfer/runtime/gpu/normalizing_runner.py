@@ -46,7 +46,7 @@ def why_not_on_gpu(runner: Runner, input_cfg) -> Optional[str]:
     try:
         from edgeinfer.runtime.gpu.memory import require_device
 
-        require_device(0)
+        require_device(int(info.device.split(":")[1]) if ":" in info.device else 0)
     except Exception as exc:  # noqa: BLE001 - no cuda-python, no driver: say so
         return f"cuda-python cannot reach the GPU: {exc}"
     return None

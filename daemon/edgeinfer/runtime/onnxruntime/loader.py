@@ -81,10 +81,16 @@ def session_options(graph_optimization: str = "all", intra_op: int = 0, inter_op
     return opts
 
 
-def _with_options(provider: str, cfg) -> "str | tuple[str, dict]":
-    """A provider name, or (name, options) where the config sets any for it."""
-    if provider == "CUDAExecutionProvider" and cfg.cudnn_conv_algo_search != "auto":
-        return provider, {"cudnn_conv_algo_search": cfg.cudnn_conv_algo_search.upper()}
+def _with_options(provider: str, cfg, device: int = 0) -> "str | tuple[str, dict]":
+    """A provider name, or (name, options) where the config sets any for it.
+
+    The CUDA EP always gets its device_id: CudaIoBinding reads it back from the session to put
+    our own buffers on the same GPU."""
+    if provider == "CUDAExecutionProvider":
+        options = {"device_id": str(device)}
+        if cfg.cudnn_conv_algo_search != "auto":
+            options["cudnn_conv_algo_search"] = cfg.cudnn_conv_algo_search.upper()
+        return provider, options
     return provider
 
 
@@ -97,7 +103,7 @@ class RunnerFromOnnx:
     def __call__(self) -> OnnxRuntimeRunner:
         cfg = self.request.model.onnxruntime
         providers = list(cfg.providers) or default_providers()
-        provider_args = [_with_options(p, cfg) for p in providers]
+        provider_args = [_with_options(p, cfg, self.request.device) for p in providers]
         unknown = [p for p in providers if p not in ort.get_available_providers()]
         if unknown:
             raise BackendUnavailable(f"onnxruntime {ort.__version__} has no {unknown} "

@@ -182,7 +182,8 @@ class OnnxRuntimeRunner(DescribedRunner):
         self._outputs = [_spec(o) for o in session.get_outputs()]
         self._output_names = [o.name for o in self._outputs]
         provider = session.get_providers()[0]
-        device = "cuda:0" if provider == "CUDAExecutionProvider" else "cpu"
+        cuda_opts = session.get_provider_options().get("CUDAExecutionProvider", {})
+        device = f"cuda:{int(cuda_opts.get('device_id', 0))}" if provider == "CUDAExecutionProvider" else "cpu"
         batch_dims = {s.shape[0] for s in self._inputs if s.shape}
         fixed = next(iter(batch_dims)) if len(batch_dims) == 1 and -1 not in batch_dims else None
         self._io: Optional[CudaIoBinding] = None

@@ -77,7 +77,11 @@ def plan_build(request: LoadRequest, api: Optional[compat.TrtApi] = None, platfo
     if not info.gpus:
         raise BackendUnavailable(f"{api.label} is installed but no CUDA GPU is visible "
                                  f"(cuda-python missing, no driver, or CUDA_VISIBLE_DEVICES empty)")
-    gpu = info.gpus[0]  # engines run on device 0; the config has no device field yet
+    device = request.device
+    if device >= len(info.gpus):
+        raise BackendLoadError(f"model {request.model.name}: device = {device}, but {len(info.gpus)} GPU(s) "
+                               f"are visible (indexes count within CUDA_VISIBLE_DEVICES)")
+    gpu = info.gpus[device]
     model = request.model
     trt_cfg = model.tensorrt
     try:
