@@ -372,8 +372,9 @@ class LimitsConfig:
     max_tensor_bytes: int = field(default=64 * 1024 * 1024, metadata=_positive)
     # Rows (first dimension) of one tensor request (INVALID_ARGUMENT above it).
     max_batch_rows: int = field(default=64, metadata=_positive)
-    # Concurrent InferStream calls from one connection (RESOURCE_EXHAUSTED above it).
-    max_streams_per_connection: int = field(default=8, metadata=_positive)
+    # Concurrent InferStream calls from one connection (RESOURCE_EXHAUSTED above it). gRPC Python
+    # clients in one process share a connection per target, so one process's streams count together.
+    max_streams_per_connection: int = field(default=64, metadata=_positive)
     # Requests a second per client address (stream frames count); 0 = no limit.
     # Above it: RESOURCE_EXHAUSTED. `rate_burst` requests may come at once.
     rate_per_client: float = field(default=0.0, metadata=_non_negative)
