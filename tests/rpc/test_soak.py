@@ -1,6 +1,7 @@
 """Soak: sustained mixed load on a real daemon (unary image and tensor requests, InferStream, clients
-that drop a stream midway, connections opened and closed), sampling the process's RSS, threads and
-open file descriptors. After a warm-up, none may keep growing.
+that drop a stream midway, connections opened and closed, config reloads that swap a model every
+2 s), sampling the process's RSS, threads and open file descriptors. After a warm-up, none may keep
+growing.
 
 CI runs EDGEINFER_SOAK_SECONDS (default 20); a long run sets it higher and EDGEINFER_SOAK_REPORT to a
 file that gets the samples' summary (docs/security.md has the last long run's figures).
@@ -28,31 +29,37 @@ REPORT = os.environ.get("EDGEINFER_SOAK_REPORT")
 pytestmark = pytest.mark.slow
 
 
-def _config(trivial_onnx, centerface_onnx, tmp_path):
-    from edgeinfer.config import parse_config
+def _write_config(path, trivial_onnx, centerface_onnx, version: int) -> None:
+    cpu = '[models.onnxruntime]\nproviders = ["CPUExecutionProvider"]\nintra_op_threads = 1\n'
+    path.write_text(
+        f'[server]\nworkers = 4\n[metrics]\nenabled = false\n[cache]\ndir = "{path.parent / "cache"}"\n'
+        f'[[models]]\nname = "trivial"\nversion = "{version}"\nonnx = "{trivial_onnx}"\nbackends = ["onnxruntime"]\n'
+        f'[models.postprocess]\ntask = "raw"\n{cpu}'
+        f'[[models]]\nname = "faces"\nonnx = "{centerface_onnx}"\nbackends = ["onnxruntime"]\n'
+        f'[models.input]\nresize = "letterbox"\nsize = [320, 256]\npad_value = 0\n'
+        f'[models.postprocess]\ntask = "centerface"\nscore_threshold = 0.5\n{cpu}')
 
-    cpu = {"providers": ["CPUExecutionProvider"], "intra_op_threads": 1}
-    return parse_config({
-        "server": {"workers": 4},
-        "cache": {"dir": str(tmp_path)},
-        "models": [
-            {"name": "trivial", "onnx": str(trivial_onnx), "backends": ["onnxruntime"],
-             "postprocess": {"task": "raw"}, "onnxruntime": cpu},
-            {"name": "faces", "onnx": str(centerface_onnx), "backends": ["onnxruntime"], "onnxruntime": cpu,
-             "input": {"resize": "letterbox", "size": [320, 256], "pad_value": 0},
-             "postprocess": {"task": "centerface", "score_threshold": 0.5}},
-        ],
-    })
+
+def _as_test_daemon(cfg):
+    cfg.server.listen, cfg.metrics.enabled = "127.0.0.1:0", False
+    return cfg
 
 
 def test_soak(start_daemon, trivial_onnx, centerface_onnx, media, tmp_path):
-    d = start_daemon(_config(trivial_onnx, centerface_onnx, tmp_path))
+    import asyncio
+
+    from edgeinfer.config import load_config
+
+    path = tmp_path / "edgeinfer.toml"
+    _write_config(path, trivial_onnx, centerface_onnx, 1)
+    d = start_daemon(load_config(path), config_path=str(path), config_overrides=_as_test_daemon)
     photo = cv2.imencode(".jpg", cv2.resize(cv2.imread(str(media / "astronaut.png")), (320, 320)))[1].tobytes()
     image_req = pb.InferRequest(model="faces", image=photo)
     tensor_req = pb.InferRequest(model="trivial")
     tensor_req.tensors.tensors.append(to_tensor("x", np.ones((1, 64), np.float32)))
     stop = threading.Event()
-    counts = {"unary": 0, "stream_frames": 0, "dropped_streams": 0, "connections": 0}
+    counts = {"unary": 0, "stream_frames": 0, "dropped_streams": 0, "connections": 0, "reloads": 0,
+              "unavailable": 0}
     errors: list[str] = []
     lock = threading.Lock()
 
@@ -65,16 +72,33 @@ def test_soak(start_daemon, trivial_onnx, centerface_onnx, media, tmp_path):
             stub = pb_grpc.InferenceStub(ch)
             while not stop.is_set():
                 for req in (tensor_req, tensor_req, image_req):
-                    stub.Infer(req, timeout=30)
-                    count("unary")
+                    try:
+                        stub.Infer(req, timeout=30)
+                        count("unary")
+                    except grpc.RpcError as exc:  # a model swapped by a reload may answer UNAVAILABLE
+                        if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                            raise
+                        count("unavailable")
+
+    def reloads():
+        # The trivial model's version flips on each reload: a new copy loads, the old one drains.
+        version = 1
+        while not stop.wait(2.0):
+            version = 3 - version
+            _write_config(path, trivial_onnx, centerface_onnx, version)
+            outcome = asyncio.run_coroutine_threadsafe(d.daemon.reload(), d.loop).result(60)
+            assert outcome.accepted, outcome.summary()
+            count("reloads")
 
     def streams():
         with grpc.insecure_channel(d.address) as ch:
             stub = pb_grpc.InferenceStub(ch)
             while not stop.is_set():
                 answers = list(stub.InferStream(iter([tensor_req] * 20 + [image_req] * 2), timeout=30))
-                assert all(a.WhichOneof("result") == "response" for a in answers)
-                count("stream_frames", len(answers))
+                errors_seen = [a.error.code for a in answers if a.WhichOneof("result") == "error"]
+                assert set(errors_seen) <= {"UNAVAILABLE"}, errors_seen
+                count("stream_frames", len(answers) - len(errors_seen))
+                count("unavailable", len(errors_seen))
 
     def droppers():
         while not stop.is_set():
@@ -94,7 +118,7 @@ def test_soak(start_daemon, trivial_onnx, centerface_onnx, media, tmp_path):
                 stop.set()
         return run
 
-    workers = [threading.Thread(target=guard(f), daemon=True) for f in (unary, unary, streams, droppers)]
+    workers = [threading.Thread(target=guard(f), daemon=True) for f in (unary, unary, streams, droppers, reloads)]
     for w in workers:
         w.start()
     samples = []
@@ -117,6 +141,7 @@ def test_soak(start_daemon, trivial_onnx, centerface_onnx, media, tmp_path):
         with open(REPORT, "w") as f:
             json.dump(summary, f, indent=2)
     assert counts["unary"] > 0 and counts["stream_frames"] > 0 and counts["dropped_streams"] > 0, summary
+    assert counts["reloads"] > 0, summary
     assert last[1] - first[1] < 60, summary
     assert last[2] - first[2] <= 4, summary
     assert last[3] - first[3] <= 16, summary
