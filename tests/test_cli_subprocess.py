@@ -151,3 +151,30 @@ def test_serve_with_two_processes_answers_and_stops_cleanly_on_sigterm(centerfac
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_sigterm_while_models_load_stops_cleanly(centerface_onnx, media, tmp_path):
+    """SIGTERM in the middle of a load (here: an fp16 conversion, then ONNX Runtime's session) ends
+    the load at its next step and exits 0: the loader thread is waited for, never left inside a
+    runtime's native code while the interpreter exits (that aborted the process)."""
+    config = tmp_path / "edgeinfer.toml"
+    config.write_text(f'[metrics]\nenabled = false\n[cache]\ndir = "{tmp_path / "cache"}"\n'
+                      f'[[models]]\nname = "faces"\nonnx = "{centerface_onnx}"\nprecision = ["fp16"]\n'
+                      f'[models.input]\nresize = "letterbox"\nsize = [640, 480]\n[models.postprocess]\ntask = "centerface"\n'
+                      f'[models.calibration]\nvalidation = "{media}"\n')
+    log = tmp_path / "serve.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([str(BIN / "edgeinfer"), "serve", "--config", str(config),
+                                 "--listen", f"127.0.0.1:{_free_port()}"], stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "fp16" not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert proc.poll() is None, log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "terminate called" not in text and "loading stopped: the daemon is shutting down" in text

@@ -359,3 +359,36 @@ def test_check_config_refuses_a_device_from_the_environment_that_is_not_there(tr
     monkeypatch.setenv("EDGEINFER_DEVICE", "2")  # edgeinfer@2 on a host with 2 GPUs
     assert cli.main(["check-config", str(path)]) == 2
     assert "environment EDGEINFER_DEVICE = 2: no such GPU, 2 GPU(s) visible" in capsys.readouterr().err
+
+
+def test_reload_starts_stops_and_restarts_streams(start_daemon, centerface_onnx, media, tmp_path):
+    """[[streams]] follow the config file: a new stream starts, a changed one restarts, a removed one
+    stops; models change beside them."""
+    from testkit.streams_kit import wait_for
+
+    video = media / "carphone_pristine.mp4"
+
+    def write(streams: dict[str, int]) -> Path:
+        text = (f"[server]\nworkers = 2\n[metrics]\nenabled = false\n[cache]\ndir = \"{tmp_path / 'cache'}\"\n"
+                f'[[models]]\nname = "faces"\nonnx = "{centerface_onnx}"\n[models.input]\nresize = "letterbox"\n'
+                f'size = [640, 480]\n[models.postprocess]\ntask = "centerface"\n')
+        for name, fps in streams.items():
+            text += f'\n[[streams]]\nname = "{name}"\nsource = "{video}"\nmodel = "faces"\nloop = true\nfps = {fps}\n'
+        path = tmp_path / "edgeinfer.toml"
+        path.write_text(text)
+        return path
+
+    path = write({"kept": 5, "changed": 5, "dropped": 5})
+    d = _started(start_daemon, path)
+    with Client(d.address, timeout=60) as c:
+        assert wait_for(lambda: all(s.frames_processed > 0 for s in c.streams()), 60)
+        kept_before = {s.name: s for s in c.streams()}["kept"].frames_processed
+        write({"kept": 5, "changed": 4, "added": 5})
+        assert c.reload().accepted
+        streams = {s.name: s for s in c.streams()}
+        assert sorted(streams) == ["added", "changed", "kept"]
+        # The unchanged stream ran on (its counts go on); the changed one started again from nothing.
+        assert streams["kept"].frames_processed >= kept_before
+        assert wait_for(lambda: {s.name: s for s in c.streams()}["added"].frames_processed > 0, 60)
+        with pytest.raises(Exception, match="no stream named 'dropped'"):
+            next(iter(c.watch("dropped", count=1, timeout=10)))

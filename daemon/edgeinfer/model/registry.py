@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -110,8 +111,14 @@ class ModelRegistry:
     def __iter__(self) -> Iterable[ServedModel]:
         return iter(self.models.values())
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
+        """Unload every model; a model still loading stops at its next step, and close waits up to
+        `timeout` s for that: a loader thread still inside a runtime's native code when the
+        interpreter exits would abort the process (ONNX Runtime's session constructor does)."""
         for model in self.models.values():
             model.unload()
+        end = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, end - time.monotonic()))
         if self.remote is not None:
             self.remote.close()

@@ -88,7 +88,17 @@ class ServedModel:
         self.on_state_change(self)
 
     def progress(self, message: str) -> None:
-        """Loaders report here; the text shows in GetModel while loading."""
+        """Loaders report here; the text shows in GetModel while loading.
+
+        Every long step of a load (hashing, converting, calibrating, validating, building) reports
+        here between its pieces, so this is where a load that shutdown or a reload stopped ends:
+        at the next piece, in Python, never inside a runtime's native code.
+
+        Raises:
+            BackendLoadError: loading was stopped (unload()).
+        """
+        if self._stop_loading.is_set():
+            raise BackendLoadError(_STOPPED)
         log.info("model %s: %s", self.name, message)
         with self._lock:
             if self.state is ModelState.LOADING:
