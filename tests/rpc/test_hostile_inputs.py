@@ -194,3 +194,27 @@ def test_second_daemon_on_a_taken_port(tmp_path, daemon):
 
 def test_daemon_still_serves(client, media):
     assert client.infer("faces", media / "astronaut.png").detections
+
+
+@pytest.mark.parametrize("method,streaming", [
+    ("/inference.GRPCInferenceService/ModelInfer", False),
+    ("/inference.GRPCInferenceService/ModelStreamInfer", True),
+    ("/inference.GRPCInferenceService/ModelMetadata", False),
+    ("/edgeinfer.v1.Admin/Reload", False),
+    ("/edgeinfer.v1.Streams/ListStreams", False),
+    ("/edgeinfer.v1.Streams/WatchStream", True),
+    ("/grpc.health.v1.Health/Check", False),
+    ("/grpc.health.v1.Health/Watch", True),
+])
+def test_corrupt_protobuf_to_any_service_is_invalid_argument(channel, method, streaming):
+    """Every service's requests parse the way Inference's do (rpc/methods.py guarded): bytes that
+    are not the message answer INVALID_ARGUMENT naming it, not UNKNOWN with a logged traceback."""
+    with pytest.raises(grpc.RpcError) as info:
+        if method.endswith(("ModelStreamInfer",)):
+            list(channel.stream_stream(method)(iter([b"\xff"]), timeout=10))
+        elif streaming:
+            list(channel.unary_stream(method)(b"\xff", timeout=10))
+        else:
+            channel.unary_unary(method)(b"\xff", timeout=10)
+    assert info.value.code() == INVALID, (method, info.value.code(), info.value.details())
+    assert "is not a valid" in info.value.details()

@@ -17,9 +17,112 @@ go through the generic handlers, a few microseconds a call.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Iterable
 
 import grpc
+
+from edgeinfer.errors import InvalidInput
+
+
+class Malformed:
+    """What a request deserializer hands over instead of raising on bytes that are not the message:
+    grpc answers a raising deserializer with UNKNOWN and logs a traceback per call; the handler
+    answers this one INVALID_ARGUMENT."""
+
+    __slots__ = ("what", "reason")
+
+    def __init__(self, what: str, reason: str):
+        self.what = what
+        self.reason = reason
+
+    def error(self) -> InvalidInput:
+        return InvalidInput(f"the request is not a valid {self.what} message: {self.reason}")
+
+
+def tolerant(message_cls):
+    """A request deserializer that returns Malformed rather than raising (its handler checks)."""
+    return _tolerant(message_cls.FromString, message_cls.DESCRIPTOR.full_name)
+
+
+def _tolerant(parse, what: str):
+    def deserialize(data: bytes):
+        try:
+            return parse(data)
+        except Exception as exc:  # noqa: BLE001 - DecodeError and friends: whatever the bytes were
+            return Malformed(what, str(exc) or type(exc).__name__)
+
+    deserialize.tolerant = True
+    return deserialize
+
+
+def guarded(handler):
+    """The same method handler, except that a request whose bytes are not its message answers
+    INVALID_ARGUMENT with what failed to parse (never UNKNOWN with a logged traceback). Handlers
+    whose deserializer is already tolerant (they count and log malformed requests themselves)
+    and handlers without a deserializer are returned as they are."""
+    parse = getattr(handler, "request_deserializer", None)
+    if parse is None or getattr(parse, "tolerant", False):
+        return handler
+    owner = getattr(parse, "__self__", None)
+    what = owner.DESCRIPTOR.full_name if hasattr(owner, "DESCRIPTOR") else "request"
+    deserialize = _tolerant(parse, what)
+
+    async def refuse(context, bad: Malformed):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(bad.error()))
+
+    async def checked(requests, context):
+        async for request in requests:
+            if isinstance(request, Malformed):
+                await refuse(context, request)
+            yield request
+
+    inner = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    if not (inspect.iscoroutinefunction(inner) or inspect.isasyncgenfunction(inner)):
+        return handler  # a sync server's handler: left as it is
+    if handler.unary_unary is not None:
+        async def unary_unary(request, context):
+            if isinstance(request, Malformed):
+                await refuse(context, request)
+            return await inner(request, context)
+        return grpc.unary_unary_rpc_method_handler(unary_unary, deserialize, handler.response_serializer)
+    generates = inspect.isasyncgenfunction(inner)  # else a coroutine that writes with context.write
+    if handler.unary_stream is not None:
+        if generates:
+            async def unary_stream(request, context):
+                if isinstance(request, Malformed):
+                    await refuse(context, request)
+                async for response in inner(request, context):
+                    yield response
+        else:
+            async def unary_stream(request, context):
+                if isinstance(request, Malformed):
+                    await refuse(context, request)
+                return await inner(request, context)
+        return grpc.unary_stream_rpc_method_handler(unary_stream, deserialize, handler.response_serializer)
+    if handler.stream_unary is not None:
+        async def stream_unary(requests, context):
+            return await inner(checked(requests, context), context)
+        return grpc.stream_unary_rpc_method_handler(stream_unary, deserialize, handler.response_serializer)
+    if generates:
+        async def stream_stream(requests, context):
+            async for response in inner(checked(requests, context), context):
+                yield response
+    else:
+        async def stream_stream(requests, context):
+            return await inner(checked(requests, context), context)
+    return grpc.stream_stream_rpc_method_handler(stream_stream, deserialize, handler.response_serializer)
+
+
+class _Guarded(grpc.GenericRpcHandler):
+    """A generic handler whose method handlers are guarded()."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def service(self, handler_call_details):
+        handler = self._inner.service(handler_call_details)
+        return guarded(handler) if handler is not None else None
 
 
 def add_service(server, service_name: str, handlers: dict[str, grpc.RpcMethodHandler],
@@ -32,6 +135,7 @@ def add_service(server, service_name: str, handlers: dict[str, grpc.RpcMethodHan
     Raises:
         KeyError: a name in `registered` is not one of `handlers`.
     """
+    handlers = {name: guarded(h) for name, h in handlers.items()}
     hot = {name: handlers[name] for name in registered}  # first: a wrong name adds nothing
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, handlers),))
     register = getattr(server, "add_registered_method_handlers", None)
@@ -48,7 +152,7 @@ class GenericOnly:
         self._server = server
 
     def add_generic_rpc_handlers(self, handlers) -> None:
-        self._server.add_generic_rpc_handlers(handlers)
+        self._server.add_generic_rpc_handlers(tuple(_Guarded(h) for h in handlers))
 
     def add_registered_method_handlers(self, service_name: str, handlers) -> None:
         pass  # deliberately not registered: each registered method costs every call (module docstring)

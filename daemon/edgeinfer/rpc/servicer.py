@@ -21,42 +21,13 @@ from edgeinfer.rpc import converters
 from edgeinfer.rpc.errors import abort_with, status_of, translate_errors
 from edgeinfer.rpc.fastpath import InlineTensorPath
 from edgeinfer.rpc.limits import RateLimiter, StreamSlots, ThrottledLog
-from edgeinfer.rpc.methods import add_service
+from edgeinfer.rpc.methods import Malformed, add_service, tolerant
 from edgeinfer.model.types import ModelState, Tensors
 from edgeinfer.serving.lanes import InferencePipeline, Route
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Inference"].full_name
-
-
-class Malformed:
-    """What a request deserializer hands over instead of raising on bytes that are not the message:
-    grpc answers a raising deserializer with UNKNOWN and logs a traceback per call; the handler
-    answers this one INVALID_ARGUMENT, counted and logged at most once per interval."""
-
-    __slots__ = ("what", "reason")
-
-    def __init__(self, what: str, reason: str):
-        self.what = what
-        self.reason = reason
-
-    def error(self) -> InvalidInput:
-        return InvalidInput(f"the request is not a valid {self.what} message: {self.reason}")
-
-
-def tolerant(message_cls):
-    """A request deserializer that returns Malformed rather than raising."""
-    parse = message_cls.FromString
-    what = message_cls.DESCRIPTOR.full_name
-
-    def deserialize(data: bytes):
-        try:
-            return parse(data)
-        except Exception as exc:  # noqa: BLE001 - DecodeError and friends: whatever the bytes were
-            return Malformed(what, str(exc) or type(exc).__name__)
-
-    return deserialize
 
 
 def _runtime_refused(exc: InferenceError, item: Tensors, model) -> Optional[InvalidInput]:
