@@ -373,6 +373,8 @@ def markdown(results: dict, plots: Optional[dict[str, str]] = None) -> str:
         figures = acc.get("metrics", {})
         lines.append(f"| {v['variant']} | {v['gate']['text']} | {acc.get('samples', '-')} | "
                      + " | ".join(_f(figures.get(k), 4) for k in keys) + " |")
+    for section in results.get("sections", []):
+        lines += ["", f"## {section['title']}", ""] + list(section["lines"])
     if plots:
         lines += ["", "## Plots", ""] + [f"![{k}]({name})" for k, name in plots.items()]
     lines += ["", "## Load attempts", ""]
