@@ -357,6 +357,9 @@ def markdown(results: dict, plots: Optional[dict[str, str]] = None) -> str:
     for v in results["variants"]:
         lat, thr = v.get("latency") or {}, v.get("throughput") or {}
         served = f"{v.get('backend') or '-'}/{v.get('precision') or '-'} {v.get('device') or ''}".strip()
+        decode = re.search(r"decode on ([^;]+)", v.get("reason") or "")
+        if decode:
+            served += f"; decode on {decode.group(1)}"
         if v.get("state") != "ready":
             served = f"{v.get('state')}: {v.get('reason', '')}"
         errors = (lat.get("errors") or 0) + (thr.get("errors") or 0)
