@@ -198,7 +198,8 @@ def combine_rounds(slices: list[LoadResult], concurrency: int, duration_s: float
     point = dict(summary.as_dict(), concurrency=concurrency, rounds=len(slices),
                  round_throughputs=[round(x, 2) for x in rates],
                  server_timing_us=slices[-1].server_timing_us if slices else {},
-                 first_errors=[e for r in slices for e in r.first_errors][:3])
+                 first_errors=[e for r in slices for e in r.first_errors][:3],
+                 cpu=[getattr(r, "cpu", {}) for r in slices])
     point["throughput"] = float(np.median(rates)) if rates else 0.0
     if concurrency == 1 and lat.size:
         # The latency distribution's plot: a few thousand sorted values are plenty.
@@ -295,9 +296,12 @@ def run_variants(settings: VariantSettings, progress: Optional[Progress] = None)
                 served.append((out, pid, clients, {c: [] for c in levels}))
         for k in range(rounds):
             order = served if k % 2 == 0 else served[::-1]
-            for out, _pid, clients, slices in order:
+            for out, pid, clients, slices in order:
                 for c in levels:
-                    res = clients[c].run_slice(progress=None)
+                    meter = environment.WindowCpu(pid)
+                    res = clients[c].run_slice(progress=None,
+                                               on_start=lambda m=meter: m.start(settings.warmup_s, settings.duration_s))
+                    res.cpu = meter.wait()
                     slices[c].append(res)
                     progress(f"[variants] round {k + 1}/{rounds} {settings.model} {out['variant']} c={c}: "
                              f"{res.summary.throughput:.1f}/s P50 {res.summary.p50_ms or 0:.2f} ms "
@@ -319,6 +323,12 @@ def run_variants(settings: VariantSettings, progress: Optional[Progress] = None)
 
 def _f(v, digits: int = 1) -> str:
     return "-" if v is None else f"{v:,.{digits}f}"
+
+
+def _cpu(point: dict, key: str) -> str:
+    """The median over a point's rounds of one WindowCpu figure."""
+    values = sorted(c[key] for c in point.get("cpu", []) if c and c.get(key) is not None)
+    return _f(values[len(values) // 2], 1) if values else "-"
 
 
 def _accuracy_keys(results: dict) -> list[str]:
@@ -352,8 +362,9 @@ def markdown(results: dict, plots: Optional[dict[str, str]] = None) -> str:
              "gate, warm-up)",
              "", "## Speed and memory", "",
              "| variant | served | load s | P50 ms (c=1) | P95 ms | P99 ms | img/s (c=1) | img/s (c=%d) | vs first | "
-             "host MiB | GPU MiB | errors |" % s["saturating_concurrency"],
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "host MiB | GPU MiB | daemon cores (c=%d) | steal %% | errors |" % (s["saturating_concurrency"],
+                                                                          s["saturating_concurrency"]),
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for v in results["variants"]:
         lat, thr = v.get("latency") or {}, v.get("throughput") or {}
         served = f"{v.get('backend') or '-'}/{v.get('precision') or '-'} {v.get('device') or ''}".strip()
@@ -366,7 +377,8 @@ def markdown(results: dict, plots: Optional[dict[str, str]] = None) -> str:
         lines.append(f"| {v['variant']} | {served} | {_f(v.get('load_s'))} | {_f(lat.get('p50_ms'), 2)} | "
                      f"{_f(lat.get('p95_ms'), 2)} | {_f(lat.get('p99_ms'), 2)} | {_f(lat.get('throughput'))} | "
                      f"{_f(thr.get('throughput'))} | {_f(v.get('speedup'), 2)}x | {_f(v.get('host_rss_mb_end'), 0)} | "
-                     f"{_f(v.get('gpu_mb_end'), 0)} | {errors} |")
+                     f"{_f(v.get('gpu_mb_end'), 0)} | {_cpu(thr, 'server_cores')} | {_cpu(thr, 'steal_pct')} | "
+                     f"{errors} |")
     keys = _accuracy_keys(results)
     lines += ["", "## Accuracy against fp32 (the gate's figures)", "",
               "| variant | gate verdict | samples | " + " | ".join(keys) + " |",

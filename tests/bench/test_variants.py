@@ -89,6 +89,7 @@ def test_fp32_and_fp16_measured_with_accuracy_and_a_report(imagenet_config, medi
         assert v["latency"]["p50_ms"] <= v["latency"]["p95_ms"] <= v["latency"]["p99_ms"]
         assert v["load_s"] is not None and v["host_rss_mb_end"] > 50
         assert v["latency"]["latencies_ms"] == sorted(v["latency"]["latencies_ms"])
+        assert v["throughput"]["cpu"][0]["server_cores"] > 0  # the daemon's CPU in the measured window
     assert (fp32["precision"], fp16["precision"]) == ("fp32", "fp16")
     # the gate ran for fp16 on the validation photos and agreed with fp32
     assert fp16["accuracy"]["samples"] > 0
