@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import re
 import statistics
 import sys
 import time
@@ -174,7 +175,8 @@ def main() -> int:
             gap = round(p50 - raw16_b1, 3) if p50 and raw16_b1 else None
             ratios.append({"processes": processes, "decode": v["variant"], "img_per_s": thr, "ratio": ratio,
                            "p50_ms": p50, "p50_gap_ms": gap, "reason": v.get("reason")})
-            decode = v.get("reason", "").split("; ")[-1] if "decode on" in v.get("reason", "") else "decode on cpu"
+            found = re.search(r"decode on [^;]+", v.get("reason") or "")
+            decode = found.group(0) if found else "decode on cpu"
             lines.append(f"| {processes} process(es), {decode} | {thr or 0:,.0f} | {ratio} | {p50 or 0:.2f} | {gap} | "
                          f"{_cores(v)} |")
             print(f"[ratio] processes={processes} decode={v['variant']}: {thr or 0:,.0f} img/s = {ratio} of the raw "

@@ -205,7 +205,8 @@ class ServedModel:
                 from edgeinfer.runtime.gpu.preprocess_kernel import Normalization
 
                 wrapped = GpuDecodingRunner(runner, self.image_input.name,
-                                            Normalization.from_input_config(self.cfg.input), self.cfg.input.pad_value)
+                                            Normalization.from_input_config(self.cfg.input), self.cfg.input.pad_value,
+                                            tuple(self.cfg.input.size))
                 self.decode_on_gpu = True
                 return wrapped
             except Exception as exc:  # noqa: BLE001 - nvImageCodec/NVRTC/CUDA failures: serve with the CPU path

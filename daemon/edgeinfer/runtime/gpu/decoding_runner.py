@@ -109,10 +109,11 @@ class GpuDecodingRunner(DescribedRunner):
         image_name: the model's image input (float32 [N, 3, H, W]).
         norm: gpu.preprocess_kernel.Normalization from the input config.
         pad_value: letterbox padding (0-255).
+        size: (width, height) of the model input ([models.input] size; the model's own may be dynamic).
         kernel: a PreprocessKernel (compiled here on the runner's device when not given).
     """
 
-    def __init__(self, runner: Runner, image_name: str, norm, pad_value: int, kernel=None):
+    def __init__(self, runner: Runner, image_name: str, norm, pad_value: int, size: tuple[int, int], kernel=None):
         super().__init__()
         from edgeinfer.runtime.gpu.preprocess_kernel import PreprocessKernel
         from edgeinfer.runtime.onnxruntime.runner import CudaIoBinding
@@ -125,7 +126,7 @@ class GpuDecodingRunner(DescribedRunner):
         n, c, h, w = spec.shape
         if c != 3:
             raise ValueError(f"input {image_name!r} has {c} channels; the GPU decode path writes 3")
-        self.out_hw = (int(h), int(w))
+        self.out_hw = (int(size[1]), int(size[0]))
         self._inputs = [TensorSpec(s.name, np.dtype(object), (n,)) if s.name == image_name else s
                         for s in runner.inputs]
         self._outputs = list(runner.outputs)
