@@ -171,6 +171,14 @@ class InputConfig:
     # resized (libjpeg's scaled IDCT averages blocks); boxes map back to the original
     # pixels exactly. false: always decode at full size.
     reduced_decode: bool = True
+    # Where JPEG/PNG requests are decoded and resized: "cpu" (OpenCV on the workers), "gpu"
+    # (nvImageCodec decodes each batch into GPU memory, an NVRTC kernel resizes and normalizes
+    # it into the model's input there; needs ONNX Runtime's CUDA provider, float32 NCHW input,
+    # rgb or bgr, and the nvidia-nvimgcodec wheel) or "auto" (gpu where it can run, quietly cpu
+    # elsewhere). Where "gpu" cannot run, the CPU serves and the model's state says why.
+    # Default cpu: the CPU path is the accuracy gate's reference and bit-exact across hosts;
+    # the GPU decode differs by a level or two on some pixels (docs/gpu.md).
+    decode: Literal["cpu", "gpu", "auto"] = "cpu"
 
 
 @dataclass

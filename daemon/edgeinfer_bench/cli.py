@@ -103,6 +103,13 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="file stem of the report (default: bench-<UTC time>)")
     p.add_argument("--title", default="", help="report title")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--variants", choices=("precision", "decode", "backend"), default=None,
+                   help="the before/after report: serve one model (--models NAME) once per variant along this "
+                        "axis (precision: fp32,fp16,int8; decode: cpu,gpu; backend) and report latency at 1 "
+                        "client, throughput at the largest --concurrency, memory, load time and the accuracy "
+                        "gate's figures against fp32 for each")
+    p.add_argument("--variant-values", default="",
+                   help="the variants to measure, e.g. fp32,fp16 (default: every value of the axis)")
     p.set_defaults(func=cmd_bench)
     return p
 
@@ -122,8 +129,47 @@ def interleaved(args) -> bool:
     return args.interleave if args.interleave is not None else args.rounds > 1
 
 
+def cmd_variants(args) -> int:
+    """`edgeinfer bench --variants AXIS`: one model in several variants, one report (edgeinfer_bench/variants.py)."""
+    from edgeinfer.config import load_config
+    from edgeinfer.errors import ConfigError
+    from edgeinfer_bench.variants import VariantSettings, parse_values, run_variants, summary_text, write_report
+
+    models = [m for m in args.models.split(",") if m]
+    if len(args.config) != 1 or args.address or len(models) != 1:
+        print("edgeinfer bench --variants: give one --config and one model (--models NAME)", file=sys.stderr)
+        return 2
+    try:
+        values = parse_values(args.variants, args.variant_values)
+        config = load_config(args.config[0])
+        config.model(models[0])
+    except (ValueError, KeyError, ConfigError) as exc:
+        print(f"edgeinfer bench --variants: {exc}", file=sys.stderr)
+        return 2
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    settings = VariantSettings(
+        config=config, model=models[0], axis=args.variants, values=values,
+        images=args.images or default_image_dir(), saturating=max(args.concurrency),
+        duration_s=args.duration, warmup_s=args.warmup, rounds=args.rounds, client_processes=args.client_procs,
+        title=args.title,
+        command="edgeinfer " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "edgeinfer bench")
+    try:
+        results = run_variants(settings)
+    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+        print(f"edgeinfer bench: {exc}", file=sys.stderr)
+        return 1
+    paths = write_report(results, args.out, args.name or f"variants-{models[0]}-{stamp}", plots=not args.no_plots)
+    print(summary_text(results))
+    for kind, path in paths.items():
+        print(f"{kind:>10}: {path}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from edgeinfer.config import load_config
+
+    if args.variants:
+        return cmd_variants(args)
     from edgeinfer_bench.report import write_report
     from edgeinfer_bench.placement import Placement
     from edgeinfer_bench.session import BenchSettings, RunSpec, run_benchmark

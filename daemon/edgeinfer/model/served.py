@@ -48,6 +48,7 @@ class ServedModel:
         self.remote = remote
         self.cache_dir = cache_dir
         self.cuda_sync = server_cfg.cuda_sync
+        self.shared_inference = server_cfg.inference == "shared"
         self.on_state_change = on_state_change
         self.state = ModelState.LOADING
         self.state_reason = "waiting to load"
@@ -63,6 +64,8 @@ class ServedModel:
         self.warm_infer_us: Optional[float] = None
         # [models.input] normalize_on = "gpu" in effect: prepare() hands the runner uint8 NHWC images.
         self.normalize_on_gpu = False
+        # [models.input] decode = "gpu"/"auto" in effect: prepare() hands the runner ResizeJobs (encoded images).
+        self.decode_on_gpu = False
         self._lock = threading.Lock()
         # Set by unload(): a load still running (e.g. warming up at shutdown) ends quietly,
         # and a TensorRT build in progress stops at its next step.
@@ -132,6 +135,8 @@ class ServedModel:
         info = runner.info
         # GetModel and `edgeinfer models` show the reason: say where normalization runs when it was asked for.
         norm = f"; normalize on {info.details['normalize_on']}" if "normalize_on" in info.details else ""
+        if "decode_on" in info.details:
+            norm = f"; decode on {info.details['decode_on']}" + norm
         if "inference_process" in info.details:
             norm += f"; inference process {info.details['inference_process']}"
         self._set_state(ModelState.READY, f"ready on {info.backend}/{info.precision} ({info.device}) "
@@ -148,7 +153,8 @@ class ServedModel:
         if self.arena_shrink_bytes is not None and hasattr(runner, "shrink_arena_bytes"):
             runner.shrink_arena_bytes = self.arena_shrink_bytes
         self.image_input = self._check_image_input(runner)
-        return self._normalizing(runner)
+        decoding = self._decoding(runner)
+        return decoding if decoding is not None else self._normalizing(runner)
 
     def _set_host_wait(self) -> None:
         """[server] cuda_sync, before a runtime creates this process's CUDA context (see gpu.memory)."""
@@ -219,6 +225,36 @@ class ServedModel:
         log.warning("model %s: normalize_on = \"gpu\" not possible, normalizing on the CPU: %s", self.name, reason)
         return runner
 
+    def _decoding(self, runner: Runner) -> Optional[Runner]:
+        """[models.input] decode = "gpu" or "auto": the runner wrapped to decode, resize and normalize on the GPU.
+
+        None where the CPU decodes: as configured, or because the GPU path cannot run here, in
+        which case the runner's details (GetModel's state) and, for "gpu", a warning say why.
+        """
+        self.decode_on_gpu = False
+        wanted = self.cfg.input.decode
+        if wanted == "cpu" or self.image_input is None:
+            return None
+        from edgeinfer.runtime.gpu.decoding_runner import why_not_decode_on_gpu
+
+        reason = why_not_decode_on_gpu(runner, self.cfg.input, shared_inference=self.shared_inference)
+        if reason is None:
+            try:
+                from edgeinfer.runtime.gpu.decoding_runner import GpuDecodingRunner
+                from edgeinfer.runtime.gpu.preprocess_kernel import Normalization
+
+                wrapped = GpuDecodingRunner(runner, self.image_input.name,
+                                            Normalization.from_input_config(self.cfg.input), self.cfg.input.pad_value,
+                                            tuple(self.cfg.input.size))
+                self.decode_on_gpu = True
+                return wrapped
+            except Exception as exc:  # noqa: BLE001 - nvImageCodec/NVRTC/CUDA failures: serve with the CPU path
+                reason = f"{type(exc).__name__}: {exc}"
+        runner.info.details["decode_on"] = f"cpu ({wanted} asked for: {reason})"
+        log.log(logging.WARNING if wanted == "gpu" else logging.INFO,
+                "model %s: decode = %r: decoding on the CPU: %s", self.name, wanted, reason)
+        return None
+
     def _check_image_input(self, runner: Runner) -> Optional[TensorSpec]:
         """The image input must match the configured size/layout/dtype, or the model fails to load."""
         specs = {s.name: s for s in runner.inputs}
@@ -266,11 +302,51 @@ class ServedModel:
         specs = {spec.name: spec for spec in (self.runner.inputs if self.runner else [])}
         for name, shape in self.example_shapes(batch).items():
             spec = specs[name]
+            if self.decode_on_gpu and self.image_input is not None and name == self.image_input.name:
+                feeds[name] = self._example_jobs(batch)
+                continue
             if np.issubdtype(spec.dtype, np.floating):
                 feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
             else:
                 feeds[spec.name] = np.ones(shape, spec.dtype)
         return feeds
+
+    def _example_jobs(self, batch: int) -> np.ndarray:
+        """Warm-up images for the GPU decode path: one noise JPEG at the model's size, `batch` times."""
+        from edgeinfer.model.families.preprocess import cv2
+        from edgeinfer.runtime.gpu.image_job import job_batch
+
+        w, h = self.cfg.input.size
+        noise = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        data = cv2.imencode(".jpg", noise)[1].tobytes()
+        job = self._job(data)[0]
+        return job_batch([job] * batch)
+
+    def _job(self, data: bytes):
+        """(ResizeJob, Transform) for an encoded image on the GPU path: JPEG/PNG decoded there, others here."""
+        from edgeinfer.model.families.preprocess import image_format
+        from edgeinfer.runtime.gpu.image_job import ResizeJob
+
+        model_rgb = self.cfg.input.color == "rgb"
+        if image_format(data) in ("jpeg", "png"):
+            e = self.preprocessor.plan_encoded(data)
+            p = e.plan
+            job = ResizeJob(e.reduce, p.width, p.height, p.resized_w, p.resized_h, p.dx, p.dy,
+                            swap_rb=not model_rgb, data=data)
+            return job, e.transform
+        bgr, reduced = self.preprocessor.decode_for_model(data)
+        return self._pixel_job(bgr, reduced)
+
+    def _pixel_job(self, bgr: np.ndarray, reduced=None):
+        """(ResizeJob, Transform) for pixels decoded on the CPU (BGR): the GPU still resizes and normalizes."""
+        from edgeinfer.runtime.gpu.image_job import ResizeJob
+
+        h, w = bgr.shape[:2]
+        p = self.preprocessor.resize_plan(w, h)
+        job = ResizeJob(1, w, h, p.resized_w, p.resized_h, p.dx, p.dy,
+                        swap_rb=self.cfg.input.color == "rgb", pixels=np.ascontiguousarray(bgr))
+        sent = (reduced.width, reduced.height) if reduced is not None else None
+        return job, p.transform(reduced.factor if reduced is not None else 1, sent)
 
     # Batch-1 runs timed for warm_infer_us beyond the configured warm-up, for a model fast enough
     # that they cost nothing (below 10 ms a run). The warm-up time decides whether tensor requests
@@ -326,6 +402,16 @@ class ServedModel:
             return Prepared(item.arrays, IDENTITY, (0, 0), _us(time.perf_counter() - start), item.rows)
         if self.image_input is None:
             raise InvalidInput(f"model {self.name!r} takes tensors, not images: send named tensors")
+        if self.decode_on_gpu:
+            from edgeinfer.runtime.gpu.image_job import job_batch
+
+            if isinstance(item, EncodedImage):
+                job, transform = self._job(item.data)
+            else:
+                job, transform = self._pixel_job(
+                    self.preprocessor.from_raw(item.height, item.width, item.pixel_format, item.data))
+            return Prepared({self.image_input.name: job_batch([job])}, transform, (transform.width, transform.height),
+                            _us(time.perf_counter() - start))
         reduced = None
         if isinstance(item, EncodedImage):
             bgr, reduced = self.preprocessor.decode_for_model(item.data)

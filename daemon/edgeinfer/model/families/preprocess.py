@@ -87,6 +87,30 @@ class Reduced:
     height: int
 
 
+@dataclass(frozen=True)
+class ResizePlan:
+    """Where a w x h image lands in the model input, for every resize mode, computed once for both paths.
+
+    The image is scaled to resized_w x resized_h and its top-left corner placed at
+    (dx, dy) of the model input: positive offsets pad (letterbox), negative ones crop
+    (center-crop). The CPU path (cv2) and the GPU kernel (runtime/gpu/preprocess_kernel.py)
+    both follow it, and so does the Transform that maps boxes back.
+    """
+
+    width: int
+    height: int
+    resized_w: int
+    resized_h: int
+    dx: int
+    dy: int
+
+    def transform(self, reduce: int = 1, sent: Optional[tuple[int, int]] = None) -> Transform:
+        """model_xy = sent_xy * scale + offset; `reduce`: the image was decoded at 1/reduce of `sent` (w, h)."""
+        w, h = sent or (self.width, self.height)
+        return Transform(self.resized_w / self.width / reduce, self.resized_h / self.height / reduce,
+                         float(self.dx), float(self.dy), w, h)
+
+
 # --------------------------------------------------------------------------
 # Header sniffing: image size before any pixel is allocated
 # --------------------------------------------------------------------------
@@ -155,6 +179,60 @@ def image_size(data: bytes) -> Optional[tuple[int, int]]:
     except struct.error:
         return None
     return None
+
+
+def jpeg_orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8) of a JPEG's APP1 segment; 1 when absent or unreadable.
+
+    Decoders that honour it (OpenCV's imdecode, nvImageCodec) turn the image before
+    anything else sees it; 5-8 swap width and height.
+    """
+    i, n = 2, len(data)
+    while i + 4 <= n and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xDA or marker == 0xD9:  # start of scan / end of image: no EXIF before the pixels
+            return 1
+        (length,) = struct.unpack(">H", data[i + 2:i + 4])
+        if marker == 0xE1 and data[i + 4:i + 10] == b"Exif\x00\x00":
+            return _tiff_orientation(data[i + 10:i + 2 + length])
+        i += 2 + length
+    return 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    try:
+        order = {b"II": "<", b"MM": ">"}[tiff[:2]]
+        (ifd,) = struct.unpack(order + "I", tiff[4:8])
+        (count,) = struct.unpack(order + "H", tiff[ifd:ifd + 2])
+        for k in range(count):
+            entry = tiff[ifd + 2 + 12 * k: ifd + 14 + 12 * k]
+            tag, kind = struct.unpack(order + "HH", entry[:4])
+            if tag == 0x0112 and kind == 3:  # Orientation, SHORT
+                (value,) = struct.unpack(order + "H", entry[8:10])
+                return value if 1 <= value <= 8 else 1
+    except (KeyError, struct.error):
+        pass
+    return 1
+
+
+@dataclass(frozen=True)
+class EncodedPlan:
+    """How an encoded image becomes the model input without decoding it here (the GPU path).
+
+    width/height: the image as the client sees it (EXIF orientation applied); reduce:
+    the decode is taken at 1/reduce of that size (1/2, 1/4, 1/8 for big JPEGs, like
+    the CPU path's reduced decode); plan: the resize of the reduced image.
+    """
+
+    format: str
+    width: int
+    height: int
+    reduce: int
+    plan: ResizePlan
+
+    @property
+    def transform(self) -> Transform:
+        return self.plan.transform(self.reduce, (self.width, self.height))
 
 
 # --------------------------------------------------------------------------
@@ -258,6 +336,31 @@ class Preprocessor:
         nw, nh = self._resized_size(w, h)
         return max(nw / w, nh / h)
 
+    def plan_encoded(self, data: bytes) -> EncodedPlan:
+        """The GPU path's plan for an encoded image (header checked against the limits, nothing decoded).
+
+        Same reduction and resize as decode_for_model() + geometry(), so boxes map back the same way.
+        Raises InvalidInput as decode() does, and for a JPEG without its end-of-image marker.
+        """
+        fmt, w, h = self._header(data)
+        if fmt == "jpeg":
+            if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+                raise InvalidInput("JPEG image is truncated (no end-of-image marker)")
+            if jpeg_orientation(data) >= 5:
+                w, h = h, w
+        k = self._reduction(w, h) if self.cfg.reduced_decode and fmt == "jpeg" else 1
+        return EncodedPlan(fmt, w, h, k, self.resize_plan(-(-w // k), -(-h // k)))
+
+    def resize_plan(self, w: int, h: int) -> ResizePlan:
+        """Where a w x h image lands in the model input (see ResizePlan)."""
+        W, H = self.width, self.height
+        nw, nh = self._resized_size(w, h)
+        if self.cfg.resize == "letterbox":
+            return ResizePlan(w, h, nw, nh, (W - nw) // 2, (H - nh) // 2)
+        if self.cfg.resize == "center-crop":
+            return ResizePlan(w, h, nw, nh, -((nw - W) // 2), -((nh - H) // 2))
+        return ResizePlan(w, h, nw, nh, 0, 0)
+
     def _resized_size(self, w: int, h: int) -> tuple[int, int]:
         """The size _resize scales a w x h image to, before it pads (letterbox) or crops (center-crop)."""
         W, H = self.width, self.height
@@ -338,32 +441,32 @@ class Preprocessor:
 
     def _resize(self, img: np.ndarray, w: int, h: int) -> tuple[np.ndarray, Transform]:
         W, H = self.width, self.height
-        mode = self.cfg.resize
-        if mode == "stretch":
-            sx, sy = W / w, H / h
-            out = img if (w, h) == (W, H) else cv2.resize(img, (W, H), interpolation=_interp(sx, sy))
-            return out, Transform(sx, sy, 0.0, 0.0, w, h)
-        nw, nh = self._resized_size(w, h)
-        if mode == "letterbox":
-            resized = img if (nw, nh) == (w, h) else cv2.resize(img, (nw, nh), interpolation=_interp(nw / w, nh / h))
-            dx, dy = (W - nw) // 2, (H - nh) // 2
+        plan = self.resize_plan(w, h)
+        nw, nh, dx, dy = plan.resized_w, plan.resized_h, plan.dx, plan.dy
+        transform = plan.transform()  # the real per-axis factors after rounding: boxes map back exactly
+        sx, sy = nw / w, nh / h
+        if self.cfg.resize == "center-crop" and nw * nh > _MAX_CROP_ENLARGEMENT * W * H:
+            return self._crop_then_resize(img, w, h, sx, sy, -dx, -dy), transform
+        resized = img if (nw, nh) == (w, h) else cv2.resize(img, (nw, nh), interpolation=_interp(sx, sy))
+        if self.cfg.resize == "letterbox":
             out = cv2.copyMakeBorder(resized, dy, H - nh - dy, dx, W - nw - dx, cv2.BORDER_CONSTANT,
                                      value=(self.cfg.pad_value,) * 3)
-            # Use the real per-axis factors after rounding so boxes map back exactly.
-            return out, Transform(nw / w, nh / h, float(dx), float(dy), w, h)
-        sx, sy = nw / w, nh / h
-        x0, y0 = (nw - W) // 2, (nh - H) // 2
-        transform = Transform(sx, sy, -float(x0), -float(y0), w, h)
-        if nw * nh <= _MAX_CROP_ENLARGEMENT * W * H:
-            resized = cv2.resize(img, (nw, nh), interpolation=_interp(sx, sy))
-            return resized[y0:y0 + H, x0:x0 + W], transform
-        # An extreme aspect ratio (a 10000x1 image: 2,560,000x256 resized before the 224x224 crop,
-        # ~2 GB): crop the source to what the model sees first, then resize only that.
+        elif self.cfg.resize == "center-crop":
+            out = resized[-dy:-dy + H, -dx:-dx + W]
+        else:
+            out = resized
+        return out, transform
+
+    def _crop_then_resize(self, img: np.ndarray, w: int, h: int, sx: float, sy: float, x0: int,
+                          y0: int) -> np.ndarray:
+        """Center-crop of an extreme aspect ratio (a 10000x1 image: 2,560,000x256 resized before the
+        224x224 crop, ~2 GB): crop the source to what the model sees first, then resize only that;
+        the same pixels as resizing the whole image and cropping it."""
+        W, H = self.width, self.height
         left, top = max(0, int(x0 / sx) - 1), max(0, int(y0 / sy) - 1)
         right, bottom = min(w, int(np.ceil((x0 + W) / sx)) + 1), min(h, int(np.ceil((y0 + H) / sy)) + 1)
         part = img[top:bottom, left:right]
         pw, ph = right - left, bottom - top
-        flags = cv2.INTER_LINEAR
         if min(sx, sy) < 0.5:  # warpAffine has no area filter: shrink the (small) part first
             pw, ph = max(1, round(pw * sx)), max(1, round(ph * sy))
             part = cv2.resize(part, (pw, ph), interpolation=cv2.INTER_AREA)
@@ -372,8 +475,7 @@ class Preprocessor:
         ax, ay = (right - left) * sx / pw, (bottom - top) * sy / ph
         m = np.array([[ax, 0.0, left * sx + 0.5 * ax - 0.5 - x0],
                       [0.0, ay, top * sy + 0.5 * ay - 0.5 - y0]], np.float64)
-        out = cv2.warpAffine(part, m, (W, H), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-        return out, transform
+        return cv2.warpAffine(part, m, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 # center-crop resizes the whole image, then crops; past this many times the crop's pixels it

@@ -7,10 +7,11 @@ kernel does exactly that with `__fmul_rn` / `__fadd_rn`, which forbid the
 compiler from contracting them into one fused multiply-add, so GPU and CPU
 results are bit-identical, not merely close.
 
-Decoding and resizing stay on the CPU (OpenCV); this kernel replaces the
-float conversion, normalization and HWC->CHW transpose, and writes straight
-into one slot of a batched device tensor, so a batch can be assembled on the
-device without another copy.
+With `normalize_on = "gpu"` decoding and resizing stay on the CPU (OpenCV) and the
+first kernel replaces the float conversion, normalization and HWC->CHW transpose,
+writing straight into one slot of a batched device tensor. With `decode = "gpu"`
+the second kernel also does the resize (and the reduced decode's block average)
+from the image nvImageCodec decoded into device memory (gpu/decoding_runner.py).
 
 The kernel is compiled at first use with NVRTC for the device's own compute
 capability (a cubin, falling back to PTX the driver JITs when this NVRTC does
@@ -25,9 +26,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from edgeinfer.runtime.gpu.image_job import ResizeJob
 from edgeinfer.runtime.gpu.memory import DeviceArray, DeviceBuffer, Stream, check, compute_capability, driver, nvrtc, require_device
 
 KERNEL_NAME = "edgeinfer_hwc_u8_to_nchw_f32"
+RESIZE_KERNEL_NAME = "edgeinfer_resize_u8_to_nchw_f32"
 
 _SOURCE = r"""
 extern "C" __global__ void edgeinfer_hwc_u8_to_nchw_f32(
@@ -51,6 +54,83 @@ extern "C" __global__ void edgeinfer_hwc_u8_to_nchw_f32(
         const int sc = (swap_rb && channels == 3) ? 2 - c : c;
         // Multiply then add, each rounded, as numpy does: no fused multiply-add.
         out[c * plane] = __fadd_rn(__fmul_rn((float)px[sc], mul[c]), add[c]);
+    }
+}
+
+// One pixel of the reduced image: the mean of a k x k block of the decoded one (k = 1: the
+// pixel itself), the way a JPEG decoded at 1/k scale averages its blocks.
+__device__ __forceinline__ float edgeinfer_sample(
+    const unsigned char* src, int w, int h, int row, int ch, int k, int x, int y, int c)
+{
+    const int cc = ch == 1 ? 0 : c;
+    if (k == 1) return (float)src[(long long)y * row + (long long)x * ch + cc];
+    const int x0 = x * k, y0 = y * k;
+    const int x1 = min(x0 + k, w), y1 = min(y0 + k, h);
+    float sum = 0.f;
+    for (int yy = y0; yy < y1; ++yy)
+        for (int xx = x0; xx < x1; ++xx)
+            sum += (float)src[(long long)yy * row + (long long)xx * ch + cc];
+    return sum / (float)((x1 - x0) * (y1 - y0));
+}
+
+// Decoded uint8 HWC (RGB/BGR/gray) -> one image slot of a float32 NCHW batch, resized on the way:
+// the resize plan of model/families/preprocess.py (ResizePlan) with OpenCV's conventions,
+// bilinear (half-pixel centres, edge clamp) down to half size and the area average below
+// that (INTER_AREA), rounded to uint8 as the CPU path's cv2.resize rounds, then the same
+// normalization as the kernel above. Output pixels outside the resized image take `pad`.
+extern "C" __global__ void edgeinfer_resize_u8_to_nchw_f32(
+    const unsigned char* __restrict__ src, int src_w, int src_h, int src_row_bytes, int src_channels,
+    int k, int red_w, int red_h, int res_w, int res_h, int dx, int dy,
+    float* __restrict__ dst, int out_w, int out_h, int swap_rb, float pad,
+    float mul0, float mul1, float mul2, float add0, float add1, float add2)
+{
+    const int x = blockIdx.x * blockDim.x + threadIdx.x;
+    const int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= out_w || y >= out_h) return;
+    const int rx = x - dx, ry = y - dy;
+    float v[3] = {pad, pad, pad};
+    if (rx >= 0 && ry >= 0 && rx < res_w && ry < res_h) {
+        const float fx = (float)red_w / (float)res_w, fy = (float)red_h / (float)res_h;
+        if (fx > 2.f || fy > 2.f) {
+            const float sx0 = rx * fx, sx1 = fminf((rx + 1) * fx, (float)red_w);
+            const float sy0 = ry * fy, sy1 = fminf((ry + 1) * fy, (float)red_h);
+            float acc[3] = {0.f, 0.f, 0.f}, area = 0.f;
+            for (int yy = (int)floorf(sy0); yy < (int)ceilf(sy1); ++yy) {
+                const float wy = fminf(sy1, yy + 1.f) - fmaxf(sy0, (float)yy);
+                for (int xx = (int)floorf(sx0); xx < (int)ceilf(sx1); ++xx) {
+                    const float wgt = wy * (fminf(sx1, xx + 1.f) - fmaxf(sx0, (float)xx));
+                    for (int c = 0; c < 3; ++c)
+                        acc[c] += wgt * edgeinfer_sample(src, src_w, src_h, src_row_bytes, src_channels, k, xx, yy, c);
+                    area += wgt;
+                }
+            }
+            for (int c = 0; c < 3; ++c) v[c] = acc[c] / area;
+        } else {
+            float sx = (rx + 0.5f) * fx - 0.5f, sy = (ry + 0.5f) * fy - 0.5f;
+            int x0 = (int)floorf(sx), y0 = (int)floorf(sy);
+            float ax = sx - x0, ay = sy - y0;
+            if (x0 < 0) { x0 = 0; ax = 0.f; }
+            if (y0 < 0) { y0 = 0; ay = 0.f; }
+            if (x0 >= red_w - 1) { x0 = red_w - 1; ax = 0.f; }
+            if (y0 >= red_h - 1) { y0 = red_h - 1; ay = 0.f; }
+            const int x1 = min(x0 + 1, red_w - 1), y1 = min(y0 + 1, red_h - 1);
+            for (int c = 0; c < 3; ++c) {
+                const float a = edgeinfer_sample(src, src_w, src_h, src_row_bytes, src_channels, k, x0, y0, c);
+                const float b = edgeinfer_sample(src, src_w, src_h, src_row_bytes, src_channels, k, x1, y0, c);
+                const float d = edgeinfer_sample(src, src_w, src_h, src_row_bytes, src_channels, k, x0, y1, c);
+                const float e = edgeinfer_sample(src, src_w, src_h, src_row_bytes, src_channels, k, x1, y1, c);
+                v[c] = (a * (1.f - ax) + b * ax) * (1.f - ay) + (d * (1.f - ax) + e * ax) * ay;
+            }
+        }
+        for (int c = 0; c < 3; ++c) v[c] = fminf(fmaxf(floorf(v[c] + 0.5f), 0.f), 255.f);
+    }
+    const long long plane = (long long)out_h * out_w;
+    float* out = dst + (long long)y * out_w + x;
+    const float mul[3] = {mul0, mul1, mul2};
+    const float add[3] = {add0, add1, add2};
+    for (int c = 0; c < 3; ++c) {
+        const int sc = swap_rb ? 2 - c : c;
+        out[c * plane] = __fadd_rn(__fmul_rn(v[sc], mul[c]), add[c]);
     }
 }
 """
@@ -152,6 +232,8 @@ class PreprocessKernel:
             self._module = check(drv.cuModuleLoadData(image.ctypes.data), "cuModuleLoadData")
             self._function = check(drv.cuModuleGetFunction(self._module, KERNEL_NAME.encode()),
                                    "cuModuleGetFunction")
+            self._resize_function = check(drv.cuModuleGetFunction(self._module, RESIZE_KERNEL_NAME.encode()),
+                                          "cuModuleGetFunction")
 
     def launch(self, src: DeviceArray, dst: DeviceArray, norm: Normalization, swap_rb: bool,
                stream: Stream, src_row_bytes: Optional[int] = None) -> None:
@@ -178,6 +260,54 @@ class PreprocessKernel:
         check(drv.cuCtxSetCurrent(self._context), "cuCtxSetCurrent")
         check(drv.cuLaunchKernel(self._function, *grid, *self.BLOCK, 0, drv.CUstream(stream.ptr), args, 0),
               f"cuLaunchKernel({KERNEL_NAME})")
+
+    def launch_resize(self, src_ptr: int, src_shape: tuple[int, int, int], src_row_bytes: int, job: ResizeJob,
+                      dst: DeviceArray, index: int, norm: Normalization, pad: float, stream: Stream) -> None:
+        """Enqueue: one decoded uint8 H, W, C image (C 1 or 3) at `src_ptr` -> slot `index` of float32
+        dst [N, 3, H, W], reduced, resized and placed as `job` says, normalized (asynchronous on `stream`).
+
+        Raises:
+            ValueError: shapes do not match the job.
+            CudaError: the launch failed.
+        """
+        h, w, c = src_shape
+        n, oc, oh, ow = dst.shape
+        if dst.dtype != np.float32 or oc != 3 or not 0 <= index < n:
+            raise ValueError(f"destination must be float32 [N, 3, H, W] with slot {index}, got {dst.dtype} {list(dst.shape)}")
+        if c not in (1, 3):
+            raise ValueError(f"decoded image has {c} channels; 1 or 3 expected")
+        red_w, red_h = -(-w // job.reduce), -(-h // job.reduce)
+        if (red_w, red_h) != (job.reduced_w, job.reduced_h):
+            raise ValueError(f"decoded {w}x{h} at 1/{job.reduce} is {red_w}x{red_h}, the plan expected "
+                             f"{job.reduced_w}x{job.reduced_h}")
+        drv = driver()
+        bx, by, _ = self.BLOCK
+        grid = ((ow + bx - 1) // bx, (oh + by - 1) // by, 1)
+        out_ptr = dst.ptr + index * 3 * oh * ow * 4
+        args = ((src_ptr, w, h, src_row_bytes, c, job.reduce, red_w, red_h, job.resized_w, job.resized_h,
+                 job.dx, job.dy, out_ptr, ow, oh, int(bool(job.swap_rb)), float(pad), *norm.mul, *norm.add),
+                (ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                 ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                 ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_float,
+                 ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float))
+        check(drv.cuCtxSetCurrent(self._context), "cuCtxSetCurrent")
+        check(drv.cuLaunchKernel(self._resize_function, *grid, *self.BLOCK, 0, drv.CUstream(stream.ptr), args, 0),
+              f"cuLaunchKernel({RESIZE_KERNEL_NAME})")
+
+    def resize_normalize(self, image_hwc: np.ndarray, job: ResizeJob, out_hw: tuple[int, int],
+                         norm: Normalization, pad: float, stream: Stream) -> np.ndarray:
+        """Host in, host out (synchronous), one image: for checks against the CPU path."""
+        img = np.ascontiguousarray(image_hwc if image_hwc.ndim == 3 else image_hwc[:, :, None])
+        src = DeviceArray.from_host(img, stream, self.device)
+        oh, ow = out_hw
+        out = DeviceBuffer(3 * oh * ow * 4, self.device)
+        try:
+            dst = DeviceArray(out, np.float32, (1, 3, oh, ow))
+            self.launch_resize(src.ptr, img.shape, img.shape[1] * img.shape[2], job, dst, 0, norm, pad, stream)
+            return dst.to_host(stream)
+        finally:
+            out.close()
+            src.buffer.close()
 
     def normalize(self, images_hwc: np.ndarray, norm: Normalization, swap_rb: bool, stream: Stream) -> np.ndarray:
         """Host in, host out (synchronous): for checks against the CPU path."""
@@ -212,3 +342,63 @@ def reference_normalize(images_hwc: np.ndarray, norm: Normalization, swap_rb: bo
     t *= np.asarray(norm.mul[:c], np.float32)
     t += np.asarray(norm.add[:c], np.float32)
     return np.ascontiguousarray(t.transpose(0, 3, 1, 2))
+
+
+def _axis_weights(red: int, res: int, area: bool) -> np.ndarray:
+    """[res, red] weights of one axis of the resize kernel: bilinear with OpenCV's half-pixel centres and
+    edge clamp, or (area) the overlap of each output pixel's footprint with each source pixel."""
+    f = red / res
+    wts = np.zeros((res, red), np.float64)
+    r = np.arange(res)
+    if area:
+        s0, s1 = r * f, np.minimum((r + 1) * f, red)
+        for i in range(res):
+            for x in range(int(np.floor(s0[i])), int(np.ceil(s1[i]))):
+                wts[i, x] = min(s1[i], x + 1.0) - max(s0[i], float(x))
+        return wts
+    s = (r + 0.5) * f - 0.5
+    x0 = np.floor(s).astype(int)
+    a = s - x0
+    a[x0 < 0], x0[x0 < 0] = 0.0, 0
+    hi = x0 >= red - 1
+    a[hi], x0[hi] = 0.0, red - 1
+    x1 = np.minimum(x0 + 1, red - 1)
+    np.add.at(wts, (r, x0), 1.0 - a)
+    np.add.at(wts, (r, x1), a)
+    return wts
+
+
+def reference_resize(image_hwc: np.ndarray, job: ResizeJob, out_hw: tuple[int, int], norm: Normalization,
+                     pad: float) -> np.ndarray:
+    """The resize kernel's arithmetic in numpy (float64, so a value at a rounding boundary may land one
+    level apart): decoded uint8 H, W, C -> float32 [3, H, W]. The GPU tests hold the kernel to it, and
+    the CPU tests hold it to the CPU path (cv2)."""
+    img = image_hwc if image_hwc.ndim == 3 else image_hwc[:, :, None]
+    if img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    img = img.astype(np.float64)
+    k = job.reduce
+    if k > 1:
+        h, w = img.shape[:2]
+        rows, cols = np.arange(0, h, k), np.arange(0, w, k)
+        sums = np.add.reduceat(np.add.reduceat(img, rows, axis=0), cols, axis=1)
+        counts = np.outer(np.minimum(rows + k, h) - rows, np.minimum(cols + k, w) - cols)
+        img = sums / counts[:, :, None]
+    red_h, red_w = img.shape[:2]
+    area = red_w / job.resized_w > 2 or red_h / job.resized_h > 2
+    wy, wx = _axis_weights(red_h, job.resized_h, area), _axis_weights(red_w, job.resized_w, area)
+    resized = np.matmul(wx[None], np.tensordot(wy, img, axes=(1, 0)))  # [Y, X, C], two passes
+    if area:
+        resized /= np.outer(wy.sum(1), wx.sum(1))[:, :, None]
+    resized = np.clip(np.floor(resized + 0.5), 0, 255)
+    oh, ow = out_hw
+    canvas = np.full((oh, ow, 3), float(pad))
+    ys, xs = np.arange(oh) - job.dy, np.arange(ow) - job.dx
+    vy, vx = (ys >= 0) & (ys < job.resized_h), (xs >= 0) & (xs < job.resized_w)
+    canvas[np.ix_(vy, vx)] = resized[np.ix_(ys[vy], xs[vx])]
+    if job.swap_rb:
+        canvas = canvas[:, :, ::-1]
+    t = canvas.astype(np.float32)
+    t *= np.asarray(norm.mul, np.float32)
+    t += np.asarray(norm.add, np.float32)
+    return np.ascontiguousarray(t.transpose(2, 0, 1))

@@ -1,0 +1,51 @@
+"""What the GPU decode path hands a runner per image: the bytes or pixels and where they land.
+
+Pure Python (no CUDA import): the served model builds these on the CPU side
+(model/families/preprocess.py plans the resize, the same plan its own cv2 path
+follows), and gpu/decoding_runner.py turns a batch of them into the model's
+input tensor on the device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class ResizeJob:
+    """One image of a batch for the GPU path.
+
+    data: JPEG/PNG bytes nvImageCodec decodes on the device (EXIF orientation applied);
+    empty when `pixels` holds an image the CPU decoded (formats sent to the CPU, raw pixels).
+    reduce: average k x k blocks of the decoded image first, as a JPEG decoded at 1/k
+    scale on the CPU path would be (1: none). reduced_w/h: that reduced size, checked
+    against what the decoder produced. resized_w/h, dx, dy: the ResizePlan.
+    swap_rb: the source's channel order (RGB from nvImageCodec, BGR from OpenCV) is not the model's.
+    """
+
+    reduce: int
+    reduced_w: int
+    reduced_h: int
+    resized_w: int
+    resized_h: int
+    dx: int
+    dy: int
+    swap_rb: bool
+    data: bytes = b""
+    pixels: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        if not self.data and self.pixels is None:
+            raise ValueError("a ResizeJob needs encoded data or pixels")
+        if self.reduce not in (1, 2, 4, 8):
+            raise ValueError(f"reduce must be 1, 2, 4 or 8, got {self.reduce}")
+
+
+def job_batch(jobs: list[ResizeJob]) -> np.ndarray:
+    """Jobs as the 1-D object array a runner's image input carries (what batching stacks and pads)."""
+    arr = np.empty(len(jobs), dtype=object)
+    for i, j in enumerate(jobs):
+        arr[i] = j
+    return arr
