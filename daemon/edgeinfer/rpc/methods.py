@@ -124,6 +124,10 @@ class _Guarded(grpc.GenericRpcHandler):
         handler = self._inner.service(handler_call_details)
         return guarded(handler) if handler is not None else None
 
+    def service_name(self):
+        """The wrapped handler's service (grpc asks generic handlers of a service for it)."""
+        return self._inner.service_name()
+
 
 def add_service(server, service_name: str, handlers: dict[str, grpc.RpcMethodHandler],
                 registered: Iterable[str] = ()) -> None:
