@@ -146,9 +146,7 @@ class KServeServicer:
                 outputs = conv.image_outputs(model, [p.result for p in predictions])
             response = conv.response(model, request, outputs)
         except asyncio.CancelledError:
-            remaining = time_remaining()
-            expired = remaining is not None and remaining <= 1e-3
-            self.pipeline.record(label, "DEADLINE_EXCEEDED" if expired else "CANCELLED")
+            self.pipeline.record_cancelled(label, time_remaining())
             raise
         except Exception as exc:
             # status_of would log an unexpected error here and again where the call ends.

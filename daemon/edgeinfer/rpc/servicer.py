@@ -140,11 +140,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 raise
             response = converters.response(model, request.request_id, prediction)
         except asyncio.CancelledError:
-            # Ask the call itself: comparing our own elapsed time with the budget
-            # read earlier can come up microseconds short of the deadline gRPC enforced.
-            remaining = time_remaining()
-            expired = remaining is not None and remaining <= 1e-3
-            self.pipeline.record(label, "DEADLINE_EXCEEDED" if expired else "CANCELLED")
+            self.pipeline.record_cancelled(label, time_remaining())
             raise
         except Exception as exc:
             self._count_failure(label, exc)

@@ -113,6 +113,13 @@ class InferencePipeline:
     def in_flight(self) -> dict[str, int]:
         return dict(self._in_flight)
 
+    def record_cancelled(self, model: str, remaining_s: Optional[float]) -> None:
+        """Count a request whose call ended before its answer: DEADLINE_EXCEEDED when its deadline
+        had passed, else CANCELLED. `remaining_s` is asked of the call itself: our own elapsed time
+        against the budget read earlier can come up microseconds short of what gRPC enforced."""
+        expired = remaining_s is not None and remaining_s <= 1e-3
+        self.record(model, "DEADLINE_EXCEEDED" if expired else "CANCELLED")
+
     def record(self, model: str, code: str) -> None:
         """Count one finished request by gRPC status name (called by the servicer)."""
         if self.metrics is not None:
