@@ -11,7 +11,10 @@ import urllib.request
 import numpy as np
 import pytest
 
-from edgeinfer_client import Client
+import grpc
+from edgeinfer_client import Client, build_request
+from edgeinfer_proto.edgeinfer.v1 import inference_pb2 as pb
+from edgeinfer_proto.tensors import from_tensor
 
 
 def _free_ports(n: int = 2) -> int:
@@ -82,9 +85,14 @@ def test_two_processes_share_the_port_and_both_serve(tmp_path, trivial_onnx):
         pids = r.sup.pids
         assert len(pids) == 2 and all(p != os.getpid() for p in pids)
         x = np.arange(64, dtype=np.float32)[None]
-        for _ in range(24):  # a new channel (connection) each: the kernel spreads connections
-            with Client(r.listen, timeout=30) as c:
-                np.testing.assert_array_equal(c.infer("trivial", tensors={"x": x}).outputs["y"], x + 1)
+        request = build_request("trivial", tensors={"x": x}).SerializeToString()
+        for _ in range(24):
+            # A new connection each: the kernel spreads connections, not calls. A channel of its own
+            # subchannel pool never reuses a connection another channel to the same target left open.
+            with grpc.insecure_channel(r.listen, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+                answer = pb.InferResponse.FromString(ch.unary_unary("/edgeinfer.v1.Inference/Infer")(request, timeout=30))
+                (y,) = answer.outputs
+                np.testing.assert_array_equal(from_tensor(y), x + 1)
         served = [_requests_served(base), _requests_served(base + 1)]  # each process: its own endpoint
         assert sum(served) == 24
         assert min(served) > 0, f"one process took every connection: {served}"
