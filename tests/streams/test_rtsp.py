@@ -92,6 +92,7 @@ def test_rtsp_results_survive_the_server_dying_and_stalling(served, rtsp_server,
         assert _state(client).reconnects >= 1
 
         # The server stalls (stopped, connection kept open): detected within stall_timeout_s.
+        reconnects_before = _state(client).reconnects
         os.kill(rtsp_server.proc.pid, signal.SIGSTOP)
         try:
             # Measured from the last frame the daemon captured, not from the SIGSTOP: frames the
@@ -115,5 +116,7 @@ def test_rtsp_results_survive_the_server_dying_and_stalling(served, rtsp_server,
             os.kill(rtsp_server.proc.pid, signal.SIGCONT)
         again = next(iter(client.watch("door", count=1, timeout=RECONNECT_MAX_S + STALL_S + 10)))
         assert again.frame > resumed.frame
-        assert served.daemon.streams.get("door").capture.state_changes["stalled"] >= 1
+        # Whichever saw it first (the stall watchdog, or FFmpeg's read timeout of the same length),
+        # the silent server was left and connected to again.
+        assert _state(client).reconnects > reconnects_before
     assert load.ok > 10 and not load.failures, load.failures[:3]
