@@ -255,9 +255,15 @@ def test_sigterm_under_load_answers_every_request_sent_before(centerface_onnx, m
     assert not failed_before, failed_before[:3]
     # Some were still running when the signal came, and were answered after it.
     assert any(a > t_term for _s, a, _r in before)
-    # Sent after: refused as UNAVAILABLE (the client retries elsewhere), never anything else.
+    # Sent after: refused as UNAVAILABLE (the client retries elsewhere). The one exception is
+    # gRPC core's own: a call that had reached the socket but not yet the daemon's handlers when
+    # the listener closed is reset, and the client reads CANCELLED (seen with grpcio 1.62 on a
+    # loaded 2-core machine). It never ran; nothing else may appear.
     after = [r for s, _a, r in results if s > t_term and isinstance(r, ClientError)]
-    assert after and all(r.code == "UNAVAILABLE" for r in after), after[:3]
+    refused = [r for r in after if r.code == "UNAVAILABLE"]
+    reset = [r for r in after if r.code == "CANCELLED" and r.message == "CANCELLED"]
+    others = [r for r in after if r not in refused and r not in reset]
+    assert refused and not others and len(reset) <= len(refused), (len(after), others[:5], len(reset))
 
 
 @pytest.mark.slow
