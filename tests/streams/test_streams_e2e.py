@@ -20,6 +20,18 @@ from edgeinfer.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _nvdec_usable() -> bool:
+    try:
+        import PyNvVideoCodec  # noqa: F401
+
+        from edgeinfer.runtime.gpu.memory import require_device
+
+        require_device(0)
+    except Exception:  # noqa: BLE001 - no library, no cuda-python, no GPU
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def bad_video(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("bad") / "notes.mp4"
@@ -129,9 +141,14 @@ def test_list_streams_reports_each_state_and_reason(served, client):
     assert "cannot connect to 127.0.0.1:9: Connection refused" in by["noserver"].last_error
     assert "not a video OpenCV/FFmpeg can decode" in by["notvideo"].last_error
     assert by["secret"].source == "rtsp://admin:***@127.0.0.1:9/cam"
-    # No PyNvVideoCodec / NVIDIA driver here: decode = "gpu" runs on the CPU and says why.
-    assert by["gpu"].state == "live" and by["gpu"].decode == "cpu"
-    assert by["gpu"].state_reason.startswith("GPU decode unavailable, decoding on the CPU: "), by["gpu"].state_reason
+    if _nvdec_usable():
+        # NVDEC decodes; its frames stay on the GPU and the CPU model copies each one it takes down.
+        assert by["gpu"].state == "live" and by["gpu"].decode == "gpu", by["gpu"].state_reason
+        assert wait_for(lambda: next(s for s in client.streams() if s.name == "gpu").frames_processed >= 2, 20)
+    else:
+        # No PyNvVideoCodec / NVIDIA driver here: decode = "gpu" runs on the CPU and says why.
+        assert by["gpu"].state == "live" and by["gpu"].decode == "cpu"
+        assert by["gpu"].state_reason.startswith("GPU decode unavailable, decoding on the CPU: "), by["gpu"].state_reason
     assert "hunter2" not in by["secret"].last_error + by["secret"].state_reason
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from edgeinfer.model.families.postprocess import Result
 from edgeinfer.model.families.preprocess import Transform
+from edgeinfer.runtime.gpu.image_job import Nv12Surface
 
 
 class ModelState(enum.Enum):
@@ -38,6 +39,22 @@ class RawPixels:
 
 
 @dataclass
+class GpuFrame:
+    """A video frame NVDEC decoded that stays in GPU memory (streams with decode = "gpu"): a model
+    whose input is decoded on the GPU resizes it there; any other copies it to the host first."""
+
+    frame: Nv12Surface
+
+    @property
+    def height(self) -> int:
+        return self.frame.height
+
+    @property
+    def width(self) -> int:
+        return self.frame.width
+
+
+@dataclass
 class Tensors:
     arrays: dict[str, np.ndarray]
 
@@ -46,7 +63,7 @@ class Tensors:
         return batch_of(self.arrays)
 
 
-ModelInput = Union[EncodedImage, RawPixels, Tensors]
+ModelInput = Union[EncodedImage, RawPixels, GpuFrame, Tensors]
 
 
 @dataclass

@@ -67,7 +67,7 @@ class StreamsServicer(spb_grpc.StreamsServicer):
         stream = self.manager.get(request.name)
         frame, result = stream.snapshot(request.draw_boxes)
         jpeg = await asyncio.get_running_loop().run_in_executor(None, encode_snapshot, frame, result)
-        h, w = frame.image.shape[:2]
+        w, h = frame.size
         return spb.Snapshot(stream=stream.name, frame=frame.index, timestamp=frame.timestamp, jpeg=jpeg,
                             width=w, height=h)
 

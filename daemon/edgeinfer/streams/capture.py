@@ -25,11 +25,12 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 
 from edgeinfer.config import StreamConfig
+from edgeinfer.runtime.gpu.image_job import Nv12Surface
 from edgeinfer.streams.decode import open_source
 from edgeinfer.streams.sources import Source, SourceError, redact
 
@@ -50,9 +51,26 @@ class State(enum.Enum):
 @dataclass
 class Frame:
     index: int           # 0-based count of frames captured by this stream (all connections)
-    image: np.ndarray    # BGR uint8 HxWx3
+    pixels: Union[np.ndarray, Nv12Surface]  # BGR uint8 HxWx3, or NV12 that NVDEC left in GPU memory
     timestamp: float     # wall clock (time.time()) when it was read
     captured: float      # time.perf_counter() when it was read, for latency
+    _host: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height)."""
+        if isinstance(self.pixels, np.ndarray):
+            return self.pixels.shape[1], self.pixels.shape[0]
+        return self.pixels.width, self.pixels.height
+
+    @property
+    def image(self) -> np.ndarray:
+        """BGR uint8 HxWx3 on the host: a frame in GPU memory is copied down and converted once."""
+        if isinstance(self.pixels, np.ndarray):
+            return self.pixels
+        if self._host is None:
+            self._host = self.pixels.to_bgr()
+        return self._host
 
 
 class Mailbox:

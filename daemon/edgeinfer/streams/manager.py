@@ -27,7 +27,7 @@ from edgeinfer.config import StreamConfig
 from edgeinfer.errors import EdgeInferError, ModelNotReady, QueueFull, StreamNotFound, StreamUnavailable
 from edgeinfer.model.families.postprocess import Options
 from edgeinfer.model.registry import ModelRegistry
-from edgeinfer.model.types import Prediction, RawPixels
+from edgeinfer.model.types import GpuFrame, Prediction, RawPixels
 from edgeinfer.serving.lanes import InferencePipeline
 from edgeinfer.streams.capture import Capture, Frame, Rate, State
 from edgeinfer.streams.sources import redact
@@ -165,10 +165,12 @@ class Stream:
             await self._infer(frame)
 
     async def _infer(self, frame: Frame) -> None:
-        image = frame.image
-        h, w = image.shape[:2]
-        # The frame's own buffer, no copy: the capture never writes into a frame it handed over.
-        item = RawPixels(h, w, "bgr", memoryview(np.ascontiguousarray(image)).cast("B"))
+        if isinstance(frame.pixels, np.ndarray):
+            h, w = frame.pixels.shape[:2]
+            # The frame's own buffer, no copy: the capture never writes into a frame it handed over.
+            item = RawPixels(h, w, "bgr", memoryview(np.ascontiguousarray(frame.pixels)).cast("B"))
+        else:  # NVDEC's frame, still in GPU memory: the model resizes it there, or copies it down
+            item = GpuFrame(frame.pixels)
         try:
             model = self.registry.get(self.cfg.model)
             pred = await self.pipeline.run(model, item, _OPTIONS)
@@ -217,7 +219,7 @@ class Stream:
     def stats(self) -> StreamStats:
         c = self.capture
         latest = c.latest
-        h, w = latest.image.shape[:2] if latest is not None else (0, 0)
+        w, h = latest.size if latest is not None else (0, 0)
         reason = c.state_reason
         if c.state is State.LIVE and self.inference_note:
             reason = f"inference: {self.inference_note}"

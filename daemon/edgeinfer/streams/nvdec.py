@@ -5,20 +5,27 @@ every reason it cannot run (library absent, no NVIDIA GPU, a source NVDEC cannot
 demux) is a `DecoderUnavailable` whose message the stream's state shows while the
 CPU decodes instead.
 
-Frames are decoded by NVDEC into host memory as NV12 and converted to BGR with
-OpenCV, so they enter the same serving path as CPU-decoded frames. Not yet run on
-a GPU machine: see docs/streams.md.
+Frames stay in GPU memory: NVDEC decodes into device memory as NV12 in the CUDA
+primary context (the one the model's buffers and kernels use), each frame is copied
+into a buffer of this source's pool (the decoder reuses its own), and the stream
+hands it on as an `Nv12Surface`. A model whose input is decoded on the GPU
+(`[models.input] decode = "gpu"`) converts and resizes it where it lies (the NV12
+kernel of runtime/gpu/preprocess_kernel.py); anything else that needs pixels (a
+model on the CPU path, a snapshot) copies it down and converts it with OpenCV.
+A pool buffer goes back to the pool when no frame refers to it any more.
 """
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
+import weakref
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from edgeinfer.config import StreamConfig
+from edgeinfer.runtime.gpu.image_job import Nv12Surface
 from edgeinfer.streams.sources import DEVICE, FILE, GSTREAMER, Source, SourceError, kind_of, redact
 
 
@@ -41,29 +48,82 @@ def _gpu_present() -> None:
         raise DecoderUnavailable("no NVIDIA driver (libcuda.so.1) on this machine") from None
 
 
+class _FramePool:
+    """Device buffers of one frame size, reused: a buffer returns when its frame is dropped."""
+
+    def __init__(self, device: int, nbytes: int):
+        self.device = device
+        self.nbytes = nbytes
+        self._free: list = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def take(self):
+        from edgeinfer.runtime.gpu.memory import DeviceBuffer
+
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return DeviceBuffer(self.nbytes, self.device)
+
+    def give(self, buffer) -> None:
+        with self._lock:
+            if not self._closed:
+                self._free.append(buffer)
+                return
+        buffer.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            free, self._free = self._free, []
+        for buffer in free:
+            buffer.close()
+
+
+def _planes(frame, width: int, height: int) -> tuple[int, int, int, int]:
+    """(luma address, luma pitch, chroma address, chroma pitch) of a decoded NV12 frame in device memory."""
+    cuda = getattr(frame, "cuda", None)
+    if callable(cuda):
+        planes = [p.__cuda_array_interface__ for p in cuda()]
+        if len(planes) >= 2:
+            pitch = [int(p["strides"][0]) if p.get("strides") else width for p in planes[:2]]
+            return int(planes[0]["data"][0]), pitch[0], int(planes[1]["data"][0]), pitch[1]
+    luma = int(frame.GetPtrToPlane(0))
+    return luma, width, luma + width * height, width
+
+
 class NvdecSource(Source):
-    """One NVDEC decoder fed by PyNvVideoCodec's FFmpeg demuxer (files and RTSP/HTTP URLs)."""
+    """One NVDEC decoder fed by PyNvVideoCodec's FFmpeg demuxer (files and RTSP/HTTP URLs);
+    `read()` returns each frame as an Nv12Surface in GPU memory."""
 
     decode = "gpu"
+    DEVICE = 0
 
     def __init__(self, nvc, cfg: StreamConfig):
+        from edgeinfer.runtime.gpu.memory import Stream, primary_context, use_device
+
         self.cfg = cfg
         self._nvc = nvc
         self.is_file = kind_of(cfg.source) == FILE
+        use_device(self.DEVICE)
+        self._context = primary_context(self.DEVICE)
+        self._stream = Stream(self.DEVICE)
+        self._pool = None
         self._open()
 
     def _open(self) -> None:
         nvc = self._nvc
         try:
             self._demuxer = nvc.CreateDemuxer(filename=self.cfg.source)
-            self._decoder = nvc.CreateDecoder(gpuid=0, codec=self._demuxer.GetNvCodecId(),
-                                              cudacontext=0, cudastream=0, usedevicememory=False)
+            self._decoder = nvc.CreateDecoder(gpuid=self.DEVICE, codec=self._demuxer.GetNvCodecId(),
+                                              cudacontext=self._context, cudastream=self._stream.ptr,
+                                              usedevicememory=True)
         except Exception as exc:  # noqa: BLE001 - the library raises plain RuntimeErrors
             raise SourceError(f"{redact(self.cfg.source)}: NVDEC could not open the source: {exc}") from None
         self.native_fps = float(getattr(self._demuxer, "FrameRate", lambda: 0.0)() or 0.0)
         self._packets = iter(self._demuxer)
         self._ready: list = []
-        self._lock = threading.Lock()
 
     @classmethod
     def open(cls, cfg: StreamConfig) -> "NvdecSource":
@@ -74,9 +134,16 @@ class NvdecSource(Source):
             raise SourceError(f"file not found: {cfg.source}")
         nvc = _nvc()
         _gpu_present()
-        return cls(nvc, cfg)
+        try:
+            return cls(nvc, cfg)
+        except SourceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - cuda-python missing, no device: the CPU decodes
+            raise DecoderUnavailable(f"CUDA is not usable here: {exc}") from None
 
-    def read(self) -> np.ndarray:
+    def read(self) -> Nv12Surface:
+        from edgeinfer.runtime.gpu.memory import use_device
+
         while not self._ready:
             try:
                 packet = next(self._packets)
@@ -84,11 +151,23 @@ class NvdecSource(Source):
                 raise SourceError("end of file" if self.is_file else "the stream ended") from None
             self._ready.extend(self._decoder.Decode(packet))
         frame = self._ready.pop(0)
-        size = frame.framesize()
-        nv12 = np.ctypeslib.as_array(ctypes.cast(frame.GetPtrToPlane(0), ctypes.POINTER(ctypes.c_uint8)),
-                                     shape=(size,)).copy()
-        width = self._decoder.GetWidth()
-        return cv2.cvtColor(nv12.reshape(-1, width), cv2.COLOR_YUV2BGR_NV12)
+        width, height = int(self._decoder.GetWidth()), int(self._decoder.GetHeight())
+        use_device(self.DEVICE)
+        if self._pool is None or self._pool.nbytes != width * height * 3 // 2:
+            if self._pool is not None:
+                self._pool.close()
+            self._pool = _FramePool(self.DEVICE, width * height * 3 // 2)
+        pool = self._pool
+        buffer = pool.take()
+        luma, luma_pitch, chroma, chroma_pitch = _planes(frame, width, height)
+        # The decoder reuses its frame memory: a copy of our own, rows packed (pitch = width).
+        buffer.copy_2d_from_device(0, width, luma, luma_pitch, width, height, self._stream)
+        buffer.copy_2d_from_device(width * height, width, chroma, chroma_pitch, width, height // 2, self._stream)
+        self._stream.synchronize()
+        surface = Nv12Surface(width, height, width, buffer.ptr, buffer.ptr + width * height, self.DEVICE,
+                              owner=buffer, download=functools.partial(_download, buffer, width, height, self._stream))
+        weakref.finalize(surface, pool.give, buffer)
+        return surface
 
     def rewind(self) -> bool:
         self._open()
@@ -97,3 +176,16 @@ class NvdecSource(Source):
     def close(self) -> None:
         self._ready = []
         self._decoder = self._demuxer = None
+        if self._pool is not None:
+            self._pool.close()  # buffers still in frames are freed when those frames go
+
+
+def _download(buffer, width: int, height: int, stream) -> np.ndarray:
+    """A frame's NV12 planes copied to the host: uint8 [height * 3 / 2, width]."""
+    from edgeinfer.runtime.gpu.memory import use_device
+
+    use_device(buffer.device)
+    host = np.empty((height * 3 // 2, width), np.uint8)
+    buffer.copy_to_host(host, host.nbytes, stream)
+    stream.synchronize()
+    return host

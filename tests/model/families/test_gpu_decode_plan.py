@@ -129,8 +129,8 @@ def test_the_kernels_numpy_twin_gives_the_cpu_paths_top1(classifier_onnx, media)
         assert a.argmax() == b.argmax(), p
 
 
-def test_resize_jobs_need_data_or_pixels():
-    with pytest.raises(ValueError, match="data or pixels"):
+def test_resize_jobs_need_data_pixels_or_a_frame():
+    with pytest.raises(ValueError, match="encoded data, pixels or a frame"):
         ResizeJob(1, 2, 2, 2, 2, 0, 0, False)
     with pytest.raises(ValueError, match="reduce"):
         ResizeJob(3, 2, 2, 2, 2, 0, 0, False, data=b"x")

@@ -2,8 +2,9 @@
 
 `[models.input] decode = "gpu"` (or "auto" where it can run) wraps the ONNX
 Runtime CUDA runner in this. The served model hands it a 1-D object array of
-gpu.image_job.ResizeJob per batch (JPEG/PNG bytes and their resize plan, or
-pixels the CPU decoded for other formats); per call it
+gpu.image_job.ResizeJob per batch (JPEG/PNG bytes and their resize plan, pixels
+the CPU decoded for other formats, or a stream's video frame NVDEC left in GPU
+memory as NV12, which the NV12 kernel converts and resizes in place); per call it
 
 1. decodes every encoded image of the batch in one nvImageCodec call into GPU
    memory, on its own stream (EXIF orientation applied, interleaved RGB),
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import replace
 from typing import Mapping, Optional
 
 import numpy as np
@@ -189,6 +191,13 @@ class GpuDecodingRunner(DescribedRunner):
         decoded = stage.decode([j.data for j in encoded]) if encoded else []
         keep.append(decoded)
         for i, job in enumerate(jobs):
+            if job.frame is not None and job.frame.device == self.device:
+                # A video frame NVDEC left on this GPU: converted and resized where it lies.
+                keep.append(job.frame)
+                self.kernel.launch_nv12_resize(job.frame, job, dst, i, self.norm, self.pad, stage.stream)
+                continue
+            if job.frame is not None:  # decoded on another GPU: through the host, as pixels
+                job = replace(job, pixels=job.frame.to_bgr(), frame=None)
             image = decoded[distinct[id(job)]] if job.data else None
             if job.data and image is not None:
                 ptr, shape, row = device_image(image)
@@ -236,6 +245,4 @@ class GpuDecodingRunner(DescribedRunner):
 
 def _with_swap(job: ResizeJob, swap: bool) -> ResizeJob:
     """`job` for a CPU-decoded stand-in: already at the reduced size, channels as OpenCV gives them."""
-    from dataclasses import replace
-
     return replace(job, swap_rb=swap, reduce=1)

@@ -135,6 +135,16 @@ def use_device(device: int = 0) -> None:
     check(cudart().cudaSetDevice(device), f"cudaSetDevice({device})")
 
 
+def primary_context(device: int = 0) -> int:
+    """The address of `device`'s primary context, the one the runtime API (and so every buffer and
+    kernel here) uses: what a library that takes a CUcontext needs to share memory with them. The
+    context stays retained for the life of the process."""
+    drv = driver()
+    check(drv.cuInit(0), "cuInit")
+    return _ptr(check(drv.cuDevicePrimaryCtxRetain(check(drv.cuDeviceGet(device), "cuDeviceGet")),
+                      "cuDevicePrimaryCtxRetain"))
+
+
 # cudaDeviceScheduleSpin / Yield / BlockingSync: the low three bits of the device flags.
 HOST_WAITS = {"spin": 1, "yield": 2, "block": 4}
 _SCHEDULE_MASK = 7
@@ -305,6 +315,16 @@ class DeviceBuffer(_Buffer):
         rt = cudart()
         check(rt.cudaMemcpyAsync(_host_ptr(dst), self.ptr, nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost,
                                  stream.handle), "cudaMemcpyAsync(device->host)")
+
+    def copy_2d_from_device(self, offset: int, dst_pitch: int, src_ptr: int, src_pitch: int, width: int,
+                            height: int, stream: Stream) -> None:
+        """Async device -> device copy of `height` rows of `width` bytes, rows `src_pitch` apart at
+        `src_ptr`, to rows `dst_pitch` apart from `offset` bytes into this buffer."""
+        self._check_size(offset + dst_pitch * (height - 1) + width)
+        rt = cudart()
+        check(rt.cudaMemcpy2DAsync(self.ptr + offset, dst_pitch, src_ptr, src_pitch, width, height,
+                                   rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, stream.handle),
+              "cudaMemcpy2DAsync(device->device)")
 
     def _check_size(self, nbytes: int) -> None:
         if nbytes > self.nbytes:

@@ -11,7 +11,9 @@ With `normalize_on = "gpu"` decoding and resizing stay on the CPU (OpenCV) and t
 first kernel replaces the float conversion, normalization and HWC->CHW transpose,
 writing straight into one slot of a batched device tensor. With `decode = "gpu"`
 the second kernel also does the resize (and the reduced decode's block average)
-from the image nvImageCodec decoded into device memory (gpu/decoding_runner.py).
+from the image nvImageCodec decoded into device memory (gpu/decoding_runner.py). The
+third does the same from a video frame NVDEC left in device memory as NV12, converting it
+to BGR with OpenCV's own integer arithmetic first (streams/nvdec.py).
 
 The kernel is compiled at first use with NVRTC for the device's own compute
 capability (a cubin, falling back to PTX the driver JITs when this NVRTC does
@@ -26,11 +28,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from edgeinfer.runtime.gpu.image_job import ResizeJob
+from edgeinfer.runtime.gpu.image_job import Nv12Surface, ResizeJob
 from edgeinfer.runtime.gpu.memory import DeviceArray, DeviceBuffer, Stream, check, compute_capability, driver, nvrtc, require_device
 
 KERNEL_NAME = "edgeinfer_hwc_u8_to_nchw_f32"
 RESIZE_KERNEL_NAME = "edgeinfer_resize_u8_to_nchw_f32"
+NV12_KERNEL_NAME = "edgeinfer_nv12_resize_to_nchw_f32"
 
 _SOURCE = r"""
 extern "C" __global__ void edgeinfer_hwc_u8_to_nchw_f32(
@@ -73,24 +76,49 @@ __device__ __forceinline__ float edgeinfer_sample(
     return sum / (float)((x1 - x0) * (y1 - y0));
 }
 
-// Decoded uint8 HWC (RGB/BGR/gray) -> one image slot of a float32 NCHW batch, resized on the way:
-// the resize plan of model/families/preprocess.py (ResizePlan) with OpenCV's conventions,
-// bilinear (half-pixel centres, edge clamp) down to half size and the area average below
-// that (INTER_AREA), rounded to uint8 as the CPU path's cv2.resize rounds, then the same
-// normalization as the kernel above. Output pixels outside the resized image take `pad`.
-extern "C" __global__ void edgeinfer_resize_u8_to_nchw_f32(
-    const unsigned char* __restrict__ src, int src_w, int src_h, int src_row_bytes, int src_channels,
-    int k, int red_w, int red_h, int res_w, int res_h, int dx, int dy,
+// A source image the resize reads pixel by pixel, 3 channels at a time.
+// Decoded uint8 HWC (RGB/BGR/gray), with the reduced decode's k x k block average.
+struct EdgeinferHwc {
+    const unsigned char* src; int w, h, row, ch, k;
+    __device__ __forceinline__ void px(int x, int y, float v[3]) const {
+        for (int c = 0; c < 3; ++c) v[c] = edgeinfer_sample(src, w, h, row, ch, k, x, y, c);
+    }
+};
+
+// A video frame as NVDEC leaves it: NV12 (the luma plane, then interleaved U and V at half
+// resolution), converted to BGR as OpenCV's COLOR_YUV2BGR_NV12 does: BT.601 limited range in
+// fixed point with 20 fractional bits, chroma of each 2x2 block shared, saturated to uint8.
+// So a frame decoded on the GPU reaches the resize with the very pixels the CPU path's cv2
+// conversion gives.
+struct EdgeinferNv12 {
+    const unsigned char* luma; const unsigned char* chroma; int row;
+    __device__ __forceinline__ void px(int x, int y, float v[3]) const {
+        const int yy = max(0, (int)luma[(long long)y * row + x] - 16) * 1220542;
+        const unsigned char* uv = chroma + (long long)(y >> 1) * row + (x & ~1);
+        const int u = (int)uv[0] - 128, w = (int)uv[1] - 128;
+        const int half = 1 << 19;
+        v[0] = (float)min(max((yy + half + 2116026 * u) >> 20, 0), 255);               // B
+        v[1] = (float)min(max((yy + half - 852492 * w - 409993 * u) >> 20, 0), 255);   // G
+        v[2] = (float)min(max((yy + half + 1673527 * w) >> 20, 0), 255);               // R
+    }
+};
+
+// One output pixel (x, y) of a float32 NCHW image slot, resized from `s` on the way: the resize
+// plan of model/families/preprocess.py (ResizePlan) with OpenCV's conventions, bilinear
+// (half-pixel centres, edge clamp) down to half size and the area average below that
+// (INTER_AREA), rounded to uint8 as the CPU path's cv2.resize rounds, then the same
+// normalization as the first kernel. Output pixels outside the resized image take `pad`.
+template <class Src>
+__device__ __forceinline__ void edgeinfer_resize_px(
+    const Src& s, int x, int y, int red_w, int red_h, int res_w, int res_h, int dx, int dy,
     float* __restrict__ dst, int out_w, int out_h, int swap_rb, float pad,
     float mul0, float mul1, float mul2, float add0, float add1, float add2)
 {
-    const int x = blockIdx.x * blockDim.x + threadIdx.x;
-    const int y = blockIdx.y * blockDim.y + threadIdx.y;
-    if (x >= out_w || y >= out_h) return;
     const int rx = x - dx, ry = y - dy;
     float v[3] = {pad, pad, pad};
     if (rx >= 0 && ry >= 0 && rx < res_w && ry < res_h) {
         const float fx = (float)red_w / (float)res_w, fy = (float)red_h / (float)res_h;
+        float p[3];
         if (fx > 2.f || fy > 2.f) {
             const float sx0 = rx * fx, sx1 = fminf((rx + 1) * fx, (float)red_w);
             const float sy0 = ry * fy, sy1 = fminf((ry + 1) * fy, (float)red_h);
@@ -99,8 +127,8 @@ extern "C" __global__ void edgeinfer_resize_u8_to_nchw_f32(
                 const float wy = fminf(sy1, yy + 1.f) - fmaxf(sy0, (float)yy);
                 for (int xx = (int)floorf(sx0); xx < (int)ceilf(sx1); ++xx) {
                     const float wgt = wy * (fminf(sx1, xx + 1.f) - fmaxf(sx0, (float)xx));
-                    for (int c = 0; c < 3; ++c)
-                        acc[c] += wgt * edgeinfer_sample(src, src_w, src_h, src_row_bytes, src_channels, k, xx, yy, c);
+                    s.px(xx, yy, p);
+                    for (int c = 0; c < 3; ++c) acc[c] += wgt * p[c];
                     area += wgt;
                 }
             }
@@ -114,13 +142,10 @@ extern "C" __global__ void edgeinfer_resize_u8_to_nchw_f32(
             if (x0 >= red_w - 1) { x0 = red_w - 1; ax = 0.f; }
             if (y0 >= red_h - 1) { y0 = red_h - 1; ay = 0.f; }
             const int x1 = min(x0 + 1, red_w - 1), y1 = min(y0 + 1, red_h - 1);
-            for (int c = 0; c < 3; ++c) {
-                const float a = edgeinfer_sample(src, src_w, src_h, src_row_bytes, src_channels, k, x0, y0, c);
-                const float b = edgeinfer_sample(src, src_w, src_h, src_row_bytes, src_channels, k, x1, y0, c);
-                const float d = edgeinfer_sample(src, src_w, src_h, src_row_bytes, src_channels, k, x0, y1, c);
-                const float e = edgeinfer_sample(src, src_w, src_h, src_row_bytes, src_channels, k, x1, y1, c);
-                v[c] = (a * (1.f - ax) + b * ax) * (1.f - ay) + (d * (1.f - ax) + e * ax) * ay;
-            }
+            float a[3], b[3], d[3], e[3];
+            s.px(x0, y0, a); s.px(x1, y0, b); s.px(x0, y1, d); s.px(x1, y1, e);
+            for (int c = 0; c < 3; ++c)
+                v[c] = (a[c] * (1.f - ax) + b[c] * ax) * (1.f - ay) + (d[c] * (1.f - ax) + e[c] * ax) * ay;
         }
         for (int c = 0; c < 3; ++c) v[c] = fminf(fmaxf(floorf(v[c] + 0.5f), 0.f), 255.f);
     }
@@ -132,6 +157,36 @@ extern "C" __global__ void edgeinfer_resize_u8_to_nchw_f32(
         const int sc = swap_rb ? 2 - c : c;
         out[c * plane] = __fadd_rn(__fmul_rn(v[sc], mul[c]), add[c]);
     }
+}
+
+// Decoded uint8 HWC -> one image slot of a float32 NCHW batch, reduced, resized and normalized.
+extern "C" __global__ void edgeinfer_resize_u8_to_nchw_f32(
+    const unsigned char* __restrict__ src, int src_w, int src_h, int src_row_bytes, int src_channels,
+    int k, int red_w, int red_h, int res_w, int res_h, int dx, int dy,
+    float* __restrict__ dst, int out_w, int out_h, int swap_rb, float pad,
+    float mul0, float mul1, float mul2, float add0, float add1, float add2)
+{
+    const int x = blockIdx.x * blockDim.x + threadIdx.x;
+    const int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= out_w || y >= out_h) return;
+    const EdgeinferHwc s = {src, src_w, src_h, src_row_bytes, src_channels, k};
+    edgeinfer_resize_px(s, x, y, red_w, red_h, res_w, res_h, dx, dy, dst, out_w, out_h, swap_rb, pad,
+                        mul0, mul1, mul2, add0, add1, add2);
+}
+
+// An NV12 video frame (BGR after conversion) -> one image slot of a float32 NCHW batch.
+extern "C" __global__ void edgeinfer_nv12_resize_to_nchw_f32(
+    const unsigned char* __restrict__ luma, const unsigned char* __restrict__ chroma, int row,
+    int src_w, int src_h, int res_w, int res_h, int dx, int dy,
+    float* __restrict__ dst, int out_w, int out_h, int swap_rb, float pad,
+    float mul0, float mul1, float mul2, float add0, float add1, float add2)
+{
+    const int x = blockIdx.x * blockDim.x + threadIdx.x;
+    const int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= out_w || y >= out_h) return;
+    const EdgeinferNv12 s = {luma, chroma, row};
+    edgeinfer_resize_px(s, x, y, src_w, src_h, res_w, res_h, dx, dy, dst, out_w, out_h, swap_rb, pad,
+                        mul0, mul1, mul2, add0, add1, add2);
 }
 """
 
@@ -234,6 +289,8 @@ class PreprocessKernel:
                                    "cuModuleGetFunction")
             self._resize_function = check(drv.cuModuleGetFunction(self._module, RESIZE_KERNEL_NAME.encode()),
                                           "cuModuleGetFunction")
+            self._nv12_function = check(drv.cuModuleGetFunction(self._module, NV12_KERNEL_NAME.encode()),
+                                        "cuModuleGetFunction")
 
     def launch(self, src: DeviceArray, dst: DeviceArray, norm: Normalization, swap_rb: bool,
                stream: Stream, src_row_bytes: Optional[int] = None) -> None:
@@ -293,6 +350,53 @@ class PreprocessKernel:
         check(drv.cuCtxSetCurrent(self._context), "cuCtxSetCurrent")
         check(drv.cuLaunchKernel(self._resize_function, *grid, *self.BLOCK, 0, drv.CUstream(stream.ptr), args, 0),
               f"cuLaunchKernel({RESIZE_KERNEL_NAME})")
+
+    def launch_nv12_resize(self, frame: Nv12Surface, job: ResizeJob, dst: DeviceArray, index: int,
+                           norm: Normalization, pad: float, stream: Stream) -> None:
+        """Enqueue: one NV12 video frame in device memory -> slot `index` of float32 dst [N, 3, H, W],
+        converted to BGR as cv2's COLOR_YUV2BGR_NV12 does, resized and placed as `job` says (its
+        reduce is 1, its swap_rb relative to BGR), normalized (asynchronous on `stream`).
+
+        Raises:
+            ValueError: shapes do not match the job.
+            CudaError: the launch failed.
+        """
+        n, oc, oh, ow = dst.shape
+        if dst.dtype != np.float32 or oc != 3 or not 0 <= index < n:
+            raise ValueError(f"destination must be float32 [N, 3, H, W] with slot {index}, got {dst.dtype} {list(dst.shape)}")
+        if job.reduce != 1 or (frame.width, frame.height) != (job.reduced_w, job.reduced_h):
+            raise ValueError(f"a {frame.width}x{frame.height} frame does not match the plan's "
+                             f"{job.reduced_w}x{job.reduced_h} at 1/{job.reduce}")
+        drv = driver()
+        bx, by, _ = self.BLOCK
+        grid = ((ow + bx - 1) // bx, (oh + by - 1) // by, 1)
+        out_ptr = dst.ptr + index * 3 * oh * ow * 4
+        args = ((frame.luma, frame.chroma, frame.pitch, frame.width, frame.height, job.resized_w, job.resized_h,
+                 job.dx, job.dy, out_ptr, ow, oh, int(bool(job.swap_rb)), float(pad), *norm.mul, *norm.add),
+                (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                 ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+                 ctypes.c_int, ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float,
+                 ctypes.c_float, ctypes.c_float))
+        check(drv.cuCtxSetCurrent(self._context), "cuCtxSetCurrent")
+        check(drv.cuLaunchKernel(self._nv12_function, *grid, *self.BLOCK, 0, drv.CUstream(stream.ptr), args, 0),
+              f"cuLaunchKernel({NV12_KERNEL_NAME})")
+
+    def nv12_resize_normalize(self, nv12: np.ndarray, job: ResizeJob, out_hw: tuple[int, int],
+                              norm: Normalization, pad: float, stream: Stream) -> np.ndarray:
+        """Host NV12 ([H * 3 / 2, W] uint8) in, host out (synchronous), one frame: for checks against the CPU path."""
+        planes = np.ascontiguousarray(nv12)
+        h, w = planes.shape[0] * 2 // 3, planes.shape[1]
+        src = DeviceArray.from_host(planes, stream, self.device)
+        oh, ow = out_hw
+        out = DeviceBuffer(3 * oh * ow * 4, self.device)
+        try:
+            dst = DeviceArray(out, np.float32, (1, 3, oh, ow))
+            frame = Nv12Surface(w, h, w, src.ptr, src.ptr + w * h, self.device, owner=src)
+            self.launch_nv12_resize(frame, job, dst, 0, norm, pad, stream)
+            return dst.to_host(stream)
+        finally:
+            out.close()
+            src.buffer.close()
 
     def resize_normalize(self, image_hwc: np.ndarray, job: ResizeJob, out_hw: tuple[int, int],
                          norm: Normalization, pad: float, stream: Stream) -> np.ndarray:
@@ -402,3 +506,19 @@ def reference_resize(image_hwc: np.ndarray, job: ResizeJob, out_hw: tuple[int, i
     t *= np.asarray(norm.mul, np.float32)
     t += np.asarray(norm.add, np.float32)
     return np.ascontiguousarray(t.transpose(2, 0, 1))
+
+
+def reference_nv12_to_bgr(nv12: np.ndarray) -> np.ndarray:
+    """The NV12 kernel's colour conversion in numpy: [H * 3 / 2, W] uint8 -> BGR [H, W, 3] uint8, in
+    the integer arithmetic of cv2's COLOR_YUV2BGR_NV12 (BT.601 limited range, 20-bit fixed point),
+    so the CPU tests hold it to cv2 and the GPU tests hold the kernel to it."""
+    h, w = nv12.shape[0] * 2 // 3, nv12.shape[1]
+    y = np.maximum(nv12[:h].astype(np.int64) - 16, 0) * 1220542
+    uv = nv12[h:].reshape(h // 2, w // 2, 2).astype(np.int64) - 128
+    u = uv[..., 0].repeat(2, axis=0).repeat(2, axis=1)
+    v = uv[..., 1].repeat(2, axis=0).repeat(2, axis=1)
+    half = 1 << 19
+    b = (y + half + 2116026 * u) >> 20
+    g = (y + half - 852492 * v - 409993 * u) >> 20
+    r = (y + half + 1673527 * v) >> 20
+    return np.clip(np.stack([b, g, r], axis=2), 0, 255).astype(np.uint8)
