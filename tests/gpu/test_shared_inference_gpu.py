@@ -65,3 +65,37 @@ def test_front_end_on_a_cuda_host_answers_as_a_local_cpu_model(ort_cuda, classif
         remote.close()
         host.wait_links(10)
         host.close(10)
+
+
+def test_the_inference_process_decodes_every_front_ends_jpegs_on_the_gpu(ort_cuda, classifier_onnx, media,
+                                                                         tmp_path):
+    pytest.importorskip("nvidia.nvimgcodec", reason="nvImageCodec is not installed")
+    from edgeinfer.process.host import InferenceHost
+    from edgeinfer.serving.shared.remote import RemoteModels
+
+    cfg = _config(classifier_onnx, tmp_path / "host", "cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    cfg.models[0].input.decode = "gpu"
+    pairs = [mp.get_context("spawn").Pipe(duplex=True) for _ in range(2)]
+    host = InferenceHost(cfg)
+    host.start([h for h, _ in pairs])
+    remote = RemoteModels([f for _, f in pairs])
+    fronts = [ServedModel(cfg.models[0], cfg.server, tmp_path, remote=remote) for _ in range(2)]
+    local_cfg = _config(classifier_onnx, tmp_path / "local", "cpu", ["CPUExecutionProvider"])
+    local = ServedModel(local_cfg.models[0], local_cfg.server, tmp_path)
+    try:
+        local.load()
+        for front in fronts:
+            front.load()
+            assert front.state is ModelState.READY and front.decode_on_gpu, front.state_reason
+        images = [EncodedImage((media / p).read_bytes()) for p in PHOTOS + ("rocket.jpg",)]
+        for k, image in enumerate(images):
+            a, b = fronts[k % 2].predict(image, Options()), local.predict(image, Options())
+            assert a.result.classes[0].index == b.result.classes[0].index
+            assert abs(a.result.classes[0].score - b.result.classes[0].score) < 0.05
+    finally:
+        for front in fronts:
+            front.unload()
+        local.unload()
+        remote.close()
+        host.wait_links(10)
+        host.close(10)

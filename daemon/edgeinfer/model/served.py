@@ -48,7 +48,6 @@ class ServedModel:
         self.remote = remote
         self.cache_dir = cache_dir
         self.cuda_sync = server_cfg.cuda_sync
-        self.shared_inference = server_cfg.inference == "shared"
         self.on_state_change = on_state_change
         self.state = ModelState.LOADING
         self.state_reason = "waiting to load"
@@ -174,7 +173,7 @@ class ServedModel:
         self.attempts, self.accuracy = d.attempts, d.accuracy
         if d.state != ModelState.READY.value or d.info is None:
             raise BackendLoadError(f"in the shared inference process: {d.reason}")
-        self.image_input, self.normalize_on_gpu = d.image_input, d.normalize_on_gpu
+        self.image_input, self.normalize_on_gpu, self.decode_on_gpu = d.image_input, d.normalize_on_gpu, d.decode_on_gpu
         return self.remote.runner(self.name, d, self.cfg.batching.shared_calls_in_flight)
 
     def unload(self) -> None:
@@ -237,7 +236,7 @@ class ServedModel:
             return None
         from edgeinfer.runtime.gpu.decoding_runner import why_not_decode_on_gpu
 
-        reason = why_not_decode_on_gpu(runner, self.cfg.input, shared_inference=self.shared_inference)
+        reason = why_not_decode_on_gpu(runner, self.cfg.input)
         if reason is None:
             try:
                 from edgeinfer.runtime.gpu.decoding_runner import GpuDecodingRunner

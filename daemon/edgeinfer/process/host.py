@@ -119,7 +119,7 @@ class InferenceHost:
         d = ModelDescription(state=model.state.value, reason=model.state_reason,
                              attempts=list(model.attempts), accuracy=list(model.accuracy),
                              image_input=model.image_input, normalize_on_gpu=model.normalize_on_gpu,
-                             host_pid=os.getpid())
+                             decode_on_gpu=model.decode_on_gpu, host_pid=os.getpid())
         if runner is not None and model.state is ModelState.READY:
             # The link pickles it: the front-end gets its own copy of info.
             d.inputs, d.outputs, d.info = list(runner.inputs), list(runner.outputs), runner.info

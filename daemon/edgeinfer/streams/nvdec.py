@@ -18,15 +18,20 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import threading
 import weakref
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 
 from edgeinfer.config import StreamConfig
 from edgeinfer.runtime.gpu.image_job import Nv12Surface
 from edgeinfer.streams.sources import DEVICE, FILE, GSTREAMER, Source, SourceError, kind_of, redact
+
+
+log = logging.getLogger(__name__)
 
 
 class DecoderUnavailable(Exception):
@@ -95,7 +100,11 @@ def _planes(frame, width: int, height: int) -> tuple[int, int, int, int]:
 
 class NvdecSource(Source):
     """One NVDEC decoder fed by PyNvVideoCodec's FFmpeg demuxer (files and RTSP/HTTP URLs);
-    `read()` returns each frame as an Nv12Surface in GPU memory."""
+    `read()` returns each frame as an Nv12Surface in GPU memory.
+
+    Should the device frames fail before the first one is handed on (a PyNvVideoCodec
+    whose frames this code cannot read), the source reopens with frames in host memory,
+    converted to BGR by OpenCV, and says so once in the log and in `note`."""
 
     decode = "gpu"
     DEVICE = 0
@@ -110,15 +119,19 @@ class NvdecSource(Source):
         self._context = primary_context(self.DEVICE)
         self._stream = Stream(self.DEVICE)
         self._pool = None
+        self.on_device = True
+        self.note = ""
+        self._handed_on = 0
         self._open()
 
     def _open(self) -> None:
         nvc = self._nvc
         try:
             self._demuxer = nvc.CreateDemuxer(filename=self.cfg.source)
+            context, stream = (self._context, self._stream.ptr) if self.on_device else (0, 0)
             self._decoder = nvc.CreateDecoder(gpuid=self.DEVICE, codec=self._demuxer.GetNvCodecId(),
-                                              cudacontext=self._context, cudastream=self._stream.ptr,
-                                              usedevicememory=True)
+                                              cudacontext=context, cudastream=stream,
+                                              usedevicememory=self.on_device)
         except Exception as exc:  # noqa: BLE001 - the library raises plain RuntimeErrors
             raise SourceError(f"{redact(self.cfg.source)}: NVDEC could not open the source: {exc}") from None
         self.native_fps = float(getattr(self._demuxer, "FrameRate", lambda: 0.0)() or 0.0)
@@ -141,9 +154,7 @@ class NvdecSource(Source):
         except Exception as exc:  # noqa: BLE001 - cuda-python missing, no device: the CPU decodes
             raise DecoderUnavailable(f"CUDA is not usable here: {exc}") from None
 
-    def read(self) -> Nv12Surface:
-        from edgeinfer.runtime.gpu.memory import use_device
-
+    def read(self) -> Union[Nv12Surface, np.ndarray]:
         while not self._ready:
             try:
                 packet = next(self._packets)
@@ -152,6 +163,24 @@ class NvdecSource(Source):
             self._ready.extend(self._decoder.Decode(packet))
         frame = self._ready.pop(0)
         width, height = int(self._decoder.GetWidth()), int(self._decoder.GetHeight())
+        if not self.on_device:
+            return self._host_frame(frame, width)
+        try:
+            surface = self._device_frame(frame, width, height)
+        except Exception as exc:  # noqa: BLE001 - CUDA or the library's frame API
+            if self._handed_on:
+                raise SourceError(f"NVDEC frame could not be copied: {exc}") from None
+            self.on_device = False
+            self.note = f"NVDEC frames come through host memory: device frames failed ({exc})"
+            log.warning("stream %s: %s", self.cfg.name, self.note)
+            self._open()
+            return self.read()
+        self._handed_on += 1
+        return surface
+
+    def _device_frame(self, frame, width: int, height: int) -> Nv12Surface:
+        from edgeinfer.runtime.gpu.memory import use_device
+
         use_device(self.DEVICE)
         if self._pool is None or self._pool.nbytes != width * height * 3 // 2:
             if self._pool is not None:
@@ -168,6 +197,16 @@ class NvdecSource(Source):
                               owner=buffer, download=functools.partial(_download, buffer, width, height, self._stream))
         weakref.finalize(surface, pool.give, buffer)
         return surface
+
+    @staticmethod
+    def _host_frame(frame, width: int) -> np.ndarray:
+        """A frame NVDEC decoded into host memory, as BGR (OpenCV's conversion)."""
+        import cv2
+
+        size = frame.framesize()
+        nv12 = np.ctypeslib.as_array(ctypes.cast(frame.GetPtrToPlane(0), ctypes.POINTER(ctypes.c_uint8)),
+                                     shape=(size,)).copy()
+        return cv2.cvtColor(nv12.reshape(-1, width), cv2.COLOR_YUV2BGR_NV12)
 
     def rewind(self) -> bool:
         self._open()

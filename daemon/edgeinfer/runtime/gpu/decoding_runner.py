@@ -49,10 +49,12 @@ def nvimgcodec():
     return module
 
 
-def why_not_decode_on_gpu(runner: Runner, input_cfg, shared_inference: bool = False) -> Optional[str]:
-    """None when the GPU decode path can serve this runner and input config; else the reason it cannot."""
-    if shared_inference:
-        return "not with [server] inference = \"shared\" (images would cross processes as bytes)"
+def why_not_decode_on_gpu(runner: Runner, input_cfg) -> Optional[str]:
+    """None when the GPU decode path can serve this runner and input config; else the reason it cannot.
+
+    With `[server] inference = "shared"` the inference process wraps its runner in this and the
+    front-ends send it the images' bytes (serving/shared/wire.py): one CUDA context decodes for all.
+    """
     if input_cfg.layout != "NCHW" or input_cfg.dtype != "float32":
         return f"the resize kernel writes float32 NCHW; this input is {input_cfg.dtype} {input_cfg.layout}"
     if input_cfg.color == "gray":

@@ -19,7 +19,8 @@ id and its answer comes back as (id, reply), in whatever order calls finish:
     ERROR = ("error", class name, message)
 
 A layout is a list of (name, dtype str, shape, offset) for tensors written
-into the buffer; `free_at` is where the host may start writing outputs; `ran`
+into the buffer (for an image input decoded on the GPU, (name, "jobs", table,
+offset): the images' bytes are in the buffer, their resize plans in the table); `free_at` is where the host may start writing outputs; `ran`
 is the real rows of the merged runner call the caller's rows ran in.
 """
 from __future__ import annotations
@@ -66,6 +67,11 @@ class SharedBuffer:
         """Copy `arrays` in from `start`; returns their layout and the first free offset."""
         layout, offset = [], start
         for name, arr in arrays.items():
+            if arr.dtype == object:
+                table, offset_after = self._write_jobs(arr, offset)
+                layout.append((name, JOBS, table, offset))
+                offset = offset_after
+                continue
             self.view(offset, arr.dtype, arr.shape)[...] = arr
             layout.append((name, arr.dtype.str, tuple(arr.shape), offset))
             offset = aligned(offset + arr.nbytes)
@@ -75,9 +81,45 @@ class SharedBuffer:
         """The tensors a layout names: views into the buffer, or copies (`copy`, for a buffer about to be reused)."""
         out = {}
         for name, dtype, shape, offset in layout:
+            if dtype == JOBS:
+                out[name] = self._read_jobs(shape)
+                continue
             v = self.view(offset, dtype, shape)
             out[name] = v.copy() if copy else v
         return out
+
+    # An image input decoded on the GPU is a 1-D object array of ResizeJobs (runtime/gpu/image_job.py):
+    # each distinct job's bytes (the JPEG, or pixels) go into the buffer and its plan into the
+    # layout, as ("jobs" table, row -> table index). A row padding repeats is one entry, so the
+    # host sees the same job object again, as the GPU runner expects of padding.
+    def _write_jobs(self, jobs: np.ndarray, offset: int) -> tuple[tuple, int]:
+        entries, index, rows = [], {}, []
+        for job in jobs:
+            if id(job) not in index:
+                index[id(job)] = len(entries)
+                payload = _payload(job)
+                kind = "data" if isinstance(payload, (bytes, bytearray, memoryview)) else "pixels"
+                raw = np.frombuffer(payload, np.uint8) if kind == "data" else np.ascontiguousarray(payload)
+                self.view(offset, np.uint8, (raw.nbytes,))[...] = raw.reshape(-1).view(np.uint8)
+                shape = () if kind == "data" else tuple(raw.shape)
+                entries.append((kind, offset, raw.nbytes, shape, job.reduce, job.reduced_w, job.reduced_h,
+                                job.resized_w, job.resized_h, job.dx, job.dy, job.swap_rb))
+                offset = aligned(offset + raw.nbytes)
+            rows.append(index[id(job)])
+        return (tuple(entries), tuple(rows)), offset
+
+    def _read_jobs(self, table: tuple) -> np.ndarray:
+        from edgeinfer.runtime.gpu.image_job import ResizeJob, job_batch
+
+        entries, rows = table
+        jobs = []
+        for kind, offset, nbytes, shape, *plan in entries:
+            raw = self.view(offset, np.uint8, (nbytes,))
+            if kind == "data":
+                jobs.append(ResizeJob(*plan, data=raw.tobytes()))
+            else:
+                jobs.append(ResizeJob(*plan, pixels=raw.reshape(shape).copy()))
+        return job_batch([jobs[i] for i in rows])
 
     def close(self) -> None:
         self._array = None
@@ -88,8 +130,32 @@ class SharedBuffer:
         os.close(self.fd)
 
 
+JOBS = "jobs"  # a layout's dtype for an object array of ResizeJobs
+
+
+def _payload(job):
+    """What of a ResizeJob crosses: its encoded bytes, else its pixels. A frame in GPU memory cannot
+    cross processes: it is copied to the host as pixels (BGR, as the job's swap_rb expects)."""
+    if job.data:
+        return job.data
+    if job.pixels is not None:
+        return job.pixels
+    return job.frame.to_bgr()
+
+
 def bytes_needed(arrays: Mapping[str, np.ndarray]) -> int:
-    return sum(aligned(a.nbytes) for a in arrays.values())
+    total = 0
+    for a in arrays.values():
+        if a.dtype != object:
+            total += aligned(a.nbytes)
+            continue
+        seen = set()
+        for job in a:
+            if id(job) not in seen:
+                seen.add(id(job))
+                total += aligned(len(job.data) if job.data else
+                                 job.pixels.nbytes if job.pixels is not None else job.frame.width * job.frame.height * 3)
+    return total
 
 
 def output_bytes(outputs: list[TensorSpec], rows: int) -> int:
@@ -144,4 +210,5 @@ class ModelDescription:
     info: Optional[RunnerInfo] = None
     image_input: Optional[TensorSpec] = None
     normalize_on_gpu: bool = False
+    decode_on_gpu: bool = False  # the image input takes ResizeJobs (encoded images), decoded in the host
     host_pid: int = 0
