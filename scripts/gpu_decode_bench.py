@@ -80,7 +80,8 @@ def raw_engine(path: Path, batch: int, seconds: float = 4.0) -> dict:
             "p50_ms": round(statistics.median(times) * 1e3, 3)}
 
 
-def daemon_config(onnx_path: Path, media: Path, work: Path, processes: int, workers: int, max_batch: int):
+def daemon_config(onnx_path: Path, media: Path, work: Path, processes: int, workers: int, max_batch: int,
+                  inference: str = "per-process"):
     from edgeinfer.config import (BatchingConfig, CalibrationConfig, Config, InputConfig, ModelConfig,
                                   OnnxRuntimeConfig, PostprocessConfig, ServerConfig)
 
@@ -95,11 +96,18 @@ def daemon_config(onnx_path: Path, media: Path, work: Path, processes: int, work
         batching=BatchingConfig(max_batch=max_batch, max_queue_delay_us=2000,
                                 buckets=[b for b in (1, 2, 4, 8, 16, 32) if b <= max_batch]),
     )
-    cfg = Config(server=ServerConfig(workers=workers, processes=processes, max_message_bytes=64 << 20),
+    cfg = Config(server=ServerConfig(workers=workers, processes=processes, inference=inference,
+                                     max_message_bytes=64 << 20),
                  models=[model], source="gpu_decode_bench.py")
     cfg.metrics.enabled = False
     cfg.cache.dir = str(work / "cache")
     return cfg
+
+
+def _layout_label(layout: str) -> str:
+    """"4:shared" -> "4 process(es), shared inference"."""
+    count, _, inference = layout.partition(":")
+    return f"{count} process(es), {inference or 'per-process'} inference"
 
 
 def _cores(variant: dict) -> str:
@@ -121,8 +129,9 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--clients", type=int, default=32)
-    ap.add_argument("--processes", default="1", help="[server] processes (per-process inference); a list, e.g. "
-                    "1,4, measures each (the first is the report's plots and main tables)")
+    ap.add_argument("--processes", default="1", help="[server] processes, each N (per-process inference) or "
+                    "N:shared (one shared inference process, which then decodes for all); a list, e.g. "
+                    "1,4,4:shared, measures each (the first is the report's plots and main tables)")
     ap.add_argument("--workers", type=int, default=16)
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--skip-raw", action="store_true")
@@ -144,16 +153,18 @@ def main() -> int:
                 engine[f"{label} b{batch}"] = r = raw_engine(path, batch)
                 print(f"[raw] {label} batch {batch}: {r['img_per_s']:,.0f} img/s, P50 {r['p50_ms']:.3f} ms", flush=True)
     runs = []
-    for processes in [int(p) for p in args.processes.split(",")]:
-        cfg = daemon_config(fp32, args.media, args.work, processes, args.workers, args.max_batch)
+    for layout in args.processes.split(","):
+        count, _, inference = layout.partition(":")
+        processes, inference = int(count), inference or "per-process"
+        cfg = daemon_config(fp32, args.media, args.work, processes, args.workers, args.max_batch, inference)
         settings = VariantSettings(config=cfg, model="resnet50", axis="decode", values=["cpu", "gpu"],
                                    images=args.media, saturating=args.clients, duration_s=args.duration,
                                    warmup_s=args.warmup, rounds=args.rounds, client_processes=args.clients,
                                    title=f"ResNet-50 fp16 on one GPU: JPEG decode on the CPU vs the GPU "
-                                         f"({processes} process(es), {args.workers} workers each)",
+                                         f"({processes} process(es), {inference} inference, {args.workers} workers each)",
                                    command="scripts/gpu_decode_bench.py " + " ".join(sys.argv[1:]),
-                                   work_dir=args.work / f"variants-p{processes}")
-        runs.append((processes, run_variants(settings)))
+                                   work_dir=args.work / f"variants-{layout.replace(':', '-')}")
+        runs.append((layout, run_variants(settings)))
     results = runs[0][1]
     results["engine"] = engine
     lines = ["Raw engine: ONNX Runtime CUDA EP, IO binding, input already on the device, same run, same GPU. "
@@ -177,7 +188,7 @@ def main() -> int:
                            "p50_ms": p50, "p50_gap_ms": gap, "reason": v.get("reason")})
             found = re.search(r"decode on [^;]+", v.get("reason") or "")
             decode = found.group(0) if found else "decode on cpu"
-            lines.append(f"| {processes} process(es), {decode} | {thr or 0:,.0f} | {ratio} | {p50 or 0:.2f} | {gap} | "
+            lines.append(f"| {_layout_label(processes)}, {decode} | {thr or 0:,.0f} | {ratio} | {p50 or 0:.2f} | {gap} | "
                          f"{_cores(v)} |")
             print(f"[ratio] processes={processes} decode={v['variant']}: {thr or 0:,.0f} img/s = {ratio} of the raw "
                   f"fp16 engine (goal 0.75); batch-1 P50 {p50} ms, {gap} ms above the raw call (goal 1.5)", flush=True)
