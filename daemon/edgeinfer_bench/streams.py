@@ -13,6 +13,10 @@ every stream, and after a warm-up measures for `--seconds`:
 * the bound: decode when the captures cannot keep the source's rate, inference when
   results fall short of the target fps while frames are dropped as late.
 
+On a GPU host (`--device gpu --size as-is --decode cpu,gpu --streams 16,32,64 --fps 0`
+with a 1080p30 H.264 video) it finds how many streams are sustained at full rate with NVDEC
+against CPU decode, one daemon per row, in one run.
+
 Not a timed test: numbers, for docs/performance.md.
 """
 from __future__ import annotations
@@ -107,24 +111,55 @@ class _Daemon:
         self.thread.join(30)
 
 
-def run(args) -> str:
+def _config(args, video: Path, work: Path, streams: int, decode: str):
     from edgeinfer.config import parse_config
-    from edgeinfer_client import Client
 
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    work = Path(tempfile.mkdtemp(prefix="edgeinfer-bench-streams-"))
-    video = make_video(Path(args.video), work / f"loop-{width}x{height}.mp4", (width, height))
-    cfg = parse_config({
+    on_gpu = args.device == "gpu"
+    model = {"name": "faces", "onnx": str(Path(args.onnx).resolve()),
+             "input": {"color": "rgb", "resize": "letterbox", "size": [640, 480], "pad_value": 0,
+                       "decode": "auto" if on_gpu else "cpu"},
+             "postprocess": {"task": "centerface"},
+             "batching": {"max_batch": args.max_batch}}
+    if on_gpu:
+        model["onnxruntime"] = {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+    return parse_config({
         "server": {"listen": "127.0.0.1:0", "workers": args.workers},
         "metrics": {"enabled": False},
         "cache": {"dir": str(work / "cache")},
-        "models": [{"name": "faces", "onnx": str(Path(args.onnx).resolve()),
-                    "input": {"color": "rgb", "resize": "letterbox", "size": [640, 480], "pad_value": 0},
-                    "postprocess": {"task": "centerface"},
-                    "batching": {"max_batch": args.max_batch}}],
-        "streams": [{"name": f"s{i:02d}", "source": str(video), "model": "faces", "fps": args.fps}
-                    for i in range(args.streams)],
+        "models": [model],
+        "streams": [{"name": f"s{i:02d}", "source": str(video), "model": "faces", "fps": args.fps, "decode": decode}
+                    for i in range(streams)],
     })
+
+
+def run(args) -> str:
+    """Every (decode, stream count) of the arguments, each on its own daemon; their reports and a summary."""
+    work = Path(tempfile.mkdtemp(prefix="edgeinfer-bench-streams-"))
+    if args.size == "as-is":
+        video, size = Path(args.video), "as-is"
+    else:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+        video, size = make_video(Path(args.video), work / f"loop-{width}x{height}.mp4", (width, height)), args.size
+    reports, summary = [], []
+    for decode in [d.strip() for d in args.decode.split(",") if d.strip()]:
+        for count in (int(n) for n in str(args.streams).split(",")):
+            text, row = run_one(args, video, size, work, count, decode)
+            reports.append(text)
+            summary.append(row)
+    if len(summary) == 1:
+        return reports[0]
+    target = f"{args.fps:g} fps" if args.fps else "every frame"
+    lines = ["", f"summary ({args.device} model, target {target} per stream):", "",
+             "| decode | streams | decoded on | results/s | slowest stream fps out | all at 97% of target | "
+             "latency P50 ms | P95 ms | cores |", "| --- | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+    lines += [row for row in summary]
+    return "\n\n".join(reports) + "\n" + "\n".join(lines)
+
+
+def run_one(args, video: Path, size: str, work: Path, count: int, decode: str) -> tuple[str, str]:
+    from edgeinfer_client import Client
+
+    cfg = _config(args, video, work, count, decode)
     d = _Daemon(cfg).start()
     address = f"127.0.0.1:{d.daemon.port}"
     latencies: dict[str, list[float]] = {s.name: [] for s in cfg.streams}
@@ -157,13 +192,17 @@ def run(args) -> str:
     after = {s.name: s.stats() for s in streams}
     readers = set().union(*(s.capture.reader_tids for s in streams))
     decode_cpu = _decode_cpu(threads0, threads1, readers)
+    model_state = d.daemon.registry.get("faces").state_reason
     stop.set()
     d.stop()
 
     ncpu = os.cpu_count() or 1
-    lines = [f"edgeinfer stream benchmark: {args.streams} streams of a {width}x{height} looped video (30 fps, mp4v), "
-             f"model faces (CenterFace, 640x480 letterbox, ONNX Runtime CPU), target fps {args.fps:g} per stream, "
-             f"max_batch {args.max_batch}, {args.workers} workers",
+    decoded_on = sorted({a.decode for a in after.values()})
+    native = f"{int(after[next(iter(after))].width)}x{int(after[next(iter(after))].height)}" if after else size
+    lines = [f"edgeinfer stream benchmark: {count} streams of a {native} looped video ({video.name}), decode "
+             f"{decode} (decoded on {', '.join(decoded_on)}), model faces (CenterFace, 640x480 letterbox, "
+             f"{args.device}: {model_state}), target fps {args.fps:g} per stream, max_batch {args.max_batch}, "
+             f"{args.workers} workers",
              f"machine: {platform.node()} {platform.machine()}, {ncpu} CPUs, load average before "
              f"{os.getloadavg()[0]:.1f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
              f"window {wall:.1f} s after {args.warmup:g} s warm-up",
@@ -172,6 +211,8 @@ def run(args) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     tot_in = tot_out = tot_drop = 0.0
     all_lat: list[float] = []
+    outs: list[float] = []
+    native_rate = 0.0
     for name in sorted(after):
         a, b = after[name], before[name]
         fin = (a.frames_in - b.frames_in) / wall
@@ -179,41 +220,53 @@ def run(args) -> str:
         drop = (a.frames_dropped - b.frames_dropped) / wall
         lat = np.array(latencies[name]) * 1000
         all_lat += list(lat)
+        outs.append(fout)
         p50, p95 = (np.percentile(lat, 50), np.percentile(lat, 95)) if lat.size else (float("nan"),) * 2
         tot_in, tot_out, tot_drop = tot_in + fin, tot_out + fout, tot_drop + drop
-        lines.append(f"| {name} | {fin:.1f} | {fout:.2f} | {drop:.2f} | {p50:.0f} | {p95:.0f} |")
+        if count <= 16:
+            lines.append(f"| {name} | {fin:.1f} | {fout:.2f} | {drop:.2f} | {p50:.0f} | {p95:.0f} |")
     lat = np.array(all_lat)
-    lines.append(f"| all | {tot_in:.1f} | {tot_out:.2f} | {tot_drop:.2f} | "
-                 f"{np.percentile(lat, 50) if lat.size else float('nan'):.0f} | "
-                 f"{np.percentile(lat, 95) if lat.size else float('nan'):.0f} |")
+    p50_all = np.percentile(lat, 50) if lat.size else float("nan")
+    p95_all = np.percentile(lat, 95) if lat.size else float("nan")
+    if count > 16:
+        lines.append(f"| each of {count} (slowest / median fps out) | | {min(outs):.2f} / {np.median(outs):.2f} | | | |")
+    lines.append(f"| all | {tot_in:.1f} | {tot_out:.2f} | {tot_drop:.2f} | {p50_all:.0f} | {p95_all:.0f} |")
     used = cpu / wall
     lines += ["",
-              f"CPU: {used:.2f} of {ncpu} cores for the process ({used / ncpu:.0%}); capture and FFmpeg decoder threads "
+              f"CPU: {used:.2f} of {ncpu} cores for the process ({used / ncpu:.0%}); capture and decoder threads "
               f"{decode_cpu / wall:.2f} cores ({decode_cpu / max(cpu, 1e-9):.0%} of the process), the rest "
               f"(preprocess, inference, postprocess, gRPC) {(cpu - decode_cpu) / wall:.2f} cores",
               f"decode cost: {decode_cpu / max(tot_in * wall, 1) * 1000:.2f} ms of CPU per captured frame; "
               f"inference side: {(cpu - decode_cpu) / max(tot_out * wall, 1) * 1000:.1f} ms of CPU per result"]
-    source_rate = 30.0 * args.streams
-    if tot_in < 0.9 * source_rate:
-        bound = (f"decode: captures read {tot_in:.0f} of the {source_rate:.0f} frames/s the sources play")
-    elif args.fps and tot_out < 0.9 * args.fps * args.streams:
-        bound = (f"inference: {tot_out:.1f} results/s against the {args.fps * args.streams:g} asked for; "
+    native_rate = 30.0 * count
+    target = args.fps * count if args.fps else native_rate
+    if tot_in < 0.9 * native_rate:
+        bound = f"decode: captures read {tot_in:.0f} of the {native_rate:.0f} frames/s the sources play"
+    elif tot_out < 0.9 * target:
+        bound = (f"inference: {tot_out:.1f} results/s against the {target:g} asked for; "
                  f"{tot_drop:.1f} frames/s replaced before inference took them")
     else:
         bound = "neither: every stream got its target fps"
     load = os.getloadavg()[0]
-    if used < 0.8 * ncpu and not bound.startswith("neither"):
+    if used < 0.8 * ncpu and not bound.startswith("neither") and args.device == "cpu":
         bound += (f" -- yet this process used only {used:.2f} of {ncpu} cores: the rest went to other work on "
                   f"the machine (load average {load:.1f} at the end)")
     lines.append(f"bound: {bound}")
-    return "\n".join(lines)
+    per_stream_target = args.fps or 30.0
+    row = (f"| {decode} | {count} | {', '.join(decoded_on)} | {tot_out:.1f} | {min(outs) if outs else 0:.2f} | "
+           f"{'yes' if outs and min(outs) >= 0.97 * per_stream_target else 'no'} | {p50_all:.0f} | {p95_all:.0f} | "
+           f"{used:.1f} |")
+    return "\n".join(lines), row
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m edgeinfer_bench.streams", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--streams", type=int, default=10)
-    ap.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of the generated video")
+    ap.add_argument("--streams", default="10", help="stream count, or a comma-separated list of them")
+    ap.add_argument("--decode", default="cpu", help="the streams' decode: cpu, gpu, auto, or a list (each its own run)")
+    ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                    help="where the model runs: ONNX Runtime on the CPU, or its CUDA provider with decode = auto")
+    ap.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of the generated video, or as-is: the video itself")
     ap.add_argument("--fps", type=float, default=5.0, help="target fps per stream (0 = as fast as it goes)")
     ap.add_argument("--seconds", type=float, default=30.0, help="measurement window")
     ap.add_argument("--warmup", type=float, default=10.0)

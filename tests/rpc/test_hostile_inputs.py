@@ -17,7 +17,7 @@ import pytest
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2 as pb
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2_grpc as pb_grpc
 from edgeinfer_proto.tensors import to_tensor
-from testkit.memory import rss_mb
+from testkit.memory import rss_mb, settled_rss_mb
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -137,9 +137,9 @@ def test_large_tensor_request_gives_its_memory_back(stub, classifier_onnx):
     one = pb.InferRequest(model="imagenet")
     one.tensors.tensors.append(to_tensor("input", np.zeros((1, 3, 224, 224), np.float32)))
     assert _status(stub, one)[0] == grpc.StatusCode.OK
-    before = rss_mb()
+    before = settled_rss_mb()
     assert _status(stub, batch)[0] == grpc.StatusCode.OK
-    after = rss_mb()
+    after = settled_rss_mb()
     assert after - before < 150, f"RSS {before:.0f} -> {after:.0f} MB after a batch-40 request"
 
 
