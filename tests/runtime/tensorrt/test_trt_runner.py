@@ -141,3 +141,23 @@ def test_deactivate_frees_every_buffer(make_runner, fake_cuda):
     assert len(fake_cuda.memory) == 2 * 2 * 2  # instances x tensors x (device + pinned)
     runner.deactivate()
     assert fake_cuda.memory == {}
+
+
+def test_run_device_reads_an_input_where_it_lies_without_a_copy(make_runner, fake_cuda):
+    from types import SimpleNamespace
+
+    runner = make_runner()
+    x = np.random.default_rng(2).random((3, 3, 8, 8), dtype=np.float32)
+    on_device = fake_cuda.Buffer(x.nbytes)  # what the preprocessing kernel wrote
+    on_device.view(np.float32, x.shape)[...] = x
+    tensor = SimpleNamespace(ptr=on_device.ptr, shape=x.shape, dtype=np.float32)
+    copies = fake_cuda.copies
+    out = runner.run_device({"input": tensor})
+    np.testing.assert_allclose(out["probs"], x.reshape(3, -1).mean(axis=1, keepdims=True), rtol=1e-6)
+    assert fake_cuda.copies - copies == 1  # the output's way back only
+    with pytest.raises(InvalidInput, match="takes float32, the device tensor is float16"):
+        runner.run_device({"input": SimpleNamespace(ptr=on_device.ptr, shape=x.shape, dtype=np.float16)})
+    with pytest.raises(InvalidInput, match="outside every optimization profile"):
+        runner.run_device({"input": SimpleNamespace(ptr=on_device.ptr, shape=(9, 3, 8, 8), dtype=np.float32)})
+    # the host path still works on the same instances afterwards
+    np.testing.assert_allclose(runner.infer({"input": x})["probs"], out["probs"], rtol=1e-6)

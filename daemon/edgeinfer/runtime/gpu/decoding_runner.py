@@ -1,7 +1,7 @@
 """A runner whose image input is encoded images: decode, resize and normalize on the GPU.
 
 `[models.input] decode = "gpu"` (or "auto" where it can run) wraps the ONNX
-Runtime CUDA runner in this. The served model hands it a 1-D object array of
+Runtime CUDA runner (or the TensorRT runner) in this. The served model hands it a 1-D object array of
 gpu.image_job.ResizeJob per batch (JPEG/PNG bytes and their resize plan, pixels
 the CPU decoded for other formats, or a stream's video frame NVDEC left in GPU
 memory as NV12, which the NV12 kernel converts and resizes in place); per call it
@@ -12,8 +12,10 @@ memory as NV12, which the NV12 kernel converts and resizes in place); per call i
    the reduced decode's block average, bilinear or area resize, letterbox padding
    or center crop, channel order, normalization and the NCHW layout, written
    into that image's slot of one float32 device tensor,
-3. binds that tensor as the model input through IO binding
-   (`CudaIoBinding.run_device`) on the session the batch size calls for.
+3. hands that tensor to the runtime where it lies: ONNX Runtime through IO binding
+   (`CudaIoBinding.run_device`) on the session the batch size calls for, or a TensorRT
+   engine through its tensor address (`TensorRTRunner.run_device`, written from
+   NVIDIA's documentation like the rest of the TensorRT execute path, not yet run).
 
 No pixel crosses to the host and back: what leaves the CPU is the JPEG decode,
 the resize and the float work, which bound a 16-core host at ~2,600 img/s for
@@ -60,8 +62,8 @@ def why_not_decode_on_gpu(runner: Runner, input_cfg) -> Optional[str]:
     if input_cfg.color == "gray":
         return "the resize kernel writes 3 channels; this input is gray"
     info = runner.info
-    if info.backend != "onnxruntime" or not info.device.startswith("cuda"):
-        return f"needs ONNX Runtime's CUDA provider; the model runs on {info.backend} ({info.device})"
+    if info.backend not in ("onnxruntime", "tensorrt") or not info.device.startswith("cuda"):
+        return f"needs ONNX Runtime's CUDA provider or TensorRT; the model runs on {info.backend} ({info.device})"
     try:
         from edgeinfer.runtime.gpu.memory import require_device
 
@@ -120,7 +122,6 @@ class GpuDecodingRunner(DescribedRunner):
     def __init__(self, runner: Runner, image_name: str, norm, pad_value: int, size: tuple[int, int], kernel=None):
         super().__init__()
         from edgeinfer.runtime.gpu.preprocess_kernel import PreprocessKernel
-        from edgeinfer.runtime.onnxruntime.runner import CudaIoBinding
 
         self.inner = runner
         self.image_name = image_name
@@ -135,8 +136,8 @@ class GpuDecodingRunner(DescribedRunner):
                         for s in runner.inputs]
         self._outputs = list(runner.outputs)
         slots = max(1, int(runner.info.max_concurrency or 1))
-        self._io = runner.io_binding or CudaIoBinding(runner.session, runner.inputs, runner.outputs, slots)
-        self.device = self._io.device
+        self._target = _device_target(runner, slots)
+        self.device = self._target.device
         self.kernel = kernel or PreprocessKernel(self.device)
         inner_info = runner.info
         self._info = RunnerInfo(backend=inner_info.backend, precision=inner_info.precision,
@@ -162,14 +163,13 @@ class GpuDecodingRunner(DescribedRunner):
                     device_feeds[name] = self._images(stage, arr, keep)
                 else:
                     device_feeds[name] = stage.upload(name, arr)
-            # run_device reads the inputs on ORT's stream: ours must be done first.
+            # The runtime reads the inputs on its own stream: ours must be done first.
             stage.stream.synchronize()
-            session = self.inner.session_for(feeds)
-            return self._io.run_device(device_feeds, session)
+            return self._target.run(device_feeds, feeds)
         except InferenceError:
             raise
-        except Exception as exc:  # noqa: BLE001 - CUDA, nvImageCodec and ORT errors alike
-            raise InferenceError(f"GPU decode + onnxruntime failed: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - CUDA, nvImageCodec, ORT and TensorRT errors alike
+            raise InferenceError(f"GPU decode + {self.inner.info.backend} failed: {exc}") from exc
         finally:
             stage.stream.synchronize()
             keep.clear()
@@ -239,10 +239,48 @@ class GpuDecodingRunner(DescribedRunner):
 
     def deactivate_impl(self) -> None:
         self._stages.close()
-        if self._io is not self.inner.io_binding:
-            self._io.close()
+        self._target.close()
         self.kernel.close()
         self.inner.deactivate()
+
+
+class _OrtTarget:
+    """ONNX Runtime's CUDA session through IO binding on our device buffers."""
+
+    def __init__(self, runner, slots: int):
+        from edgeinfer.runtime.onnxruntime.runner import CudaIoBinding
+
+        self.runner = runner
+        self.io = runner.io_binding or CudaIoBinding(runner.session, runner.inputs, runner.outputs, slots)
+        self.device = self.io.device
+
+    def run(self, device_feeds: Mapping, feeds: Mapping) -> dict[str, np.ndarray]:
+        return self.io.run_device(device_feeds, self.runner.session_for(feeds))
+
+    def close(self) -> None:
+        if self.io is not self.runner.io_binding:
+            self.io.close()
+
+
+class _TensorRTTarget:
+    """A TensorRT engine reading the input tensor where the kernel wrote it (TensorRTRunner.run_device)."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.device = runner.device_index
+
+    def run(self, device_feeds: Mapping, feeds: Mapping) -> dict[str, np.ndarray]:
+        return self.runner.run_device(device_feeds)
+
+    def close(self) -> None:
+        pass
+
+
+def _device_target(runner: Runner, slots: int):
+    """Where the decoded batch goes: the runtime's own way of taking inputs in device memory."""
+    if runner.info.backend == "tensorrt":
+        return _TensorRTTarget(runner)
+    return _OrtTarget(runner, slots)
 
 
 def _with_swap(job: ResizeJob, swap: bool) -> ResizeJob:

@@ -238,17 +238,41 @@ class TensorRTRunner(DescribedRunner):
         finally:
             self._pool.put(inst)
 
-    def _run(self, inst: _Instance, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run_device(self, device_feeds: Mapping[str, object], feeds: Optional[Mapping[str, np.ndarray]] = None
+                   ) -> dict[str, np.ndarray]:
+        """Inputs already in device memory (gpu.memory.DeviceArray: `.ptr`, `.shape`, `.dtype`, e.g. the
+        preprocessing kernel's output): the engine reads them where they are, no copy; `feeds` holds any
+        other inputs, from the host. The caller has synchronized the stream that wrote them."""
+        inst = self._pool.get()
+        try:
+            return self._run(inst, dict(feeds or {}), device_feeds)
+        finally:
+            self._pool.put(inst)
+
+    def _run(self, inst: _Instance, feeds: Mapping[str, np.ndarray],
+             device_feeds: Optional[Mapping[str, object]] = None) -> dict[str, np.ndarray]:
         cuda_buffers.set_device(self.device_index)  # executor threads start on device 0
         ctx, stream = inst.context, inst.stream
-        local = select_profile(inst.ranges, {n: a.shape for n, a in feeds.items()})
+        device_feeds = device_feeds or {}
+        shapes = {n: tuple(a.shape) for n, a in feeds.items()}
+        shapes.update({n: tuple(a.shape) for n, a in device_feeds.items()})
+        local = select_profile(inst.ranges, shapes)
         if local is None:
             allowed = [{n: r.as_list() for n, r in p.items()} for p in inst.ranges]
-            raise InvalidInput(f"input shapes {({n: list(a.shape) for n, a in feeds.items()})} are outside "
+            raise InvalidInput(f"input shapes {({n: list(s) for n, s in shapes.items()})} are outside "
                                f"every optimization profile of this engine (min/opt/max: {allowed})")
         try:
             self._select_profile(inst, inst.profile_ids[local])
             for spec in self._inputs:
+                on_device = device_feeds.get(spec.name)
+                if on_device is not None:
+                    if np.dtype(on_device.dtype) != spec.dtype:
+                        raise InvalidInput(f"input {spec.name!r} takes {spec.dtype.name}, the device tensor is "
+                                           f"{np.dtype(on_device.dtype).name}")
+                    if not ctx.set_input_shape(spec.name, tuple(on_device.shape)):
+                        raise InvalidInput(f"TensorRT refused shape {list(on_device.shape)} for input {spec.name!r}")
+                    ctx.set_tensor_address(spec.name, on_device.ptr)
+                    continue
                 arr = np.ascontiguousarray(feeds[spec.name])
                 buf = inst.buffers[spec.name]
                 if not ctx.set_input_shape(spec.name, arr.shape):
