@@ -313,7 +313,7 @@ class FakeEngine:
 
 
 class FakeContext:
-    """Reads/writes 'device memory' through the fake cuda_buffers registry (see test_trt_runner)."""
+    """Reads/writes 'device memory' through the fake CUDA buffer registry (see test_trt_runner)."""
 
     memory = None  # set by the test: ptr -> numpy uint8 array
 

@@ -63,6 +63,6 @@ def model_cfg(tiny_onnx):
 @pytest.fixture
 def no_cuda_check(monkeypatch):
     """Pretend cuda-python imports (it is not installed here); execution is not reached."""
-    from edgeinfer.runtime.tensorrt import cuda_buffers
+    from edgeinfer.runtime.gpu import memory
 
-    monkeypatch.setattr(cuda_buffers, "cudart", lambda: object())
+    monkeypatch.setattr(memory, "cudart", lambda: object())

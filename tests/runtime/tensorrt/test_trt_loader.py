@@ -70,12 +70,12 @@ def test_prefers_full_tensorrt_over_rtx(make_api):
 
 
 def test_missing_cuda_python_is_backend_unavailable(make_api, model_cfg, monkeypatch):
-    from edgeinfer.runtime.tensorrt import cuda_buffers
+    from edgeinfer.runtime.gpu import memory
 
     def no_cuda():
-        raise ImportError("cuda-python is not installed")
+        raise memory.GpuUnavailable("cuda-python is not installed")
 
-    monkeypatch.setattr(cuda_buffers, "cudart", no_cuda)
+    monkeypatch.setattr(memory, "cudart", no_cuda)
     api, _ = make_api()
     with pytest.raises(BackendUnavailable, match="tensorrt 10.3.0 is installed but cuda-python is not installed"):
         loader.RunnerFromOnnx(request_for(model_cfg()), api=api)()

@@ -1,5 +1,5 @@
 """TensorRTRunner control flow with doubles for TensorRT (trt_double.FakeEngine) and for
-cuda-python (host memory standing in for device memory). This checks our bookkeeping:
+the CUDA buffers (host memory standing in for device memory). This checks our bookkeeping:
 profile per instance, buffer sizing, copies, output shapes, the instance pool. It says
 nothing about TensorRT itself, whose execute path has not run anywhere."""
 from __future__ import annotations
@@ -13,14 +13,15 @@ import pytest
 
 from testkit import trt_double
 from edgeinfer.runtime import LoadRequest
-from edgeinfer.runtime.tensorrt import cuda_buffers, loader
+from edgeinfer.runtime.gpu import memory as gpu_memory
+from edgeinfer.runtime.tensorrt import loader
 from edgeinfer.runtime.tensorrt.builder import build_engine
 from edgeinfer.runtime.tensorrt.runner import TensorRTRunner
 from edgeinfer.errors import InvalidInput
 
 
 class FakeCuda:
-    """Device and pinned buffers as numpy byte arrays in one registry (ptr -> array)."""
+    """Device and pinned buffers (runtime/gpu/memory.py's) as numpy byte arrays in one registry (ptr -> array)."""
 
     def __init__(self):
         self.memory: dict[int, np.ndarray] = {}
@@ -29,7 +30,7 @@ class FakeCuda:
         cuda = self
 
         class Buffer:
-            def __init__(self, nbytes):
+            def __init__(self, nbytes, device=0):
                 self.nbytes = nbytes
                 self.ptr = next(cuda._ptrs)
                 cuda.memory[self.ptr] = np.zeros(nbytes, np.uint8)
@@ -38,11 +39,22 @@ class FakeCuda:
                 n = int(np.prod(shape)) * np.dtype(dtype).itemsize
                 return cuda.memory[self.ptr][:n].view(dtype).reshape(shape)
 
-            def free(self):
+            def copy_from_host(self, src, nbytes, stream):
+                cuda.copies += 1
+                cuda.memory[self.ptr][:nbytes] = cuda.memory[src.ptr][:nbytes]
+
+            def copy_to_host(self, dst, nbytes, stream):
+                cuda.copies += 1
+                cuda.memory[dst.ptr][:nbytes] = cuda.memory[self.ptr][:nbytes]
+
+            def close(self):
                 cuda.memory.pop(self.ptr, None)
 
         class Stream:
-            handle = 7
+            ptr = 7
+
+            def __init__(self, device=0):
+                pass
 
             def synchronize(self):
                 pass
@@ -52,17 +64,11 @@ class FakeCuda:
 
         self.Buffer, self.Stream = Buffer, Stream
 
-    def copy(self, dst, src, nbytes, stream):
-        self.copies += 1
-        self.memory[dst.ptr][:nbytes] = self.memory[src.ptr][:nbytes]
-
     def install(self, monkeypatch):
-        monkeypatch.setattr(cuda_buffers, "DeviceBuffer", self.Buffer)
-        monkeypatch.setattr(cuda_buffers, "PinnedBuffer", self.Buffer)
-        monkeypatch.setattr(cuda_buffers, "Stream", self.Stream)
-        monkeypatch.setattr(cuda_buffers, "copy_htod_async", self.copy)
-        monkeypatch.setattr(cuda_buffers, "copy_dtoh_async", self.copy)
-        monkeypatch.setattr(cuda_buffers, "set_device", lambda i: None)
+        monkeypatch.setattr(gpu_memory, "DeviceBuffer", self.Buffer)
+        monkeypatch.setattr(gpu_memory, "PinnedBuffer", self.Buffer)
+        monkeypatch.setattr(gpu_memory, "Stream", self.Stream)
+        monkeypatch.setattr(gpu_memory, "use_device", lambda i: None)
         trt_double.FakeContext.memory = self.memory
 
 

@@ -216,10 +216,10 @@ class RunnerFromOnnx:
         report = _reporter(self.request)
         api = self.api or compat.import_tensorrt()
         try:
-            from edgeinfer.runtime.tensorrt import cuda_buffers
+            from edgeinfer.runtime.gpu import memory
 
-            cuda_buffers.cudart()
-        except ImportError as exc:
+            memory.cudart()
+        except memory.GpuUnavailable as exc:
             raise BackendUnavailable(f"{api.label} is installed but {exc}") from exc
         plan = plan_build(self.request, api)
         for note in plan.notes:

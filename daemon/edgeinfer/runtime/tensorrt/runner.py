@@ -3,8 +3,8 @@
 THIS EXECUTE PATH HAS NOT RUN. No machine we work on has a TensorRT that can execute an
 engine (docs/hardware.md: TensorRT-RTX refuses Hopper at deserialize; the full TensorRT
 cannot be installed). It is written from NVIDIA's Python API documentation; each call
-notes what the 10.x and 11.x docs say about it. The cuda-python buffer code it uses has
-run on the lent GPU (cuda_buffers.round_trip_check).
+notes what the 10.x and 11.x docs say about it. Its buffers and streams are the GPU data
+path's own (runtime/gpu/memory.py), which has run on the lent GPUs.
 
 Concurrency: `instances` contexts, each with its own stream, device buffers and pinned host
 buffers sized for its profiles' max shapes. infer() borrows a free instance from a queue.
@@ -23,7 +23,8 @@ import numpy as np
 
 from edgeinfer.errors import BackendLoadError, InferenceError, InvalidInput
 from edgeinfer.runtime.base import DescribedRunner, RunnerInfo, TensorSpec
-from edgeinfer.runtime.tensorrt import compat, cuda_buffers
+from edgeinfer.runtime.gpu import memory as gpu
+from edgeinfer.runtime.tensorrt import compat
 from edgeinfer.runtime.tensorrt.profiles import ShapeRange, select_profile
 
 log = logging.getLogger(__name__)
@@ -33,19 +34,19 @@ log = logging.getLogger(__name__)
 class _Buffer:
     dtype: np.dtype
     nbytes: int
-    device: cuda_buffers.DeviceBuffer
-    host: cuda_buffers.PinnedBuffer
+    device: gpu.DeviceBuffer
+    host: gpu.PinnedBuffer
 
     def free(self) -> None:
-        self.device.free()
-        self.host.free()
+        self.device.close()
+        self.host.close()
 
 
 @dataclass
 class _Instance:
     index: int
     context: object
-    stream: cuda_buffers.Stream
+    stream: gpu.Stream
     profile_ids: list[int]                       # engine profile indices this instance owns
     ranges: list[dict[str, ShapeRange]]          # per owned profile: dynamic input -> range
     buffers: dict[str, _Buffer] = field(default_factory=dict)
@@ -137,13 +138,13 @@ class TensorRTRunner(DescribedRunner):
 
     # -- lifecycle --------------------------------------------------------
     def activate_impl(self) -> None:
-        cuda_buffers.set_device(self.device_index)
+        gpu.use_device(self.device_index)
         try:
             for k in range(self.instances):
                 self._pool.put(self._create_instance(k))
             for inst in self._all:
                 self._warm_up(inst)
-        except (cuda_buffers.CudaError, InferenceError) as exc:
+        except (gpu.CudaError, InferenceError) as exc:
             self.deactivate_impl()
             raise BackendLoadError(f"TensorRT engine could not be activated: {exc}") from exc
         except BaseException:
@@ -156,7 +157,7 @@ class TensorRTRunner(DescribedRunner):
         context = self.engine.create_execution_context()
         if context is None:
             raise BackendLoadError(f"TensorRT could not create execution context {k} (device memory?)")
-        stream = cuda_buffers.Stream()
+        stream = gpu.Stream(self.device_index)
         ids = self._profile_ids[k]
         dynamic = any(any(d < 0 for d in s.shape) for s in self._inputs)
         ranges = [profile_ranges(self.engine, self._inputs, pid) for pid in ids] if dynamic else [{}]
@@ -182,11 +183,11 @@ class TensorRTRunner(DescribedRunner):
                 sizes[spec.name] = max(sizes.get(spec.name, 0), _nbytes(shape, spec.dtype))
         for spec in self._inputs + self._outputs:
             n = sizes[spec.name]
-            device = cuda_buffers.DeviceBuffer(n)
+            device = gpu.DeviceBuffer(n, self.device_index)
             try:
-                host = cuda_buffers.PinnedBuffer(n)
+                host = gpu.PinnedBuffer(n, self.device_index)
             except BaseException:
-                device.free()
+                device.close()
                 raise
             inst.buffers[spec.name] = _Buffer(spec.dtype, n, device, host)
         return inst
@@ -196,7 +197,7 @@ class TensorRTRunner(DescribedRunner):
             return
         # set_optimization_profile_async(index, stream) -> bool (10.x and 11.x); the synchronous
         # active_optimization_profile setter is deprecated. Input shapes must be set again after.
-        if not inst.context.set_optimization_profile_async(profile_id, inst.stream.handle):
+        if not inst.context.set_optimization_profile_async(profile_id, inst.stream.ptr):
             raise InferenceError(f"TensorRT could not switch context {inst.index} to profile {profile_id}")
         inst.current_profile = profile_id
 
@@ -215,7 +216,7 @@ class TensorRTRunner(DescribedRunner):
         for inst in self._all:
             try:
                 inst.stream.synchronize()
-            except cuda_buffers.CudaError as exc:
+            except gpu.CudaError as exc:
                 log.warning("stream %d: %s", inst.index, exc)
             for buf in inst.buffers.values():
                 buf.free()
@@ -251,7 +252,7 @@ class TensorRTRunner(DescribedRunner):
 
     def _run(self, inst: _Instance, feeds: Mapping[str, np.ndarray],
              device_feeds: Optional[Mapping[str, object]] = None) -> dict[str, np.ndarray]:
-        cuda_buffers.set_device(self.device_index)  # executor threads start on device 0
+        gpu.use_device(self.device_index)  # executor threads start on device 0
         ctx, stream = inst.context, inst.stream
         device_feeds = device_feeds or {}
         shapes = {n: tuple(a.shape) for n, a in feeds.items()}
@@ -278,7 +279,7 @@ class TensorRTRunner(DescribedRunner):
                 if not ctx.set_input_shape(spec.name, arr.shape):
                     raise InvalidInput(f"TensorRT refused shape {list(arr.shape)} for input {spec.name!r}")
                 buf.host.view(spec.dtype, arr.shape)[...] = arr
-                cuda_buffers.copy_htod_async(buf.device, buf.host, arr.nbytes, stream)
+                buf.device.copy_from_host(buf.host, arr.nbytes, stream)
                 # set_tensor_address(name, ptr): 10.x and 11.x (replaced the bindings array of
                 # execute_async_v2). Set on every call: a profile switch may reset bindings.
                 ctx.set_tensor_address(spec.name, buf.device.ptr)
@@ -288,7 +289,7 @@ class TensorRTRunner(DescribedRunner):
             with logger.capture() as cap:
                 # execute_async_v3(stream_handle) -> bool: enqueue on the stream (10.x and 11.x;
                 # execute_v2/execute_async_v2 and their bindings were removed in 10.0).
-                ok = ctx.execute_async_v3(stream.handle)
+                ok = ctx.execute_async_v3(stream.ptr)
             if not ok:
                 raise InferenceError(f"TensorRT execution failed: {cap.text() or 'no reason given'}")
             out_shapes = {}
@@ -296,11 +297,11 @@ class TensorRTRunner(DescribedRunner):
                 shape = tuple(int(d) for d in ctx.get_tensor_shape(spec.name))
                 buf = inst.buffers[spec.name]
                 nbytes = _nbytes(shape, spec.dtype)
-                cuda_buffers.copy_dtoh_async(buf.host, buf.device, nbytes, stream)
+                buf.device.copy_to_host(buf.host, nbytes, stream)
                 out_shapes[spec.name] = shape
             stream.synchronize()
             # Copy out of the pinned buffers: they are reused by the next call on this instance.
             return {name: inst.buffers[name].host.view(inst.buffers[name].dtype, shape).copy()
                     for name, shape in out_shapes.items()}
-        except cuda_buffers.CudaError as exc:
+        except gpu.CudaError as exc:
             raise InferenceError(f"CUDA error during TensorRT inference: {exc}") from exc
