@@ -42,8 +42,9 @@ pytestmark = pytest.mark.slow
 
 
 class Tally:
-    def __init__(self, pid: int):
-        self.pid = str(pid)
+    def __init__(self, served: ServeProcess):
+        self.served = served
+        self.pid = str(served.proc.pid)
         self.statuses = collections.Counter()
         self.inputs = 0
         self.hangs = 0
@@ -53,6 +54,9 @@ class Tally:
         self.start = time.monotonic()
 
     def see(self, code: str) -> None:
+        # A daemon that died answers UNAVAILABLE, a client status: its exit is what tells a crash.
+        status = self.served.proc.poll()
+        assert status is None, f"daemon exited ({status}) after {self.inputs} inputs:\n{self.served.log_text()[-4000:]}"
         self.inputs += 1
         self.statuses[code] += 1
         rss = rss_mb(self.pid)
@@ -90,7 +94,7 @@ def raw_calls(served):
 
 @pytest.fixture(scope="module")
 def tally(served, raw_calls):
-    t = Tally(served.proc.pid)
+    t = Tally(served)
     yield t
     if REPORT:
         with open(REPORT, "w") as f:
