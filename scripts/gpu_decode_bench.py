@@ -104,6 +104,23 @@ def daemon_config(onnx_path: Path, media: Path, work: Path, processes: int, work
     return cfg
 
 
+def transport_bound(args, processes: int) -> dict:
+    """The same JPEG requests against bare grpc.aio echo processes sharing one port: what gRPC alone
+    carries on this host with `processes` front-ends (edgeinfer_bench/echo.py)."""
+    from edgeinfer_bench.echo import UNARY, EchoServer
+    from edgeinfer_bench.loadgen import LoadSpec, run_load
+    from edgeinfer_bench.workload import find_images, image_payload
+
+    payload = image_payload("resnet50", find_images(args.media), "jpeg")
+    with EchoServer(processes=processes) as echo:
+        echo.respond_with(200)  # about a top-5 InferResponse
+        spec = LoadSpec(echo.address, UNARY, "unary", payload.requests, concurrency=args.clients,
+                        duration_s=args.duration, warmup_s=args.warmup, processes=args.clients,
+                        label=f"echo x{processes}")
+        res = run_load(spec, progress=None)
+    return {"processes": processes, "req_per_s": round(res.summary.throughput, 1), "errors": res.summary.errors}
+
+
 def _layout_label(layout: str) -> str:
     """"4:shared" -> "4 process(es), shared inference"."""
     count, _, inference = layout.partition(":")
@@ -135,6 +152,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=16)
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--skip-raw", action="store_true")
+    ap.add_argument("--echo", action="store_true", help="also measure the bare transport: echo processes "
+                    "(as many as the largest --processes) answering the same JPEG requests")
     args = ap.parse_args()
     cuda_library_path()
     import torch  # noqa: F401 - loads the CUDA/cuDNN libraries onnxruntime-gpu needs in this process
@@ -192,6 +211,15 @@ def main() -> int:
                          f"{_cores(v)} |")
             print(f"[ratio] processes={processes} decode={v['variant']}: {thr or 0:,.0f} img/s = {ratio} of the raw "
                   f"fp16 engine (goal 0.75); batch-1 P50 {p50} ms, {gap} ms above the raw call (goal 1.5)", flush=True)
+    if args.echo:
+        echo = transport_bound(args, max(int(layout.split(":")[0]) for layout, _ in runs))
+        best = max((r["img_per_s"] or 0 for r in ratios), default=0)
+        lines += ["", f"Bare transport, same run: {echo['processes']} echo process(es) on one port (grpc.aio, no work, "
+                      f"the same JPEG requests from {args.clients} client processes): {echo['req_per_s']:,.0f} req/s; "
+                      f"the best daemon row is {best / echo['req_per_s']:.2f} of it." if echo["req_per_s"] else
+                      "Bare transport: the echo answered nothing."]
+        results["transport_bound"] = echo
+        print(f"[echo] {echo['processes']} process(es): {echo['req_per_s']:,.0f} req/s", flush=True)
     results["ratios"] = ratios
     results["other_runs"] = [r for _, r in runs[1:]]
     results["sections"] = [{"title": "Against the raw engine (same run)", "lines": lines}]

@@ -38,7 +38,7 @@ def _handlers(blob: list[bytes]) -> dict:
             "Stream": grpc.stream_stream_rpc_method_handler(stream)}
 
 
-async def _serve(conn, listen: str) -> None:
+async def _serve(conn, listen: str, share_port: bool = False) -> None:
     import asyncio
 
     import grpc
@@ -48,7 +48,7 @@ async def _serve(conn, listen: str) -> None:
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", _MAX_MESSAGE),
         ("grpc.max_send_message_length", _MAX_MESSAGE),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if share_port else 0),
     ])
     blob = [bytes(256)]
     add_service(server, SERVICE, _handlers(blob), registered=("Unary",))
@@ -70,11 +70,11 @@ async def _serve(conn, listen: str) -> None:
     await server.stop(0.5)
 
 
-def _main(conn, listen: str, loop_kind: str) -> None:
+def _main(conn, listen: str, loop_kind: str, share_port: bool = False) -> None:
     from edgeinfer.process.eventloop import run
 
     try:
-        run(_serve(conn, listen), loop_kind)
+        run(_serve(conn, listen, share_port), loop_kind)
     except EOFError:
         pass  # parent went away
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
@@ -90,22 +90,47 @@ class EchoServer(ChildServer):
             run_load(LoadSpec(echo.address, UNARY, "unary", [b"x" * 64], 1, 1.0))
     """
 
-    def __init__(self, loop: str = "asyncio", listen: str = "127.0.0.1:0", cpus: frozenset[int] = frozenset()):
+    def __init__(self, loop: str = "asyncio", listen: str = "127.0.0.1:0", cpus: frozenset[int] = frozenset(),
+                 processes: int = 1, share_port: bool = False):
         super().__init__(cpus)
         self.loop = loop
         self.listen = listen
+        # processes > 1: that many echo processes on one port (SO_REUSEPORT), as the daemon's
+        # [server] processes front-ends share theirs: the transport bound of N front-ends.
+        self.processes = max(1, int(processes))
+        self.share_port = share_port or self.processes > 1
+        self._others: list[EchoServer] = []
 
     @property
     def pid(self) -> Optional[int]:
         return self._proc.pid if self._proc is not None else None
 
+    @property
+    def pids(self) -> list[int]:
+        """Every echo process (the first is `pid`)."""
+        return [e.pid for e in [self] + self._others if e.pid is not None]
+
     def start(self, timeout: float = 30.0) -> "EchoServer":
-        what, value = self._spawn(_main, (self.listen, self.loop), "edgeinfer-bench-echo", timeout,
-                                  "echo server did not start")
+        what, value = self._spawn(_main, (self.listen, self.loop, self.share_port), "edgeinfer-bench-echo",
+                                  timeout, "echo server did not start")
         if what != "port" or not value:
             raise self._failed("echo server", value)
         self.port = int(value)
+        try:
+            for _ in range(self.processes - 1):
+                host = self.listen.rsplit(":", 1)[0]
+                self._others.append(EchoServer(self.loop, f"{host}:{self.port}", self.cpus,
+                                               share_port=True).start(timeout))
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    def stop(self) -> None:
+        for other in self._others:
+            other.stop()
+        self._others = []
+        super().stop()
 
     def respond_with(self, size: int, timeout: float = 10.0) -> None:
         """Answer every later call (Unary) or message (Stream) with `size` bytes.
@@ -121,3 +146,5 @@ class EchoServer(ChildServer):
         reply = self._conn.recv()
         if reply != ("size", int(size)):
             raise RuntimeError(f"echo server refused answer size {size}: {reply[-1]}")
+        for other in self._others:
+            other.respond_with(size, timeout)

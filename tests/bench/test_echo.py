@@ -99,3 +99,18 @@ def test_clients_share_their_process_connection_or_open_one_each(echo, channels,
     assert res.summary.errors == 0 and res.summary.count > 10 and res.processes == 2
     with pytest.raises(ValueError, match="channels must be one of"):
         LoadSpec(echo.address, UNARY, "unary", [b"x"], 1, 1.0, channels="thread")
+
+
+def test_several_echo_processes_share_one_port_and_one_answer_size():
+    import os
+    import signal
+
+    with EchoServer(processes=2) as echo:
+        assert len(set(echo.pids)) == 2
+        echo.respond_with(40)
+        for _ in range(6):  # a new connection each: the kernel spreads them over both processes
+            with grpc.insecure_channel(echo.address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+                assert ch.unary_unary(UNARY)(b"x", timeout=10) == bytes(40)
+        os.kill(echo.pids[0], signal.SIGKILL)  # the second one alone still answers on the port
+        with grpc.insecure_channel(echo.address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+            assert ch.unary_unary(UNARY)(b"x", timeout=10, wait_for_ready=True) == bytes(40)
