@@ -202,3 +202,28 @@ def test_device_frames_failing_later_end_the_connection(device, tmp_path):
     nvc.broken = True
     with pytest.raises(SourceError, match="NVDEC frame could not be copied"):
         source.read()
+
+
+def test_nvdec_decodes_on_the_gpu_of_the_streams_model(device, tmp_path, monkeypatch):
+    from edgeinfer.config import parse_config
+    from edgeinfer.model.registry import ModelRegistry
+    from edgeinfer.streams.manager import Stream
+
+    used = []
+    monkeypatch.setattr(memory, "use_device", lambda index=0: used.append(index))
+    nvc = FakeNvc(device)
+    video = tmp_path / "cam.mp4"
+    video.write_bytes(b"\x00")
+    source = nvdec.NvdecSource(nvc, StreamConfig(name="cam", source=str(video), model="m", decode="gpu"), device=1)
+    frame = source.read()
+    assert nvc.decoders[0]["gpuid"] == 1 and frame.device == 1 and set(used) == {1}
+    # The daemon opens each stream's NVDEC on its model's GPU ([models.X] device, else [server] device).
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"")
+    cfg = parse_config({"server": {"device": 2}, "models": [
+        {"name": "a", "onnx": str(onnx), "device": 1}, {"name": "b", "onnx": str(onnx)}],
+        "streams": [{"name": "s1", "source": str(video), "model": "a"}, {"name": "s2", "source": str(video), "model": "b"}]},
+        check_files=False)
+    registry = ModelRegistry(cfg)
+    streams = [Stream(c, registry, pipeline=None) for c in cfg.streams]
+    assert [s.capture.opener.keywords["device"] for s in streams] == [1, 2]

@@ -5,8 +5,9 @@ from edgeinfer.config import StreamConfig
 from edgeinfer.streams.sources import Source, open_cpu
 
 
-def open_source(cfg: StreamConfig) -> tuple[Source, str]:
-    """Open the stream's source with the decoder `cfg.decode` asks for.
+def open_source(cfg: StreamConfig, device: int = 0) -> tuple[Source, str]:
+    """Open the stream's source with the decoder `cfg.decode` asks for; NVDEC on GPU `device`
+    (the stream's model's, so its frames are where the model reads them).
 
     Returns (source, note): note is why GPU decode was not used ("" when it was, or not asked).
     Raises SourceError with the reason.
@@ -17,7 +18,7 @@ def open_source(cfg: StreamConfig) -> tuple[Source, str]:
         from edgeinfer.streams.nvdec import DecoderUnavailable, NvdecSource
 
         try:
-            return NvdecSource.open(cfg), ""
+            return NvdecSource.open(cfg, device), ""
         except DecoderUnavailable as exc:
             note = f"GPU decode unavailable, decoding on the CPU: {exc}"
     return open_cpu(cfg), note

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from edgeinfer.model.registry import ModelRegistry
 from edgeinfer.model.types import GpuFrame, Prediction, RawPixels
 from edgeinfer.serving.lanes import InferencePipeline
 from edgeinfer.streams.capture import Capture, Frame, Rate, State
+from edgeinfer.streams.decode import open_source
 from edgeinfer.streams.sources import redact
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,13 @@ class StreamStats:
     height: int
 
 
+def _model_device(registry: ModelRegistry, cfg: StreamConfig) -> int:
+    """The GPU of the stream's model ([models.X] device, else [server] device): NVDEC decodes there."""
+    model = registry.models.get(cfg.model)
+    device = getattr(getattr(model, "cfg", None), "device", None)
+    return int(device) if device is not None else 0
+
+
 class Stream:
     """One configured stream: its capture, its inference task and its subscribers."""
 
@@ -113,7 +122,8 @@ class Stream:
         self.registry = registry
         self.pipeline = pipeline
         self.metrics = metrics
-        self.capture = capture or Capture(cfg, on_frame=self._frame_ready)
+        self.capture = capture or Capture(cfg, on_frame=self._frame_ready,
+                                          opener=functools.partial(open_source, device=_model_device(registry, cfg)))
         self.capture.mailbox.on_put = self._frame_ready
         self.subscribers: set[Subscriber] = set()
         self.frames_processed = 0

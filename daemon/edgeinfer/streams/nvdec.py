@@ -107,17 +107,17 @@ class NvdecSource(Source):
     converted to BGR by OpenCV, and says so once in the log and in `note`."""
 
     decode = "gpu"
-    DEVICE = 0
 
-    def __init__(self, nvc, cfg: StreamConfig):
+    def __init__(self, nvc, cfg: StreamConfig, device: int = 0):
         from edgeinfer.runtime.gpu.memory import Stream, primary_context, use_device
 
         self.cfg = cfg
         self._nvc = nvc
         self.is_file = kind_of(cfg.source) == FILE
-        use_device(self.DEVICE)
-        self._context = primary_context(self.DEVICE)
-        self._stream = Stream(self.DEVICE)
+        self.device = device
+        use_device(self.device)
+        self._context = primary_context(self.device)
+        self._stream = Stream(self.device)
         self._pool = None
         self.on_device = True
         self.note = ""
@@ -129,7 +129,7 @@ class NvdecSource(Source):
         try:
             self._demuxer = nvc.CreateDemuxer(filename=self.cfg.source)
             context, stream = (self._context, self._stream.ptr) if self.on_device else (0, 0)
-            self._decoder = nvc.CreateDecoder(gpuid=self.DEVICE, codec=self._demuxer.GetNvCodecId(),
+            self._decoder = nvc.CreateDecoder(gpuid=self.device, codec=self._demuxer.GetNvCodecId(),
                                               cudacontext=context, cudastream=stream,
                                               usedevicememory=self.on_device)
         except Exception as exc:  # noqa: BLE001 - the library raises plain RuntimeErrors
@@ -139,7 +139,7 @@ class NvdecSource(Source):
         self._ready: list = []
 
     @classmethod
-    def open(cls, cfg: StreamConfig) -> "NvdecSource":
+    def open(cls, cfg: StreamConfig, device: int = 0) -> "NvdecSource":
         kind = kind_of(cfg.source)
         if kind in (DEVICE, GSTREAMER):
             raise DecoderUnavailable(f"NVDEC decodes files and network streams, not {kind} sources")
@@ -148,7 +148,7 @@ class NvdecSource(Source):
         nvc = _nvc()
         _gpu_present()
         try:
-            return cls(nvc, cfg)
+            return cls(nvc, cfg, device)
         except SourceError:
             raise
         except Exception as exc:  # noqa: BLE001 - cuda-python missing, no device: the CPU decodes
@@ -181,11 +181,11 @@ class NvdecSource(Source):
     def _device_frame(self, frame, width: int, height: int) -> Nv12Surface:
         from edgeinfer.runtime.gpu.memory import use_device
 
-        use_device(self.DEVICE)
+        use_device(self.device)
         if self._pool is None or self._pool.nbytes != width * height * 3 // 2:
             if self._pool is not None:
                 self._pool.close()
-            self._pool = _FramePool(self.DEVICE, width * height * 3 // 2)
+            self._pool = _FramePool(self.device, width * height * 3 // 2)
         pool = self._pool
         buffer = pool.take()
         luma, luma_pitch, chroma, chroma_pitch = _planes(frame, width, height)
@@ -193,7 +193,7 @@ class NvdecSource(Source):
         buffer.copy_2d_from_device(0, width, luma, luma_pitch, width, height, self._stream)
         buffer.copy_2d_from_device(width * height, width, chroma, chroma_pitch, width, height // 2, self._stream)
         self._stream.synchronize()
-        surface = Nv12Surface(width, height, width, buffer.ptr, buffer.ptr + width * height, self.DEVICE,
+        surface = Nv12Surface(width, height, width, buffer.ptr, buffer.ptr + width * height, self.device,
                               owner=buffer, download=functools.partial(_download, buffer, width, height, self._stream))
         weakref.finalize(surface, pool.give, buffer)
         return surface
