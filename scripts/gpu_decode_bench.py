@@ -121,10 +121,15 @@ def transport_bound(args, processes: int) -> dict:
     return {"processes": processes, "req_per_s": round(res.summary.throughput, 1), "errors": res.summary.errors}
 
 
-def _layout_label(layout: str) -> str:
-    """"4:shared" -> "4 process(es), shared inference"."""
+def _layout(layout: str) -> tuple[int, str]:
+    """"4:shared" -> (4, "shared"); "4" -> (4, "per-process")."""
     count, _, inference = layout.partition(":")
-    return f"{count} process(es), {inference or 'per-process'} inference"
+    return int(count), inference or "per-process"
+
+
+def _layout_label(layout: str) -> str:
+    processes, inference = _layout(layout)
+    return f"{processes} process(es), {inference} inference"
 
 
 def _cores(variant: dict) -> str:
@@ -173,8 +178,7 @@ def main() -> int:
                 print(f"[raw] {label} batch {batch}: {r['img_per_s']:,.0f} img/s, P50 {r['p50_ms']:.3f} ms", flush=True)
     runs = []
     for layout in args.processes.split(","):
-        count, _, inference = layout.partition(":")
-        processes, inference = int(count), inference or "per-process"
+        processes, inference = _layout(layout)
         cfg = daemon_config(fp32, args.media, args.work, processes, args.workers, args.max_batch, inference)
         settings = VariantSettings(config=cfg, model="resnet50", axis="decode", values=["cpu", "gpu"],
                                    images=args.media, saturating=args.clients, duration_s=args.duration,
@@ -212,7 +216,7 @@ def main() -> int:
             print(f"[ratio] processes={processes} decode={v['variant']}: {thr or 0:,.0f} img/s = {ratio} of the raw "
                   f"fp16 engine (goal 0.75); batch-1 P50 {p50} ms, {gap} ms above the raw call (goal 1.5)", flush=True)
     if args.echo:
-        echo = transport_bound(args, max(int(layout.split(":")[0]) for layout, _ in runs))
+        echo = transport_bound(args, max(_layout(layout)[0] for layout, _ in runs))
         best = max((r["img_per_s"] or 0 for r in ratios), default=0)
         lines += ["", f"Bare transport, same run: {echo['processes']} echo process(es) on one port (grpc.aio, no work, "
                       f"the same JPEG requests from {args.clients} client processes): {echo['req_per_s']:,.0f} req/s; "

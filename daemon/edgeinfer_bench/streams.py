@@ -198,7 +198,8 @@ def run_one(args, video: Path, size: str, work: Path, count: int, decode: str) -
 
     ncpu = os.cpu_count() or 1
     decoded_on = sorted({a.decode for a in after.values()})
-    native = f"{int(after[next(iter(after))].width)}x{int(after[next(iter(after))].height)}" if after else size
+    first = next(iter(after.values()), None)
+    native = f"{first.width}x{first.height}" if first is not None else size
     lines = [f"edgeinfer stream benchmark: {count} streams of a {native} looped video ({video.name}), decode "
              f"{decode} (decoded on {', '.join(decoded_on)}), model faces (CenterFace, 640x480 letterbox, "
              f"{args.device}: {model_state}), target fps {args.fps:g} per stream, max_batch {args.max_batch}, "
@@ -212,7 +213,6 @@ def run_one(args, video: Path, size: str, work: Path, count: int, decode: str) -
     tot_in = tot_out = tot_drop = 0.0
     all_lat: list[float] = []
     outs: list[float] = []
-    native_rate = 0.0
     for name in sorted(after):
         a, b = after[name], before[name]
         fin = (a.frames_in - b.frames_in) / wall

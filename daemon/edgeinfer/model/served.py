@@ -338,23 +338,18 @@ class ServedModel:
 
     def _pixel_job(self, bgr: np.ndarray, reduced=None):
         """(ResizeJob, Transform) for pixels decoded on the CPU (BGR): the GPU still resizes and normalizes."""
+        h, w = bgr.shape[:2]
+        return self._decoded_job(w, h, reduced, pixels=np.ascontiguousarray(bgr))
+
+    def _decoded_job(self, w: int, h: int, reduced=None, **source):
+        """(ResizeJob, Transform) for an image already decoded to w x h BGR (`pixels`), or a video frame
+        left in GPU memory (`frame`, NV12 that the kernel converts to BGR): resized where it lies."""
         from edgeinfer.runtime.gpu.image_job import ResizeJob
 
-        h, w = bgr.shape[:2]
         p = self.preprocessor.resize_plan(w, h)
-        job = ResizeJob(1, w, h, p.resized_w, p.resized_h, p.dx, p.dy,
-                        swap_rb=self.cfg.input.color == "rgb", pixels=np.ascontiguousarray(bgr))
+        job = ResizeJob(1, w, h, p.resized_w, p.resized_h, p.dx, p.dy, swap_rb=self.cfg.input.color == "rgb", **source)
         sent = (reduced.width, reduced.height) if reduced is not None else None
         return job, p.transform(reduced.factor if reduced is not None else 1, sent)
-
-    def _frame_job(self, frame):
-        """(ResizeJob, Transform) for a video frame left in GPU memory (NV12): resized where it lies."""
-        from edgeinfer.runtime.gpu.image_job import ResizeJob
-
-        p = self.preprocessor.resize_plan(frame.width, frame.height)
-        job = ResizeJob(1, frame.width, frame.height, p.resized_w, p.resized_h, p.dx, p.dy,
-                        swap_rb=self.cfg.input.color == "rgb", frame=frame)
-        return job, p.transform(1, None)
 
     # Batch-1 runs timed for warm_infer_us beyond the configured warm-up, for a model fast enough
     # that they cost nothing (below 10 ms a run). The warm-up time decides whether tensor requests
@@ -416,7 +411,7 @@ class ServedModel:
             if isinstance(item, EncodedImage):
                 job, transform = self._job(item.data)
             elif isinstance(item, GpuFrame):
-                job, transform = self._frame_job(item.frame)
+                job, transform = self._decoded_job(item.width, item.height, frame=item.frame)
             else:
                 job, transform = self._pixel_job(
                     self.preprocessor.from_raw(item.height, item.width, item.pixel_format, item.data))
