@@ -7,6 +7,7 @@ each model is ready only once it can answer.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
@@ -29,11 +30,7 @@ class ModelRegistry:
         self.config = config
         self.remote = remote
         self._listeners = [on_state_change]
-        self.models: dict[str, ServedModel] = {
-            m.name: ServedModel(m, config.server, Path(config.cache.dir), self._notify, remote=remote,
-                                 arena_shrink_bytes=config.limits.arena_shrink_bytes)
-            for m in config.models
-        }
+        self.models: dict[str, ServedModel] = {m.name: self._served(m, self._notify) for m in config.models}
         self._threads: list[threading.Thread] = []
 
     def add_listener(self, fn: Callable[[ServedModel], None]) -> None:
@@ -46,12 +43,14 @@ class ModelRegistry:
             except Exception:  # noqa: BLE001 - a listener must not break loading
                 log.exception("state listener failed for model %s", model.name)
 
+    def _served(self, cfg, notify: Callable[[ServedModel], None]) -> ServedModel:
+        return ServedModel(cfg, self.config.server, Path(self.config.cache.dir), notify, remote=self.remote,
+                           arena_shrink_bytes=self.config.limits.arena_shrink_bytes)
+
     def start_loading(self) -> None:
         """Load every model on its own daemon thread; returns at once."""
         for model in self.models.values():
-            t = threading.Thread(target=model.load, name=f"load-{model.name}", daemon=True)
-            t.start()
-            self._threads.append(t)
+            self.load_in_thread(model)
 
     def wait_loaded(self, timeout: Optional[float] = None) -> bool:
         """Block until every model finished loading (ready or failed)."""
@@ -77,8 +76,7 @@ class ModelRegistry:
     def new_model(self, cfg, announce: bool = False) -> ServedModel:
         """A ServedModel for `cfg`, not registered. announce=False: its state changes tell nobody
         (a model loading beside the one it will replace must not turn that name's health off)."""
-        return ServedModel(cfg, self.config.server, Path(self.config.cache.dir),
-                           self._notify if announce else (lambda _m: None), remote=self.remote)
+        return self._served(cfg, self._notify if announce else (lambda _m: None))
 
     def add(self, model: ServedModel) -> None:
         """Register a new model (its state changes are announced from now on)."""
@@ -102,11 +100,21 @@ class ModelRegistry:
         old.retired = True
         return old
 
-    def load_in_thread(self, model: ServedModel) -> threading.Thread:
-        t = threading.Thread(target=model.load, name=f"load-{model.name}", daemon=True)
+    def load_in_thread(self, model: ServedModel) -> concurrent.futures.Future:
+        """Load `model` on a daemon thread of its own (a load can take minutes: not on a worker pool),
+        which close() waits for; a Future of the load's end."""
+        done: concurrent.futures.Future = concurrent.futures.Future()
+
+        def body() -> None:
+            try:
+                done.set_result(model.load())
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                done.set_exception(exc)
+
+        t = threading.Thread(target=body, name=f"load-{model.name}", daemon=True)
         t.start()
         self._threads.append(t)
-        return t
+        return done
 
     def __iter__(self) -> Iterable[ServedModel]:
         return iter(self.models.values())

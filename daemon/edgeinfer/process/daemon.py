@@ -37,7 +37,6 @@ from edgeinfer.observe.metrics import DaemonCollector, Metrics, MetricsEndpoint,
 from edgeinfer.model.served import ServedModel
 from edgeinfer.model.types import ModelState
 from edgeinfer.model.registry import ModelRegistry
-from edgeinfer.errors import ConfigError
 from edgeinfer.listen import parse_listen
 from edgeinfer.rpc.auth import AuthInterceptor, ServerTls, auth_enabled
 from edgeinfer.rpc.methods import GenericOnly
@@ -150,7 +149,6 @@ class Daemon:
         self.auth: Optional[AuthInterceptor] = None
         self._stop = asyncio.Event()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self.servicer: Optional[InferenceServicer] = None
         # systemd notification state (process/systemd.py): READY sent, last STATUS, watchdog stalled.
         self._ready_sent = False
         self._status = ""
@@ -448,7 +446,8 @@ class Daemon:
         self.config = changes.apply_live_settings(self.config, new)
         self.registry.config = self.config
         new_cfgs = {m.name: m for m in new.models}
-        outcome.models = list(await asyncio.gather(*[self._apply(c, new_cfgs.get(c.name)) for c in plan]))
+        outcome.models = list(await asyncio.gather(*[self._apply(c, new_cfgs.get(c.name), new_digests.get(c.name))
+                                                           for c in plan]))
         # Streams after the models: a stream of a model just added finds it in the registry.
         self.config = dataclasses.replace(self.config, streams=list(new.streams))
         for name, action in (await self.streams.reconfigure(new.streams, self.registry, self.pipeline,
@@ -458,9 +457,9 @@ class Daemon:
         await self._publish_overall()
         return outcome
 
-    async def _apply(self, change: ModelChange, cfg) -> ModelChange:
-        """Carry out one model's part of a reload (event loop); returns what happened."""
-        loop = asyncio.get_running_loop()
+    async def _apply(self, change: ModelChange, cfg, digest: Optional[str] = None) -> ModelChange:
+        """Carry out one model's part of a reload (event loop); returns what happened. `digest`: the
+        ONNX file's sha256 the reload just read (the new model's load need not read it again)."""
         if change.action == changes.UNCHANGED:
             return change
         if change.action == changes.REMOVED:
@@ -469,6 +468,7 @@ class Daemon:
             await self._retire(old)
             return change
         model = self.registry.new_model(cfg)
+        model.onnx_digest = digest
         old = self.registry.models.get(change.name)
         if change.action == changes.ADDED or old.state is not ModelState.READY:
             # Nothing serves under this name: the new model takes the name at once and loads there.
@@ -479,12 +479,12 @@ class Daemon:
             else:
                 self.registry.add(model)
             await self._publish(model)
-            await asyncio.wrap_future(_thread_future(loop, model.load))
+            await asyncio.wrap_future(self.registry.load_in_thread(model))
         else:
             # Load, build and warm up beside the old model, which serves meanwhile.
             self._beside[change.name] = model
             try:
-                await asyncio.wrap_future(_thread_future(loop, model.load))
+                await asyncio.wrap_future(self.registry.load_in_thread(model))
             finally:
                 self._beside.pop(change.name, None)
             if model.state is not ModelState.READY:
@@ -552,19 +552,3 @@ def _digest(path: str) -> Optional[str]:
         return None
 
 
-def _thread_future(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]):
-    """Run `fn` on its own thread (a model load can take minutes: not on the worker pool); a
-    concurrent.futures.Future of it."""
-    import concurrent.futures
-    import threading
-
-    fut: concurrent.futures.Future = concurrent.futures.Future()
-
-    def body() -> None:
-        try:
-            fut.set_result(fn())
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
-            fut.set_exception(exc)
-
-    threading.Thread(target=body, name="reload-load", daemon=True).start()
-    return fut
