@@ -26,7 +26,6 @@ import contextlib
 import copy
 import dataclasses
 import datetime as _dt
-import json
 import os
 import re
 import subprocess
@@ -42,6 +41,7 @@ import numpy as np
 from edgeinfer.config import Config
 from edgeinfer_bench import environment
 from edgeinfer_bench.loadgen import INFER_METHOD, LoadClients, LoadResult, LoadSpec
+from edgeinfer_bench.report import _f, write_json
 from edgeinfer_bench.stats import summarize
 from edgeinfer_bench.workload import find_images, image_payload
 
@@ -99,8 +99,6 @@ def variant_config(config: Config, model: str, axis: str, value: str) -> tuple[C
         m.precision = [value]
         cal.min_top1_agreement = cal.min_mean_iou = cal.min_cosine = 0.0
     elif axis == "decode":
-        if not hasattr(m.input, "decode"):
-            raise ValueError("this daemon has no [models.input] decode setting")
         m.input.decode = value
     else:
         m.backends = [value]
@@ -321,10 +319,6 @@ def run_variants(settings: VariantSettings, progress: Optional[Progress] = None)
 
 # -- report --------------------------------------------------------------------------------
 
-def _f(v, digits: int = 1) -> str:
-    return "-" if v is None else f"{v:,.{digits}f}"
-
-
 def _cpu(point: dict, key: str) -> str:
     """The median over a point's rounds of one WindowCpu figure."""
     values = sorted(c[key] for c in point.get("cpu", []) if c and c.get(key) is not None)
@@ -481,7 +475,7 @@ def write_report(results: dict, folder: Path, stem: str, plots: bool = True) -> 
             results.setdefault("notes", []).append("plots skipped: matplotlib is not installed")
     paths = {k: folder / n for k, n in names.items()}
     paths["json"] = folder / f"{stem}.json"
-    paths["json"].write_text(json.dumps(results, indent=1, default=str) + "\n")
+    write_json(results, paths["json"])
     paths["markdown"] = folder / f"{stem}.md"
     paths["markdown"].write_text(markdown(results, names))
     return paths

@@ -33,14 +33,6 @@ log = logging.getLogger(__name__)
 TRANSFORM_VERSION = 1
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _library_versions() -> dict[str, str]:
     import onnx
     import onnxruntime

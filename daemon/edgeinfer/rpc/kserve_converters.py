@@ -19,6 +19,7 @@ from edgeinfer_proto.inference import model_config_pb2 as mc
 from edgeinfer.errors import InvalidInput
 from edgeinfer.model.families.postprocess import Options, Result
 from edgeinfer.model.served import ServedModel
+from edgeinfer.rpc.converters import MAX_RANK
 
 # KServe datatype name -> numpy dtype as it travels (little-endian).
 DTYPES: dict[str, np.dtype] = {
@@ -50,7 +51,6 @@ CONTENTS_FIELD = {
     BYTES: "bytes_contents",
 }
 
-MAX_RANK = 8
 
 
 def datatype_of(dtype: np.dtype) -> str:

@@ -54,7 +54,6 @@ class Frame:
     pixels: Union[np.ndarray, Nv12Surface]  # BGR uint8 HxWx3, or NV12 that NVDEC left in GPU memory
     timestamp: float     # wall clock (time.time()) when it was read
     captured: float      # time.perf_counter() when it was read, for latency
-    _host: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -68,9 +67,7 @@ class Frame:
         """BGR uint8 HxWx3 on the host: a frame in GPU memory is copied down and converted once."""
         if isinstance(self.pixels, np.ndarray):
             return self.pixels
-        if self._host is None:
-            self._host = self.pixels.to_bgr()
-        return self._host
+        return self.pixels.to_bgr()
 
 
 class Mailbox:

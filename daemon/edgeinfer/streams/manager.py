@@ -37,7 +37,6 @@ from edgeinfer.streams.sources import redact
 log = logging.getLogger(__name__)
 
 DEFAULT_SUBSCRIBER_QUEUE = 64
-_LATENCY_WINDOW = 2048
 _OPTIONS = Options()
 
 
@@ -131,7 +130,6 @@ class Stream:
         self.subscriber_drops = 0  # of subscribers that have left
         self.inference_note = ""
         self.rate_out = Rate()
-        self.latencies: collections.deque = collections.deque(maxlen=_LATENCY_WINDOW)
         self.last_result: Optional[StreamResult] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wake: Optional[asyncio.Event] = None
@@ -206,7 +204,6 @@ class Stream:
         latency = time.perf_counter() - frame.captured
         self.frames_processed += 1
         self.rate_out.tick()
-        self.latencies.append(latency)
         if self.metrics is not None:
             self.metrics.observe_stream_latency(self.name, latency)
         result = StreamResult(self.name, frame, pred, latency)

@@ -15,7 +15,8 @@ from typing import Callable, Optional
 from edgeinfer.config import PRECISIONS, ModelConfig
 from edgeinfer.model.precision.base import PrecisionError, PreparedModel, fixed_batch, read_graph_io
 from edgeinfer.cache.files import FileLock, atomic_write
-from edgeinfer.cache.variants import file_sha256, touch_variant, variant_dir, variant_key, variant_path
+from edgeinfer.cache.files import file_sha256
+from edgeinfer.cache.variants import touch_variant, variant_dir, variant_key, variant_path
 from edgeinfer.model.precision.fp16 import Fp16Settings, convert_fp16
 from edgeinfer.model.precision.int8 import Int8Settings, quantize_int8
 from edgeinfer.model.precision.samples import calibration_data_hash, load_samples

@@ -64,12 +64,11 @@ def why_not_decode_on_gpu(runner: Runner, input_cfg) -> Optional[str]:
     info = runner.info
     if info.backend not in ("onnxruntime", "tensorrt") or not info.device.startswith("cuda"):
         return f"needs ONNX Runtime's CUDA provider or TensorRT; the model runs on {info.backend} ({info.device})"
-    try:
-        from edgeinfer.runtime.gpu.memory import require_device
+    from edgeinfer.runtime.gpu.memory import why_unreachable
 
-        require_device(0)
-    except Exception as exc:  # noqa: BLE001 - no cuda-python, no driver: say so
-        return f"cuda-python cannot reach the GPU: {exc}"
+    unreachable = why_unreachable(info.device)
+    if unreachable:
+        return unreachable
     try:
         nvimgcodec()
     except Exception as exc:  # noqa: BLE001 - ImportError, or a library that fails to load

@@ -32,12 +32,17 @@ class Nv12Surface:
     download: Optional[Callable[[], np.ndarray]] = None
 
     def to_bgr(self) -> np.ndarray:
-        """The frame as BGR uint8 [H, W, 3] on the host (cv2's conversion, as the CPU decode path gives)."""
+        """The frame as BGR uint8 [H, W, 3] on the host (cv2's conversion, as the CPU decode path gives),
+        copied down and converted once however many consumers ask (a model, a snapshot)."""
         import cv2
 
-        if self.download is None:
-            raise ValueError("this frame cannot be copied to the host")
-        return cv2.cvtColor(np.ascontiguousarray(self.download()), cv2.COLOR_YUV2BGR_NV12)
+        bgr = self.__dict__.get("_bgr")  # frozen: the cache goes around __setattr__
+        if bgr is None:
+            if self.download is None:
+                raise ValueError("this frame cannot be copied to the host")
+            bgr = cv2.cvtColor(np.ascontiguousarray(self.download()), cv2.COLOR_YUV2BGR_NV12)
+            self.__dict__["_bgr"] = bgr
+        return bgr
 
 
 @dataclass(frozen=True, eq=False)

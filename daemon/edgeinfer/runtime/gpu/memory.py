@@ -130,6 +130,15 @@ def require_device(device: int = 0) -> None:
         raise GpuUnavailable(f"CUDA device {device} does not exist ({n} visible)")
 
 
+def why_unreachable(device: str) -> Optional[str]:
+    """None when the CUDA device a runner reports ("cuda:N") can be reached from here; else why not."""
+    try:
+        require_device(int(device.split(":")[1]) if ":" in device else 0)
+    except Exception as exc:  # noqa: BLE001 - no cuda-python, no driver, no such device: say so
+        return f"cuda-python cannot reach the GPU: {exc}"
+    return None
+
+
 def use_device(device: int = 0) -> None:
     """Make `device` current on the calling thread (worker threads start without one)."""
     check(cudart().cudaSetDevice(device), f"cudaSetDevice({device})")

@@ -43,13 +43,9 @@ def why_not_on_gpu(runner: Runner, input_cfg) -> Optional[str]:
     info = runner.info
     if info.backend != "onnxruntime" or not info.device.startswith("cuda"):
         return f"needs ONNX Runtime's CUDA provider; the model runs on {info.backend} ({info.device})"
-    try:
-        from edgeinfer.runtime.gpu.memory import require_device
+    from edgeinfer.runtime.gpu.memory import why_unreachable
 
-        require_device(int(info.device.split(":")[1]) if ":" in info.device else 0)
-    except Exception as exc:  # noqa: BLE001 - no cuda-python, no driver: say so
-        return f"cuda-python cannot reach the GPU: {exc}"
-    return None
+    return why_unreachable(info.device)
 
 
 class GpuNormalizingRunner(DescribedRunner):

@@ -194,7 +194,6 @@ class OnnxRuntimeRunner(DescribedRunner):
         if provider == "CUDAExecutionProvider" and wanted:
             try:
                 self._io = CudaIoBinding(session, self._inputs, self._outputs, max_concurrency)
-                device = f"cuda:{self._io.device}"
                 details["io_binding"] = "on"
             except Exception as exc:  # noqa: BLE001 - GpuUnavailable, CudaError: fall back to session.run
                 if io_binding:

@@ -233,20 +233,19 @@ class TensorRTRunner(DescribedRunner):
 
     # -- inference --------------------------------------------------------
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        inst = self._pool.get()
-        try:
-            return self._run(inst, feeds)
-        finally:
-            self._pool.put(inst)
+        return self._on_an_instance(feeds, {})
 
-    def run_device(self, device_feeds: Mapping[str, object], feeds: Optional[Mapping[str, np.ndarray]] = None
-                   ) -> dict[str, np.ndarray]:
+    def run_device(self, device_feeds: Mapping[str, object]) -> dict[str, np.ndarray]:
         """Inputs already in device memory (gpu.memory.DeviceArray: `.ptr`, `.shape`, `.dtype`, e.g. the
-        preprocessing kernel's output): the engine reads them where they are, no copy; `feeds` holds any
-        other inputs, from the host. The caller has synchronized the stream that wrote them."""
+        preprocessing kernel's output): the engine reads them where they are, no copy. The caller has
+        synchronized the stream that wrote them."""
+        return self._on_an_instance({}, device_feeds)
+
+    def _on_an_instance(self, feeds: Mapping[str, np.ndarray], device_feeds: Mapping[str, object]
+                        ) -> dict[str, np.ndarray]:
         inst = self._pool.get()
         try:
-            return self._run(inst, dict(feeds or {}), device_feeds)
+            return self._run(inst, feeds, device_feeds)
         finally:
             self._pool.put(inst)
 
