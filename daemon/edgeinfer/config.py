@@ -30,6 +30,14 @@ from edgeinfer.listen import parse_listen
 BACKEND_NAMES = ("tensorrt", "onnxruntime")
 PRECISIONS = ("fp32", "fp16", "int8")
 TASKS = ("classification", "centerface", "yolov8", "raw")
+# Per task: the accuracy gate's figure and the [models.calibration] key holding its threshold
+# (model/precision/gate.py applies them; the benchmark's report shows them).
+ACCURACY_GATES: dict[str, tuple[str, str]] = {
+    "classification": ("top1_agreement", "min_top1_agreement"),
+    "centerface": ("mean_iou", "min_mean_iou"),
+    "yolov8": ("mean_iou", "min_mean_iou"),
+    "raw": ("cosine_min", "min_cosine"),
+}
 
 
 def _default_cache_dir() -> str:
@@ -441,6 +449,11 @@ class Config:
     streams: list[StreamConfig] = field(default_factory=list)
     # File the config came from (for messages) and its folder (for relative paths).
     source: str = "<memory>"
+
+    @property
+    def roles_checked(self) -> bool:
+        """Role checks are on once a token or a certificate subject is configured (rpc/auth.py)."""
+        return bool(self.auth.tokens) or bool(self.tls.subject_roles)
 
     def model(self, name: str) -> ModelConfig:
         for m in self.models:

@@ -38,7 +38,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from edgeinfer.config import Config
+from edgeinfer.config import ACCURACY_GATES, Config
 from edgeinfer_bench import environment
 from edgeinfer_bench.loadgen import INFER_METHOD, LoadClients, LoadResult, LoadSpec
 from edgeinfer_bench.report import _f, write_json
@@ -50,11 +50,6 @@ Progress = Callable[[str], None]
 AXES = ("precision", "decode", "backend")
 DEFAULT_VALUES = {"precision": ["fp32", "fp16", "int8"], "decode": ["cpu", "gpu"],
                   "backend": ["onnxruntime", "tensorrt"]}
-# task -> (gate metric, CalibrationConfig field holding its threshold); mirrors model/precision/gate.py,
-# which the bench does not import (it would load ONNX Runtime into the parent process).
-_GATES = {"classification": ("top1_agreement", "min_top1_agreement"),
-          "centerface": ("mean_iou", "min_mean_iou"), "yolov8": ("mean_iou", "min_mean_iou"),
-          "raw": ("cosine_min", "min_cosine")}
 # Figures shown in the accuracy table, in this order, where the gate reported them.
 ACCURACY_FIGURES = ("top1_agreement", "top5_overlap", "top1_in_reference_top5", "mean_iou", "matched_iou",
                     "count_agreement", "cosine", "cosine_mean", "cosine_min", "max_abs_diff")
@@ -107,7 +102,7 @@ def variant_config(config: Config, model: str, axis: str, value: str) -> tuple[C
 
 def gate_verdict(task: str, accuracy: Optional[dict], thresholds: dict, precision: str) -> dict:
     """The accuracy gate's verdict at the configured threshold for a variant's accuracy figures."""
-    metric, key = _GATES.get(task, ("", ""))
+    metric, key = ACCURACY_GATES.get(task, ("", ""))
     if precision == "fp32":
         return {"metric": metric, "threshold": thresholds.get(key), "value": 1.0, "passed": True,
                 "text": "reference"}

@@ -25,15 +25,11 @@ LIVE_TLS_KEYS = ("cert", "key", "client_ca")
 LIVE_AUTH_KEYS = ("tokens", "open_health", "open_reflection")
 
 
-def _roles_checked(cfg: Config) -> bool:
-    return bool(cfg.auth.tokens) or bool(cfg.tls.subject_roles)
-
-
 def _live(table: str, key: str, old: Config, new: Config) -> bool:
     if table == "server":
         return key in LIVE_SERVER_KEYS
     tls_stays = old.tls.enabled and new.tls.enabled
-    roles_stay = _roles_checked(old) and _roles_checked(new)
+    roles_stay = old.roles_checked and new.roles_checked
     if table == "tls":
         return tls_stays and (key in LIVE_TLS_KEYS or (key == "subject_roles" and roles_stay))
     if table == "auth":
@@ -137,7 +133,7 @@ def apply_live_settings(running: Config, new: Config) -> Config:
     tls, auth = running.tls, running.auth
     if running.tls.enabled and new.tls.enabled:
         tls = dataclasses.replace(running.tls, **{k: getattr(new.tls, k) for k in LIVE_TLS_KEYS})
-    if _roles_checked(running) and _roles_checked(new):
+    if running.roles_checked and new.roles_checked:
         tls = dataclasses.replace(tls, subject_roles=dict(new.tls.subject_roles))
         auth = dataclasses.replace(running.auth, **{k: getattr(new.auth, k) for k in LIVE_AUTH_KEYS})
     return dataclasses.replace(running, server=server, tls=tls, auth=auth, models=list(new.models), source=new.source)

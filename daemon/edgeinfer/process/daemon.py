@@ -38,7 +38,7 @@ from edgeinfer.model.served import ServedModel
 from edgeinfer.model.types import ModelState
 from edgeinfer.model.registry import ModelRegistry
 from edgeinfer.listen import parse_listen
-from edgeinfer.rpc.auth import AuthInterceptor, ServerTls, auth_enabled
+from edgeinfer.rpc.auth import AuthInterceptor, ServerTls
 from edgeinfer.rpc.methods import GenericOnly
 from edgeinfer.serving.lanes import InferencePipeline
 from edgeinfer.rpc.servicer import SERVICE_NAME, InferenceServicer, add_to_server
@@ -176,7 +176,7 @@ class Daemon:
             self.tls = ServerTls(cfg.tls)
         # The interceptor exists only where roles are checked: without it no call pays for one.
         interceptors = []
-        if auth_enabled(cfg.auth, cfg.tls):
+        if cfg.roles_checked:
             self.auth = AuthInterceptor(cfg.auth, cfg.tls)
             interceptors.append(self.auth)
         self.server = grpc.aio.server(interceptors=interceptors, options=[
@@ -251,7 +251,7 @@ class Daemon:
             log.warning("[tls] is new in this config: TLS starts on restart")
         if self.auth is not None:
             self.auth.update(config.auth, config.tls)
-        elif auth_enabled(config.auth, config.tls):
+        elif config.roles_checked:
             log.warning("[auth] tokens / [tls] subject_roles are new in this config: role checks start on restart")
 
     # -- systemd: READY by policy, STATUS, EXTEND_TIMEOUT_USEC -----------------------

@@ -63,11 +63,6 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def auth_enabled(auth: AuthConfig, tls: TlsConfig) -> bool:
-    """Role checks are on once a token or a certificate subject is configured."""
-    return bool(auth.tokens) or bool(tls.subject_roles)
-
-
 def required_role(method: str, auth: AuthConfig) -> str:
     for prefix, role in SERVICE_ROLES:
         if method.startswith(prefix):

@@ -26,7 +26,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from edgeinfer.config import ModelConfig
+from edgeinfer.config import ACCURACY_GATES, ModelConfig
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.model.families.labels import load_labels
 from edgeinfer.model.families.postprocess import Options, postprocessor_for
@@ -38,13 +38,7 @@ log = logging.getLogger(__name__)
 
 ModelFn = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 
-# task -> (gate metric, CalibrationConfig field holding its threshold)
-GATES: dict[str, tuple[str, str]] = {
-    "classification": ("top1_agreement", "min_top1_agreement"),
-    "centerface": ("mean_iou", "min_mean_iou"),
-    "yolov8": ("mean_iou", "min_mean_iou"),
-    "raw": ("cosine_min", "min_cosine"),
-}
+GATES = ACCURACY_GATES  # task -> (gate metric, CalibrationConfig field holding its threshold)
 
 
 @dataclass
