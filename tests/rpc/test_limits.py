@@ -132,3 +132,32 @@ def test_limits_config_is_validated():
         parse_config({"limits": {"max_batch_rows": 0}})
     with pytest.raises(ConfigError, match=r"\[limits\] rate_per_clients: unknown key"):
         parse_config({"limits": {"rate_per_clients": 1}})
+
+
+def _kserve_code(ch, rows: int) -> tuple[grpc.StatusCode, str]:
+    from edgeinfer_proto.inference import grpc_service_pb2 as kpb
+    from edgeinfer_proto.inference import grpc_service_pb2_grpc as kpb_grpc
+
+    req = kpb.ModelInferRequest(model_name="trivial")
+    req.inputs.add(name="x", datatype="FP32", shape=[rows, 64])
+    req.raw_input_contents.append(np.zeros((rows, 64), np.float32).tobytes())
+    try:
+        kpb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(req, timeout=30)
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details()
+    return grpc.StatusCode.OK, ""
+
+
+def test_the_kserve_protocol_is_held_to_the_same_limits(limited, start_daemon, trivial_onnx, tmp_path):
+    _, ch = limited
+    assert _kserve_code(ch, 4)[0] == grpc.StatusCode.OK
+    code, details = _kserve_code(ch, 5)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_batch_rows" in details, details
+    d = start_daemon(_config(trivial_onnx, tmp_path, max_tensor_bytes=64 * 4 * 2, rate_per_client=2.0, rate_burst=3))
+    with grpc.insecure_channel(d.address) as ch2:
+        code, details = _kserve_code(ch2, 3)  # 768 bytes, over the 512 limit
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_tensor_bytes" in details, details
+        # one rate per client whichever protocol carries its requests: 1 above + 1 edgeinfer.v1 + 4 more
+        codes = [_code(pb_grpc.InferenceStub(ch2), _request())[0]] + [_kserve_code(ch2, 1)[0] for _ in range(4)]
+    assert codes[:2] == [grpc.StatusCode.OK] * 2
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes[2:], codes

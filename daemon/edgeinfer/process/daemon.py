@@ -193,7 +193,8 @@ class Daemon:
                             self.server)
         # KServe v2 / Triton gRPC on the same port and data plane (rpc/kserve.py).
         kserve.add_to_server(kserve.KServeServicer(self.registry, self.pipeline, __version__,
-                                                   self.config.server.stream_window), self.server)
+                                                   self.config.server.stream_window, self.config.limits,
+                                                   self.servicer.rate_limiter), self.server)
         streams_servicer.add_to_server(streams_servicer.StreamsServicer(self.streams, self.registry), self.server)
         # Health and reflection through generic handlers only: a method registered with the core
         # costs every call a little (rpc/methods.py), and these are called rarely.

@@ -26,7 +26,9 @@ from edgeinfer.model.served import ServedModel
 from edgeinfer.model.types import EncodedImage, ModelState, Prediction, Tensors
 from edgeinfer.observe.metrics import UNKNOWN_MODEL
 from edgeinfer.rpc import kserve_converters as conv
+from edgeinfer.config import LimitsConfig
 from edgeinfer.rpc.errors import abort_with, status_of, translate_errors
+from edgeinfer.rpc.limits import RateLimiter, capped_deadline, check_arrays
 from edgeinfer.rpc.methods import add_service
 from edgeinfer.serving.lanes import InferencePipeline
 
@@ -65,8 +67,13 @@ class _ModelStats:
 
 class KServeServicer:
     def __init__(self, registry: ModelRegistry, pipeline: InferencePipeline, version: str,
-                 stream_window: int = 16):
+                 stream_window: int = 16, limits: Optional[LimitsConfig] = None,
+                 rate_limiter: Optional[RateLimiter] = None):
+        """limits, rate_limiter: [limits] as edgeinfer.v1 applies them; the rate limiter is edgeinfer.v1's
+        own, so a client's requests count against one rate whichever protocol carries them."""
         self.registry = registry
+        self.limits = limits or LimitsConfig()
+        self.rate_limiter = rate_limiter
         self.pipeline = pipeline
         self.version = version
         self.stream_window = stream_window
@@ -133,9 +140,10 @@ class KServeServicer:
             model = self._serving(request.model_name, request.model_version)
             label = model.name
             arrays = conv.request_arrays(request)
+            check_arrays(arrays, self.limits.max_tensor_bytes, self.limits.max_batch_rows)
             options = conv.request_options(request)
             images = conv.image_rows(arrays, model)
-            deadline_s = time_remaining()
+            deadline_s = capped_deadline(time_remaining(), self.limits.max_deadline_s or None)
             if images is None:
                 tensors = Tensors(arrays)
                 predictions = [await self.pipeline.run(model, tensors, options, deadline_s)]
@@ -192,6 +200,8 @@ class KServeServicer:
 
     async def ModelInfer(self, request, context):
         try:
+            if self.rate_limiter is not None:
+                self.rate_limiter.take(context.peer())
             return await self._infer(request, context.time_remaining)
         except Exception as exc:  # noqa: BLE001 - every error becomes a status, never a crash
             await abort_with(context, exc)
@@ -200,9 +210,12 @@ class KServeServicer:
         """Triton's streaming extension: answers in request order, up to `stream_window` in flight;
         a failed request answers its error in error_message and the stream goes on."""
         pending: asyncio.Queue = asyncio.Queue(maxsize=self.stream_window)
+        peer = context.peer()
 
         async def one(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
             try:
+                if self.rate_limiter is not None:
+                    self.rate_limiter.take(peer)
                 return pb.ModelStreamInferResponse(infer_response=await self._infer(request))
             except Exception as exc:  # noqa: BLE001 - one bad request never breaks the stream
                 return pb.ModelStreamInferResponse(error_message=status_of(exc)[1])

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Optional
 
-from edgeinfer.errors import LimitExceeded
+from edgeinfer.errors import InvalidInput, LimitExceeded
 
 MAX_TRACKED = 10_000  # client addresses kept by the rate limiter (oldest dropped first)
 
@@ -93,3 +93,25 @@ class ThrottledLog:
             message += f" ({skipped} more like it in the last {self.interval_s:g}s not logged)"
         self.log.log(level, message, *args, exc_info=exc_info)
         return True
+
+
+def capped_deadline(remaining: Optional[float], max_deadline_s: Optional[float]) -> Optional[float]:
+    """A call's time left, at most [limits] max_deadline_s (None: no limit): a call with no deadline,
+    or a longer one, gets the limit."""
+    if max_deadline_s is not None and (remaining is None or remaining > max_deadline_s):
+        return max_deadline_s
+    return remaining
+
+
+def check_arrays(arrays: dict, max_tensor_bytes: int = 0, max_rows: int = 0) -> None:
+    """[limits] max_tensor_bytes (all inputs together) and max_batch_rows (each input's first
+    dimension) on decoded inputs; 0 = no limit. Raises InvalidInput naming the limit."""
+    if max_tensor_bytes:
+        total = sum(int(a.nbytes) for a in arrays.values())
+        if total > max_tensor_bytes:
+            raise InvalidInput(f"inputs: {total} bytes, over the limit of {max_tensor_bytes} ([limits] max_tensor_bytes)")
+    if max_rows:
+        for name, a in arrays.items():
+            if a.ndim and a.shape[0] > max_rows:
+                raise InvalidInput(f"input {name!r}: {a.shape[0]} rows, over the limit of {max_rows} "
+                                   f"([limits] max_batch_rows)")

@@ -20,7 +20,7 @@ from edgeinfer.model.registry import ModelRegistry
 from edgeinfer.rpc import converters
 from edgeinfer.rpc.errors import abort_with, status_of, translate_errors
 from edgeinfer.rpc.fastpath import InlineTensorPath
-from edgeinfer.rpc.limits import RateLimiter, StreamSlots, ThrottledLog
+from edgeinfer.rpc.limits import RateLimiter, StreamSlots, ThrottledLog, capped_deadline
 from edgeinfer.rpc.methods import Malformed, add_service, tolerant
 from edgeinfer.model.types import ModelState, Tensors
 from edgeinfer.serving.lanes import InferencePipeline, Route
@@ -52,7 +52,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self.stream_window = stream_window
         limits = limits or LimitsConfig()
         self.limits = limits
-        self._rate = RateLimiter(limits.rate_per_client, limits.rate_burst) if limits.rate_per_client else None
+        self.rate_limiter = RateLimiter(limits.rate_per_client, limits.rate_burst) if limits.rate_per_client else None
         self._streams = StreamSlots(limits.max_streams_per_connection)
         self._max_deadline = limits.max_deadline_s or None
         self.client_log = ThrottledLog(log, limits.client_error_log_interval_s)
@@ -121,9 +121,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         # Every request is counted once, by model and status (metrics); a name
         # that is not served counts as "(unknown)" so clients cannot mint series.
         label = UNKNOWN_MODEL
-        deadline_s = time_remaining()
-        if self._max_deadline is not None and (deadline_s is None or deadline_s > self._max_deadline):
-            deadline_s = self._max_deadline
+        deadline_s = capped_deadline(time_remaining(), self._max_deadline)
         item = None
         try:
             model = self.registry.get(request.model)
@@ -154,8 +152,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         try:
             if type(request) is Malformed:
                 raise self._malformed(request, context.peer())
-            if self._rate is not None:
-                self._rate.take(context.peer())
+            if self.rate_limiter is not None:
+                self.rate_limiter.take(context.peer())
             response = self._answer_inline(request)
             if response is None:
                 response = await self._answer(request, context.time_remaining)
@@ -173,7 +171,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             self._streams.acquire(peer)
         except Exception as exc:  # noqa: BLE001 - LimitExceeded
             await abort_with(context, exc)
-        rate = self._rate
+        rate = self.rate_limiter
 
         def failed(seq: int, request: pb.InferRequest, exc: BaseException) -> pb.StreamResponse:
             code, message = status_of(exc)
