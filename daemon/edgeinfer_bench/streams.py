@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import platform
+import re
 import tempfile
 import threading
 import time
@@ -71,6 +73,18 @@ def _thread_cpu() -> dict[int, tuple[str, float]]:
     return out
 
 
+def _busiest_threads(before: dict, after: dict, wall: float, top: int = 6) -> str:
+    """CPU cores used by each kind of thread (Python's name for it, else the OS's, numbering dropped),
+    busiest first: a kind near one core on a many-core machine is what bounds the process."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    groups: dict[str, float] = {}
+    for tid, (comm, cpu) in after.items():
+        kind = re.sub(r"[-_:]?s?[0-9]+$", "", names.get(tid, comm)) or comm
+        groups[kind] = groups.get(kind, 0.0) + cpu - before.get(tid, (comm, 0.0))[1]
+    busiest = sorted(groups.items(), key=lambda kv: -kv[1])[:top]
+    return ", ".join(f"{kind} {cpu / wall:.2f}" for kind, cpu in busiest)
+
+
 def _decode_cpu(before: dict, after: dict, readers: set[int]) -> float:
     """CPU seconds of the capture threads and FFmpeg's decoder threads (named "av:<codec>:...")."""
     total = 0.0
@@ -87,7 +101,7 @@ class _Daemon:
         self.daemon = Daemon(config, tick_s=0.5)
         self.loop = asyncio.new_event_loop()
         self.started = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread = threading.Thread(target=self._run, name="event-loop", daemon=True)
 
     def _run(self):
         asyncio.set_event_loop(self.loop)
@@ -111,12 +125,17 @@ class _Daemon:
         self.thread.join(30)
 
 
+def _input_size(args) -> tuple[int, int]:
+    width, height = (int(v) for v in args.input.lower().split("x"))
+    return width, height
+
+
 def _config(args, video: Path, work: Path, streams: int, decode: str):
     from edgeinfer.config import parse_config
 
     on_gpu = args.device == "gpu"
     model = {"name": "faces", "onnx": str(Path(args.onnx).resolve()),
-             "input": {"color": "rgb", "resize": "letterbox", "size": [640, 480], "pad_value": 0,
+             "input": {"color": "rgb", "resize": "letterbox", "size": list(_input_size(args)), "pad_value": 0,
                        "decode": "auto" if on_gpu else "cpu"},
              "postprocess": {"task": "centerface"},
              "batching": {"max_batch": args.max_batch}}
@@ -132,8 +151,9 @@ def _config(args, video: Path, work: Path, streams: int, decode: str):
     })
 
 
-def run(args) -> str:
-    """Every (decode, stream count) of the arguments, each on its own daemon; their reports and a summary."""
+def run(args, on_row=lambda text: None) -> str:
+    """Every (decode, stream count) of the arguments, each on its own daemon; their reports and a summary.
+    `on_row` gets each row's report as soon as it is measured."""
     work = Path(tempfile.mkdtemp(prefix="edgeinfer-bench-streams-"))
     if args.size == "as-is":
         video, size = Path(args.video), "as-is"
@@ -143,7 +163,12 @@ def run(args) -> str:
     reports, summary = [], []
     for decode in [d.strip() for d in args.decode.split(",") if d.strip()]:
         for count in (int(n) for n in str(args.streams).split(",")):
-            text, row = run_one(args, video, size, work, count, decode)
+            try:
+                text, row = run_one(args, video, size, work, count, decode)
+            except Exception as exc:  # noqa: BLE001 - one row failing must not lose the rows measured
+                text = f"{count} streams, decode {decode}: failed: {type(exc).__name__}: {exc}"
+                row = f"| {decode} | {count} | failed: {type(exc).__name__}: {exc} | | | | | | |"
+            on_row(text)
             reports.append(text)
             summary.append(row)
     if len(summary) == 1:
@@ -156,20 +181,16 @@ def run(args) -> str:
     return "\n\n".join(reports) + "\n" + "\n".join(lines)
 
 
-def run_one(args, video: Path, size: str, work: Path, count: int, decode: str) -> tuple[str, str]:
+def _watch_all(address: str, names: list[str], timeout: float, measuring, stop, results) -> None:
+    """Child process: watch every stream, keep the latency of each result taken while `measuring`."""
     from edgeinfer_client import Client
 
-    cfg = _config(args, video, work, count, decode)
-    d = _Daemon(cfg).start()
-    address = f"127.0.0.1:{d.daemon.port}"
-    latencies: dict[str, list[float]] = {s.name: [] for s in cfg.streams}
-    measuring = threading.Event()
-    stop = threading.Event()
+    latencies: dict[str, list[float]] = {name: [] for name in names}
 
     def watch(name):
         with Client(address) as c:
             try:
-                for r in c.watch(name, timeout=args.warmup + args.seconds + 30):
+                for r in c.watch(name, timeout=timeout):
                     if measuring.is_set():
                         latencies[name].append(r.latency_s)
                     if stop.is_set():
@@ -177,9 +198,25 @@ def run_one(args, video: Path, size: str, work: Path, count: int, decode: str) -
             except Exception:  # noqa: BLE001 - the daemon stopping ends the watch
                 return
 
-    watchers = [threading.Thread(target=watch, args=(s.name,), daemon=True) for s in cfg.streams]
-    for t in watchers:
+    threads = [threading.Thread(target=watch, args=(name,), daemon=True) for name in names]
+    for t in threads:
         t.start()
+    stop.wait(timeout)
+    results.put({name: list(values) for name, values in latencies.items()})
+
+
+def run_one(args, video: Path, size: str, work: Path, count: int, decode: str) -> tuple[str, str]:
+    cfg = _config(args, video, work, count, decode)
+    d = _Daemon(cfg).start()
+    address = f"127.0.0.1:{d.daemon.port}"
+    names = [s.name for s in cfg.streams]
+    # Subscribers are other programs: watching from this process would share its GIL with the
+    # daemon and charge the daemon's CPU figure with the clients' work.
+    ctx = multiprocessing.get_context("spawn")
+    measuring, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    watcher = ctx.Process(target=_watch_all, args=(address, names, args.warmup + args.seconds + 60, measuring,
+                                                   stop, results), daemon=True)
+    watcher.start()
     time.sleep(args.warmup)
     streams = list(d.daemon.streams)
     before = {s.name: s.stats() for s in streams}
@@ -192,8 +229,11 @@ def run_one(args, video: Path, size: str, work: Path, count: int, decode: str) -
     after = {s.name: s.stats() for s in streams}
     readers = set().union(*(s.capture.reader_tids for s in streams))
     decode_cpu = _decode_cpu(threads0, threads1, readers)
+    busiest = _busiest_threads(threads0, threads1, wall)
     model_state = d.daemon.registry.get("faces").state_reason
     stop.set()
+    latencies = results.get(timeout=60)
+    watcher.join(10)
     d.stop()
 
     ncpu = os.cpu_count() or 1
@@ -201,7 +241,8 @@ def run_one(args, video: Path, size: str, work: Path, count: int, decode: str) -
     first = next(iter(after.values()), None)
     native = f"{first.width}x{first.height}" if first is not None else size
     lines = [f"edgeinfer stream benchmark: {count} streams of a {native} looped video ({video.name}), decode "
-             f"{decode} (decoded on {', '.join(decoded_on)}), model faces (CenterFace, 640x480 letterbox, "
+             f"{decode} (decoded on {', '.join(decoded_on)}), model faces (CenterFace, "
+             f"{args.input} letterbox, "
              f"{args.device}: {model_state}), target fps {args.fps:g} per stream, max_batch {args.max_batch}, "
              f"{args.workers} workers",
              f"machine: {platform.node()} {platform.machine()}, {ncpu} CPUs, load average before "
@@ -237,7 +278,8 @@ def run_one(args, video: Path, size: str, work: Path, count: int, decode: str) -
               f"{decode_cpu / wall:.2f} cores ({decode_cpu / max(cpu, 1e-9):.0%} of the process), the rest "
               f"(preprocess, inference, postprocess, gRPC) {(cpu - decode_cpu) / wall:.2f} cores",
               f"decode cost: {decode_cpu / max(tot_in * wall, 1) * 1000:.2f} ms of CPU per captured frame; "
-              f"inference side: {(cpu - decode_cpu) / max(tot_out * wall, 1) * 1000:.1f} ms of CPU per result"]
+              f"inference side: {(cpu - decode_cpu) / max(tot_out * wall, 1) * 1000:.1f} ms of CPU per result",
+              f"busiest threads (cores, by kind): {busiest}"]
     native_rate = 30.0 * count
     target = args.fps * count if args.fps else native_rate
     if tot_in < 0.9 * native_rate:
@@ -272,10 +314,16 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=float, default=10.0)
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--max-batch", type=int, default=1)
+    ap.add_argument("--input", default="640x480",
+                    help="the model's input WIDTHxHEIGHT, multiples of 32 (CenterFace's strides); frames are letterboxed")
     ap.add_argument("--video", default=str(DEFAULT_VIDEO))
     ap.add_argument("--onnx", default=str(DEFAULT_ONNX), help="CenterFace ONNX file")
     args = ap.parse_args(argv)
-    print(run(args), flush=True)
+    if any(v % 32 for v in _input_size(args)):
+        ap.error(f"--input {args.input}: CenterFace needs a width and height that are multiples of 32")
+    out = run(args, on_row=lambda text: print(text + "\n", flush=True))
+    if "\nsummary (" in out:  # the rows are printed already
+        print(out[out.index("\nsummary ("):], flush=True)
     return 0
 
 
