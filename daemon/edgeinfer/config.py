@@ -431,6 +431,11 @@ class StreamConfig:
     # "cpu": FFmpeg through OpenCV. "gpu": NVDEC through PyNvVideoCodec (falls back to "cpu"
     # with the reason in the stream's state where it cannot run). "auto": gpu where it can.
     decode: Literal["cpu", "gpu", "auto"] = "cpu"
+    # Frames of this stream in inference at once. 1: the next frame is taken when a result
+    # comes back, so a stream's rate is at most 1 / (capture-to-result latency). More lets
+    # a GPU model's batches fill while earlier frames compute; results still go out in frame
+    # order. On a CPU more only queues.
+    in_flight: int = field(default=1, metadata=_positive)
     # V4L2 devices: capture size, and the pixel format as a FOURCC ("MJPG", "YUYV"); 0/"" = the driver's.
     width: int = field(default=0, metadata=_non_negative)
     height: int = field(default=0, metadata=_non_negative)

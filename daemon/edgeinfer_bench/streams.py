@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import platform
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -57,6 +58,13 @@ def make_video(src: Path, dst: Path, size: tuple[int, int], fps: float = 30.0) -
     if not n:
         raise SystemExit(f"{src}: no frames")
     return dst
+
+
+def _timed(read):
+    """(the monotonic time halfway through the reading, what `read()` returned)."""
+    t0 = time.monotonic()
+    value = read()
+    return (t0 + time.monotonic()) / 2, value
 
 
 def _thread_cpu() -> dict[int, tuple[str, float]]:
@@ -130,7 +138,7 @@ def _input_size(args) -> tuple[int, int]:
     return width, height
 
 
-def _config(args, video: Path, work: Path, streams: int, decode: str):
+def _config(args, video: Path, work: Path, streams: int, decode: str, in_flight: int = 1):
     from edgeinfer.config import parse_config
 
     on_gpu = args.device == "gpu"
@@ -138,7 +146,7 @@ def _config(args, video: Path, work: Path, streams: int, decode: str):
              "input": {"color": "rgb", "resize": "letterbox", "size": list(_input_size(args)), "pad_value": 0,
                        "decode": "auto" if on_gpu else "cpu"},
              "postprocess": {"task": "centerface"},
-             "batching": {"max_batch": args.max_batch}}
+             "batching": {"max_batch": args.max_batch, "max_queue": max(256, 2 * streams * in_flight)}}
     if on_gpu:
         model["onnxruntime"] = {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
     return parse_config({
@@ -146,7 +154,8 @@ def _config(args, video: Path, work: Path, streams: int, decode: str):
         "metrics": {"enabled": False},
         "cache": {"dir": str(work / "cache")},
         "models": [model],
-        "streams": [{"name": f"s{i:02d}", "source": str(video), "model": "faces", "fps": args.fps, "decode": decode}
+        "streams": [{"name": f"s{i:02d}", "source": str(video), "model": "faces", "fps": args.fps, "decode": decode,
+                  "in_flight": in_flight}
                     for i in range(streams)],
     })
 
@@ -161,22 +170,24 @@ def run(args, on_row=lambda text: None) -> str:
         width, height = (int(v) for v in args.size.lower().split("x"))
         video, size = make_video(Path(args.video), work / f"loop-{width}x{height}.mp4", (width, height)), args.size
     reports, summary = [], []
-    for decode in [d.strip() for d in args.decode.split(",") if d.strip()]:
-        for count in (int(n) for n in str(args.streams).split(",")):
-            try:
-                text, row = run_one(args, video, size, work, count, decode)
-            except Exception as exc:  # noqa: BLE001 - one row failing must not lose the rows measured
-                text = f"{count} streams, decode {decode}: failed: {type(exc).__name__}: {exc}"
-                row = f"| {decode} | {count} | failed: {type(exc).__name__}: {exc} | | | | | | |"
-            on_row(text)
-            reports.append(text)
-            summary.append(row)
+    rows = [(decode, in_flight, count) for decode in [d.strip() for d in args.decode.split(",") if d.strip()]
+            for in_flight in (int(n) for n in str(args.in_flight).split(","))
+            for count in (int(n) for n in str(args.streams).split(","))]
+    for decode, in_flight, count in rows:
+        try:
+            text, row = run_one(args, video, size, work, count, decode, in_flight)
+        except Exception as exc:  # noqa: BLE001 - one row failing must not lose the rows measured
+            text = f"{count} streams, decode {decode}, in_flight {in_flight}: failed: {type(exc).__name__}: {exc}"
+            row = f"| {decode} | {in_flight} | {count} | failed: {type(exc).__name__}: {exc} | | | | | | |"
+        on_row(text)
+        reports.append(text)
+        summary.append(row)
     if len(summary) == 1:
         return reports[0]
     target = f"{args.fps:g} fps" if args.fps else "every frame"
     lines = ["", f"summary ({args.device} model, target {target} per stream):", "",
-             "| decode | streams | decoded on | results/s | slowest stream fps out | all at 97% of target | "
-             "latency P50 ms | P95 ms | cores |", "| --- | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+             "| decode | in flight | streams | decoded on | results/s | slowest stream fps out | all at 97% of target | "
+             "latency P50 ms | P95 ms | cores |", "| --- | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
     lines += [row for row in summary]
     return "\n\n".join(reports) + "\n" + "\n".join(lines)
 
@@ -205,8 +216,9 @@ def _watch_all(address: str, names: list[str], timeout: float, measuring, stop, 
     results.put({name: list(values) for name, values in latencies.items()})
 
 
-def run_one(args, video: Path, size: str, work: Path, count: int, decode: str) -> tuple[str, str]:
-    cfg = _config(args, video, work, count, decode)
+def run_one(args, video: Path, size: str, work: Path, count: int, decode: str, in_flight: int = 1
+            ) -> tuple[str, str]:
+    cfg = _config(args, video, work, count, decode, in_flight)
     d = _Daemon(cfg).start()
     address = f"127.0.0.1:{d.daemon.port}"
     names = [s.name for s in cfg.streams]
@@ -219,14 +231,17 @@ def run_one(args, video: Path, size: str, work: Path, count: int, decode: str) -
     watcher.start()
     time.sleep(args.warmup)
     streams = list(d.daemon.streams)
-    before = {s.name: s.stats() for s in streams}
-    cpu0, threads0, wall0 = time.process_time(), _thread_cpu(), time.monotonic()
+    # Every reading carries the time it was taken: on a busy interpreter this thread can wait
+    # seconds for the GIL between two readings, and one window for all would skew the rates.
+    before = {s.name: _timed(s.stats) for s in streams}
+    (w0, (cpu0, threads0)) = _timed(lambda: (time.process_time(), _thread_cpu()))
     measuring.set()
     time.sleep(args.seconds)
     measuring.clear()
-    wall = time.monotonic() - wall0
-    cpu, threads1 = time.process_time() - cpu0, _thread_cpu()
-    after = {s.name: s.stats() for s in streams}
+    (w1, (cpu1, threads1)) = _timed(lambda: (time.process_time(), _thread_cpu()))
+    after = {s.name: _timed(s.stats) for s in streams}
+    wall, cpu = w1 - w0, cpu1 - cpu0
+    lag = max(t for t, _ in after.values()) - w1
     readers = set().union(*(s.capture.reader_tids for s in streams))
     decode_cpu = _decode_cpu(threads0, threads1, readers)
     busiest = _busiest_threads(threads0, threads1, wall)
@@ -237,17 +252,19 @@ def run_one(args, video: Path, size: str, work: Path, count: int, decode: str) -
     d.stop()
 
     ncpu = os.cpu_count() or 1
-    decoded_on = sorted({a.decode for a in after.values()})
-    first = next(iter(after.values()), None)
+    decoded_on = sorted({a.decode for _, a in after.values()})
+    first = next((a for _, a in after.values()), None)
     native = f"{first.width}x{first.height}" if first is not None else size
     lines = [f"edgeinfer stream benchmark: {count} streams of a {native} looped video ({video.name}), decode "
              f"{decode} (decoded on {', '.join(decoded_on)}), model faces (CenterFace, "
              f"{args.input} letterbox, "
-             f"{args.device}: {model_state}), target fps {args.fps:g} per stream, max_batch {args.max_batch}, "
+             f"{args.device}: {model_state}), target fps {args.fps:g} per stream, {in_flight} in flight each, "
+             f"max_batch {args.max_batch}, "
              f"{args.workers} workers",
              f"machine: {platform.node()} {platform.machine()}, {ncpu} CPUs, load average before "
              f"{os.getloadavg()[0]:.1f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-             f"window {wall:.1f} s after {args.warmup:g} s warm-up",
+             f"window {wall:.1f} s after {args.warmup:g} s warm-up; reading every stream's counters took "
+             f"{lag:.2f} s (time this thread waited for the interpreter)",
              "",
              "| stream | fps in | fps out | dropped late /s | latency P50 ms | P95 ms |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -255,10 +272,11 @@ def run_one(args, video: Path, size: str, work: Path, count: int, decode: str) -
     all_lat: list[float] = []
     outs: list[float] = []
     for name in sorted(after):
-        a, b = after[name], before[name]
-        fin = (a.frames_in - b.frames_in) / wall
-        fout = (a.frames_processed - b.frames_processed) / wall
-        drop = (a.frames_dropped - b.frames_dropped) / wall
+        (ta, a), (tb, b) = after[name], before[name]
+        span = ta - tb
+        fin = (a.frames_in - b.frames_in) / span
+        fout = (a.frames_processed - b.frames_processed) / span
+        drop = (a.frames_dropped - b.frames_dropped) / span
         lat = np.array(latencies[name]) * 1000
         all_lat += list(lat)
         outs.append(fout)
@@ -295,7 +313,7 @@ def run_one(args, video: Path, size: str, work: Path, count: int, decode: str) -
                   f"the machine (load average {load:.1f} at the end)")
     lines.append(f"bound: {bound}")
     per_stream_target = args.fps or 30.0
-    row = (f"| {decode} | {count} | {', '.join(decoded_on)} | {tot_out:.1f} | {min(outs) if outs else 0:.2f} | "
+    row = (f"| {decode} | {in_flight} | {count} | {', '.join(decoded_on)} | {tot_out:.1f} | {min(outs) if outs else 0:.2f} | "
            f"{'yes' if outs and min(outs) >= 0.97 * per_stream_target else 'no'} | {p50_all:.0f} | {p95_all:.0f} | "
            f"{used:.1f} |")
     return "\n".join(lines), row
@@ -314,6 +332,9 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=float, default=10.0)
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--max-batch", type=int, default=1)
+    ap.add_argument("--in-flight", default="1", help="[[streams]] in_flight, or a comma-separated list of them")
+    ap.add_argument("--switch-interval-ms", type=float, default=0.0,
+                    help="the interpreter's GIL switch interval for the daemon (0: Python's default, 5 ms)")
     ap.add_argument("--input", default="640x480",
                     help="the model's input WIDTHxHEIGHT, multiples of 32 (CenterFace's strides); frames are letterboxed")
     ap.add_argument("--video", default=str(DEFAULT_VIDEO))
@@ -321,6 +342,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if any(v % 32 for v in _input_size(args)):
         ap.error(f"--input {args.input}: CenterFace needs a width and height that are multiples of 32")
+    if args.switch_interval_ms:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
     out = run(args, on_row=lambda text: print(text + "\n", flush=True))
     if "\nsummary (" in out:  # the rows are printed already
         print(out[out.index("\nsummary ("):], flush=True)

@@ -3,9 +3,10 @@
 Each stream's inference runs as one task on the daemon's event loop: it takes the
 newest frame from the capture's mailbox and sends it through the same
 `InferencePipeline.run` as a gRPC request, so streams of one model share its
-batches and its admission bound, and a stream with no frames costs nothing. One
-frame per stream is in flight at a time: while it runs the capture keeps
-replacing the newest frame, which is the live-frame policy.
+batches and its admission bound, and a stream with no frames costs nothing. Up to
+`in_flight` frames per stream (default one) are in inference at a time: while they
+run the capture keeps replacing the newest frame, which is the live-frame policy.
+Results are published in frame order, whichever finishes first.
 
 Results go to every subscriber's own bounded queue: when a subscriber reads
 slower than results come, its oldest results are dropped and counted, and
@@ -134,6 +135,7 @@ class Stream:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wake: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
+        self._last_taken: Optional[asyncio.Future] = None  # the newest frame's turn to publish
 
     # -- lifecycle (event loop thread) --------------------------------------------------
     def start(self) -> None:
@@ -164,15 +166,32 @@ class Stream:
 
     # -- inference (event loop thread) ----------------------------------------------------
     async def _infer_loop(self) -> None:
+        takers = [asyncio.ensure_future(self._take_frames()) for _ in range(self.cfg.in_flight)]
+        try:
+            await asyncio.gather(*takers)
+        finally:
+            for t in takers:
+                t.cancel()
+
+    async def _take_frames(self) -> None:
+        """One of the stream's `in_flight` takers: the newest frame, through the model, and again."""
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
-            self._wake.clear()
             frame = self.capture.mailbox.take()
             if frame is None:
+                self._wake.clear()  # no await since take(): a frame put after it sets the event again
                 continue
-            await self._infer(frame)
+            # Results leave in the order frames were taken: each waits for the one taken before it.
+            before, mine = self._last_taken, loop.create_future()
+            self._last_taken = mine
+            try:
+                await self._infer(frame, before)
+            finally:
+                if not mine.done():
+                    mine.set_result(None)
 
-    async def _infer(self, frame: Frame) -> None:
+    async def _infer(self, frame: Frame, before: Optional[asyncio.Future] = None) -> None:
         if isinstance(frame.pixels, np.ndarray):
             h, w = frame.pixels.shape[:2]
             # The frame's own buffer, no copy: the capture never writes into a frame it handed over.
@@ -200,6 +219,8 @@ class Stream:
             self.inference_note = note
             await asyncio.sleep(0.05)
             return
+        if before is not None and not before.done():
+            await asyncio.shield(before)
         self.inference_note = ""
         latency = time.perf_counter() - frame.captured
         self.frames_processed += 1
