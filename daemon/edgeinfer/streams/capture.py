@@ -228,10 +228,13 @@ class Capture:
     def _watch(self, conn: _Connection) -> str:
         """Wait for the connection to fail, stall or be stopped; returns why it ended."""
         stall = self.cfg.stall_timeout_s
+        # A tenth of the stall timeout is precise enough, and keeps many idle supervisors from
+        # waking the interpreter dozens of times a second each.
+        poll = min(max(_POLL_S, stall / 10), 0.5)
         # The open may take a TCP probe and OpenCV's open, each bounded by stall_timeout_s.
         open_deadline = time.monotonic() + 2 * stall + 1.0
         while not self._stop.is_set():
-            if conn.done.wait(_POLL_S):
+            if conn.done.wait(poll):
                 return conn.error or "the source ended"
             now = time.monotonic()
             last = conn.last_frame
@@ -301,6 +304,8 @@ class Capture:
                 now = time.perf_counter()
                 if conn.abandoned:
                     return
+                if conn.last_frame is None:  # live from its first frame, not from the supervisor's next look
+                    self._set_state(State.LIVE, self.decode_note)
                 conn.last_frame = time.monotonic()
                 self.frames_in += 1
                 self.rate_in.tick()

@@ -136,6 +136,7 @@ class Stream:
         self._wake: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
         self._last_taken: Optional[asyncio.Future] = None  # the newest frame's turn to publish
+        self._idle_takers = 0  # read by the capture thread: whether a put must wake the loop
 
     # -- lifecycle (event loop thread) --------------------------------------------------
     def start(self) -> None:
@@ -156,9 +157,11 @@ class Stream:
         await asyncio.get_running_loop().run_in_executor(None, self.capture.stop)
 
     def _frame_ready(self) -> None:
-        # Reader thread: wake the inference task on the loop.
+        # Reader thread: wake a taker on the loop, if one waits. While all are busy the frame waits
+        # in the mailbox for the first to come back: a wake-up per decoded frame would cost the
+        # interpreter a thread switch each (thousands a second with many streams on NVDEC).
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if self._idle_takers and loop is not None and not loop.is_closed():
             try:
                 loop.call_soon_threadsafe(self._wake.set)
             except RuntimeError:  # loop closing
@@ -177,11 +180,18 @@ class Stream:
         """One of the stream's `in_flight` takers: the newest frame, through the model, and again."""
         loop = asyncio.get_running_loop()
         while True:
-            await self._wake.wait()
             frame = self.capture.mailbox.take()
             if frame is None:
-                self._wake.clear()  # no await since take(): a frame put after it sets the event again
-                continue
+                # Say we wait before looking once more: a frame put after that look wakes us.
+                self._idle_takers += 1
+                try:
+                    self._wake.clear()
+                    frame = self.capture.mailbox.take()
+                    if frame is None:
+                        await self._wake.wait()
+                        continue
+                finally:
+                    self._idle_takers -= 1
             # Results leave in the order frames were taken: each waits for the one taken before it.
             before, mine = self._last_taken, loop.create_future()
             self._last_taken = mine
