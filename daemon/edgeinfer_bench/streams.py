@@ -13,9 +13,9 @@ every stream, and after a warm-up measures for `--seconds`:
 * the bound: decode when the captures cannot keep the source's rate, inference when
   results fall short of the target fps while frames are dropped as late.
 
-On a GPU host (`--device gpu --size as-is --decode cpu,gpu --streams 16,32,64 --fps 0`
-with a 1080p30 H.264 video) it finds how many streams are sustained at full rate with NVDEC
-against CPU decode, one daemon per row, in one run.
+On a GPU host (`--device gpu --size as-is --decode gpu,cpu --in-flight 1,3 --streams 16,32,64
+--fps 0` with a 1080p30 H.264 video) it finds how many streams are sustained at full rate with
+NVDEC against CPU decode, one daemon per row, in one run.
 
 Not a timed test: numbers, for docs/performance.md.
 """
