@@ -168,3 +168,35 @@ def test_a_reader_stuck_in_an_open_that_never_returns_is_abandoned_and_replaced(
     finally:
         release.set()
         cap.stop()
+
+
+def test_frames_skipped_by_the_sampling_are_decoded_but_never_converted(face_video):
+    """A stream at 5 fps from a 30 fps file: every frame is grabbed (decoding needs them all),
+    only the sampled ones are retrieved (the colour conversion, or NVDEC's copy)."""
+    from edgeinfer.streams.decode import open_source
+
+    retrieved = []
+
+    def opener(cfg):
+        source, note = open_source(cfg)
+        real = source.retrieve
+
+        def retrieve():
+            retrieved.append(time.monotonic())
+            return real()
+
+        source.retrieve = retrieve
+        return source, note
+
+    put = []
+    cap = Capture(_cfg(face_video, fps=5.0), on_frame=lambda: None, opener=opener)
+    cap.mailbox.on_put = lambda: put.append(1)
+    cap.start()
+    try:
+        assert wait_for(lambda: cap.frames_in >= 60, 15), (cap.state, cap.last_error)
+        cap.stop()
+        assert cap.frames_skipped > 0.7 * cap.frames_in
+        assert len(retrieved) == len(put) == cap.frames_in - cap.frames_skipped
+        assert cap.latest is not None and cap.latest.pixels.shape == (144, 176, 3)
+    finally:
+        cap.stop()

@@ -282,7 +282,7 @@ class Capture:
         try:
             while not conn.abandoned and not self._stop.is_set():
                 try:
-                    image = source.read()
+                    source.grab()
                 except SourceError as exc:
                     if source.is_file and str(exc) == "end of file":
                         if not cfg.loop:
@@ -309,13 +309,18 @@ class Capture:
                 conn.last_frame = time.monotonic()
                 self.frames_in += 1
                 self.rate_in.tick()
-                frame = Frame(self.frames_in - 1, image, time.time(), now)
-                self.latest = frame
                 if sample:
                     if now < next_due - tolerance:
-                        self.frames_skipped += 1
+                        self.frames_skipped += 1  # decoded, never converted or copied
                         continue
                     next_due = next_due + sample if next_due + sample > now else now + sample
+                try:
+                    image = source.retrieve()
+                except SourceError as exc:
+                    conn.error = str(exc)
+                    return
+                frame = Frame(self.frames_in - 1, image, time.time(), now)
+                self.latest = frame
                 self.mailbox.put(frame)
         except Exception as exc:  # noqa: BLE001 - as above
             conn.error = f"{redact(cfg.source)}: {type(exc).__name__}: {exc}"

@@ -137,6 +137,7 @@ class NvdecSource(Source):
         self.native_fps = float(getattr(self._demuxer, "FrameRate", lambda: 0.0)() or 0.0)
         self._packets = iter(self._demuxer)
         self._ready: list = []
+        self._grabbed = None
 
     @classmethod
     def open(cls, cfg: StreamConfig, device: int = 0) -> "NvdecSource":
@@ -154,14 +155,18 @@ class NvdecSource(Source):
         except Exception as exc:  # noqa: BLE001 - cuda-python missing, no device: the CPU decodes
             raise DecoderUnavailable(f"CUDA is not usable here: {exc}") from None
 
-    def read(self) -> Union[Nv12Surface, np.ndarray]:
+    def grab(self) -> None:
         while not self._ready:
             try:
                 packet = next(self._packets)
             except StopIteration:
                 raise SourceError("end of file" if self.is_file else "the stream ended") from None
             self._ready.extend(self._decoder.Decode(packet))
-        frame = self._ready.pop(0)
+        self._grabbed = self._ready.pop(0)
+
+    def retrieve(self) -> Union[Nv12Surface, np.ndarray]:
+        """The grabbed frame, copied out of the decoder's memory (which the next decode reuses)."""
+        frame = self._grabbed
         width, height = int(self._decoder.GetWidth()), int(self._decoder.GetHeight())
         if not self.on_device:
             return self._host_frame(frame, width)
@@ -177,6 +182,10 @@ class NvdecSource(Source):
             return self.read()
         self._handed_on += 1
         return surface
+
+    def read(self) -> Union[Nv12Surface, np.ndarray]:
+        self.grab()
+        return self.retrieve()
 
     def _device_frame(self, frame, width: int, height: int) -> Nv12Surface:
         from edgeinfer.runtime.gpu.memory import use_device
