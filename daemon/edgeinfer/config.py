@@ -731,8 +731,20 @@ def parse_config(data: dict, source: str = "<memory>", base_dir: Optional[Path] 
     return cfg
 
 
-def _is_url(source: str) -> bool:
-    return "://" in source
+SOURCE_FILE, SOURCE_URL, SOURCE_DEVICE, SOURCE_GSTREAMER = "file", "url", "device", "gstreamer"
+
+
+def source_kind(source: str) -> str:
+    """What a [[streams]] source names: a GStreamer pipeline (has "!" before any "://"), a URL,
+    a V4L2 device (/dev/videoN, or a camera index), else a file. The one place this is decided:
+    the config resolves files against its folder by it, the streams open sources by it."""
+    if "!" in source and "://" not in source.split("!")[0]:
+        return SOURCE_GSTREAMER
+    if "://" in source:
+        return SOURCE_URL
+    if source.startswith("/dev/video") or source.isdigit():
+        return SOURCE_DEVICE
+    return SOURCE_FILE
 
 
 def _add_streams(ctx: _Ctx, cfg: Config, streams_raw, base: Path) -> None:
@@ -760,7 +772,7 @@ def _add_streams(ctx: _Ctx, cfg: Config, streams_raw, base: Path) -> None:
             # Every process would open the camera again; one process pulls each source.
             raise ctx.fail(table, "source", "streams run in one daemon process: they need [server] processes = 1 "
                            "and inference = \"per-process\"")
-        if not _is_url(s.source) and "!" not in s.source and not s.source.startswith("/dev/"):
+        if source_kind(s.source) == SOURCE_FILE:
             # A file: relative to the config file. Checked at run time too (the stream's state says
             # why), so a file that appears later is picked up by the reconnect loop.
             s.source = str((base / os.path.expanduser(s.source)).resolve())

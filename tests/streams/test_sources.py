@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from edgeinfer.config import StreamConfig
+from edgeinfer.config import SOURCE_DEVICE, SOURCE_FILE, SOURCE_GSTREAMER, SOURCE_URL, StreamConfig, source_kind
 from edgeinfer.streams.decode import open_source
-from edgeinfer.streams.sources import DEVICE, FILE, GSTREAMER, URL, SourceError, kind_of, open_cpu, redact
+from edgeinfer.streams.sources import SourceError, open_cpu, redact
 
 
 def _cfg(source, **kw) -> StreamConfig:
@@ -16,10 +16,10 @@ def _cfg(source, **kw) -> StreamConfig:
 
 
 def test_kinds_and_redaction():
-    assert kind_of("rtsp://cam.local:554/stream") == URL
-    assert kind_of("/dev/video0") == DEVICE
-    assert kind_of("/srv/a.mp4") == FILE
-    assert kind_of("nvarguscamerasrc ! video/x-raw(memory:NVMM) ! nvvidconv ! videoconvert") == GSTREAMER
+    assert source_kind("rtsp://cam.local:554/stream") == SOURCE_URL
+    assert source_kind("/dev/video0") == source_kind("0") == SOURCE_DEVICE
+    assert source_kind("/srv/a.mp4") == SOURCE_FILE
+    assert source_kind("nvarguscamerasrc ! video/x-raw(memory:NVMM) ! nvvidconv ! videoconvert") == SOURCE_GSTREAMER
     assert redact("rtsp://admin:secret@cam.local:554/s") == "rtsp://admin:***@cam.local:554/s"
     assert redact("rtsp://cam.local/s") == "rtsp://cam.local/s"
 
@@ -128,3 +128,16 @@ def test_an_http_mjpeg_camera_opens_and_reads(face_video):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_config_resolves_only_files_against_its_folder(tmp_path, centerface_onnx):
+    """One decision of what a source names (config.source_kind), for the config and the opener."""
+    from edgeinfer.config import parse_config
+
+    sources = {"file": "clips/door.mp4", "index": "0", "v4l2": "/dev/video2",
+               "url": "rtsp://cam.local:554/stream", "pipe": "videotestsrc ! videoconvert ! appsink"}
+    cfg = parse_config({"models": [{"name": "faces", "onnx": str(centerface_onnx)}],
+                        "streams": [{"name": n, "source": s, "model": "faces"} for n, s in sources.items()]},
+                       base_dir=tmp_path)
+    got = {s.name: s.source for s in cfg.streams}
+    assert got == {**sources, "file": str(tmp_path / "clips" / "door.mp4")}

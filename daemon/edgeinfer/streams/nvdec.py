@@ -28,7 +28,8 @@ import numpy as np
 
 from edgeinfer.config import StreamConfig
 from edgeinfer.runtime.gpu.image_job import Nv12Surface
-from edgeinfer.streams.sources import DEVICE, FILE, GSTREAMER, Source, SourceError, kind_of, redact
+from edgeinfer.config import SOURCE_DEVICE, SOURCE_FILE, SOURCE_GSTREAMER, source_kind
+from edgeinfer.streams.sources import Source, SourceError, redact
 
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class NvdecSource(Source):
 
         self.cfg = cfg
         self._nvc = nvc
-        self.is_file = kind_of(cfg.source) == FILE
+        self.is_file = source_kind(cfg.source) == SOURCE_FILE
         self.device = device
         use_device(self.device)
         self._context = primary_context(self.device)
@@ -141,10 +142,10 @@ class NvdecSource(Source):
 
     @classmethod
     def open(cls, cfg: StreamConfig, device: int = 0) -> "NvdecSource":
-        kind = kind_of(cfg.source)
-        if kind in (DEVICE, GSTREAMER):
+        kind = source_kind(cfg.source)
+        if kind in (SOURCE_DEVICE, SOURCE_GSTREAMER):
             raise DecoderUnavailable(f"NVDEC decodes files and network streams, not {kind} sources")
-        if kind == FILE and not Path(cfg.source).is_file():
+        if kind == SOURCE_FILE and not Path(cfg.source).is_file():
             raise SourceError(f"file not found: {cfg.source}")
         nvc = _nvc()
         _gpu_present()

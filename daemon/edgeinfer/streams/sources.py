@@ -25,12 +25,11 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
-from edgeinfer.config import StreamConfig
+from edgeinfer.config import SOURCE_DEVICE, SOURCE_FILE, SOURCE_URL, StreamConfig, source_kind
 
 log = logging.getLogger(__name__)
 
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
-FILE, URL, DEVICE, GSTREAMER = "file", "url", "device", "gstreamer"
 
 # OpenCV reads FFmpeg options (RTSP transport) from this variable when a capture opens;
 # it is process-wide, so opens that set it take turns.
@@ -40,16 +39,6 @@ _env_lock = threading.Lock()
 
 class SourceError(Exception):
     """The source could not be opened or read; the message says why, for the stream's state."""
-
-
-def kind_of(source: str) -> str:
-    if "!" in source and "://" not in source.split("!")[0]:
-        return GSTREAMER
-    if "://" in source:
-        return URL
-    if source.startswith("/dev/video") or source.isdigit():
-        return DEVICE
-    return FILE
 
 
 def redact(source: str) -> str:
@@ -176,10 +165,10 @@ def _open_capture(target, api: int, params: list[int], options: Optional[str]):
 def open_cpu(cfg: StreamConfig) -> CvSource:
     """Open `cfg.source` for CPU decode. Raises SourceError with the reason."""
     source = cfg.source
-    kind = kind_of(source)
+    kind = source_kind(source)
     timeout_ms = int(cfg.stall_timeout_s * 1000)
     timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
-    if kind == FILE:
+    if kind == SOURCE_FILE:
         path = Path(source)
         if not path.exists():
             raise SourceError(f"file not found: {source}")
@@ -192,7 +181,7 @@ def open_cpu(cfg: StreamConfig) -> CvSource:
             cap.release()
             raise SourceError(f"{source}: not a video OpenCV/FFmpeg can decode (unknown container or codec)")
         return CvSource(cap, source, is_file=True)
-    if kind == URL:
+    if kind == SOURCE_URL:
         scheme = source.split("://", 1)[0].lower()
         if scheme not in URL_SCHEMES:
             raise SourceError(f"{redact(source)}: unsupported URL scheme {scheme!r} (expected one of {', '.join(URL_SCHEMES)})")
@@ -208,7 +197,7 @@ def open_cpu(cfg: StreamConfig) -> CvSource:
                                   f"within {cfg.stall_timeout_s:g} s")
             raise SourceError(f"{redact(source)}: the server refused the stream or sent no decodable video")
         return CvSource(cap, redact(source), is_file=False)
-    if kind == DEVICE:
+    if kind == SOURCE_DEVICE:
         index = int(source) if source.isdigit() else source
         if isinstance(index, str) and not Path(source).exists():
             raise SourceError(f"no such device: {source}")
