@@ -18,7 +18,6 @@ import asyncio
 import dataclasses
 import ipaddress
 import logging
-import socket
 import time
 from typing import Callable, Optional
 
@@ -37,7 +36,7 @@ from edgeinfer.observe.metrics import DaemonCollector, Metrics, MetricsEndpoint,
 from edgeinfer.model.served import ServedModel
 from edgeinfer.model.types import ModelState
 from edgeinfer.model.registry import ModelRegistry
-from edgeinfer.listen import parse_listen
+from edgeinfer.listen import claim_listen, parse_listen
 from edgeinfer.rpc.auth import AuthInterceptor, ServerTls
 from edgeinfer.rpc.methods import GenericOnly
 from edgeinfer.serving.lanes import InferencePipeline
@@ -67,30 +66,6 @@ def _loopback(listen: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _check_port_free(listen: str) -> None:
-    """Bind `listen` once without SO_REUSEPORT: a taken port fails here with one clear line,
-    before gRPC's core logs its own error and raises a bare RuntimeError."""
-    if listen.startswith("unix:"):
-        return
-    try:
-        host, port = parse_listen(listen, "[server] listen")
-    except ValueError:
-        return
-    if port == 0:
-        return
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise OSError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
-    family, _, _, _, addr = infos[0]
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(addr)
-        except OSError as exc:
-            raise OSError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
 
 
 class Daemon:
@@ -169,8 +144,11 @@ class Daemon:
         signals.route(handlers, self._loop)
         limit = self.config.server.max_message_bytes
         listen = self.config.server.listen
-        if not self.reuse_port:
-            _check_port_free(listen)
+        if not self.reuse_port and not listen.endswith(":0"):  # port 0: gRPC picks a free one
+            try:
+                claim_listen(listen)
+            except ValueError:  # not host:port: gRPC's own bind names what it could not use
+                pass
         cfg = self.config
         if cfg.tls.enabled:
             self.tls = ServerTls(cfg.tls)

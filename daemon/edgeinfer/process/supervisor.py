@@ -47,33 +47,18 @@ import multiprocessing as mp
 import os
 import queue
 import signal
-import socket
 import time
 from typing import Callable, Optional
 
 from edgeinfer.process import signals, systemd
 from edgeinfer.config import Config
-from edgeinfer.listen import join_listen, parse_listen
+from edgeinfer.listen import claim_listen, join_listen, parse_listen
 from edgeinfer.process.child import prepare_child
 
 log = logging.getLogger(__name__)
 
 # A child whose health tick has not arrived for this many ticks stops the watchdog feed.
 STALE_TICKS = 5
-
-
-def claim_port(listen: str) -> str:
-    """Check that the address is free (bind without SO_REUSEPORT); port 0 -> a free port.
-
-    Returns the listen address with its real port. Raises OSError when taken.
-    """
-    host, port = parse_listen(listen, "[server] listen")
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            raise OSError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
-        return join_listen(host, s.getsockname()[1])
 
 
 def child_config(config: Config, index: int, listen: str) -> Config:
@@ -185,7 +170,7 @@ class Supervisor:
 
     def start(self, timeout: float = 600.0) -> str:
         """Spawn the children; returns the shared listen address once all listen. Raises OSError."""
-        self.listen = claim_port(self.config.server.listen)
+        self.listen = claim_listen(self.config.server.listen)
         kind = self.config.server.event_loop
         level = logging.getLogger().getEffectiveLevel()
         front_links: list = [None] * self.count
