@@ -149,6 +149,10 @@ def _config(args, video: Path, work: Path, streams: int, decode: str, in_flight:
              "batching": {"max_batch": args.max_batch, "max_queue": max(256, 2 * streams * in_flight)}}
     if on_gpu:
         model["onnxruntime"] = {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+    if args.precision != "fp32":
+        # The accuracy gate compares against fp32 on frames of the streams' own video.
+        model["precision"] = [args.precision, "fp32"]
+        model["calibration"] = {"images": str(video.resolve()), "max_images": 16}
     return parse_config({
         "server": {"listen": "127.0.0.1:0", "workers": args.workers},
         "metrics": {"enabled": False},
@@ -332,6 +336,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=float, default=10.0)
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--max-batch", type=int, default=1)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                    help="the detector's precision, behind the accuracy gate (fp32 if the gate refuses it)")
     ap.add_argument("--in-flight", default="1", help="[[streams]] in_flight, or a comma-separated list of them")
     ap.add_argument("--switch-interval-ms", type=float, default=0.0,
                     help="the interpreter's GIL switch interval for the daemon (0: Python's default, 5 ms)")

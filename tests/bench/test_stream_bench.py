@@ -8,7 +8,7 @@ import pytest
 
 def _args(media, centerface_onnx, **kw):
     base = dict(streams="2", decode="cpu", device="cpu", size="320x240", fps=2.0, seconds=3.0, warmup=3.0, workers=2,
-                max_batch=1, in_flight="1", input="640x480", video=str(media / "carphone_pristine.mp4"), onnx=str(centerface_onnx))
+                max_batch=1, in_flight="1", precision="fp32", input="640x480", video=str(media / "carphone_pristine.mp4"), onnx=str(centerface_onnx))
     return argparse.Namespace(**{**base, **kw})
 
 
