@@ -768,10 +768,6 @@ def _add_streams(ctx: _Ctx, cfg: Config, streams_raw, base: Path) -> None:
                            f"(configured: {', '.join(sorted(models)) or 'none'})")
         if not s.source.strip():
             raise ctx.fail(table, "source", "expected a file, URL, /dev/videoN or GStreamer pipeline")
-        if cfg.server.supervised:
-            # Every process would open the camera again; one process pulls each source.
-            raise ctx.fail(table, "source", "streams run in one daemon process: they need [server] processes = 1 "
-                           "and inference = \"per-process\"")
         if source_kind(s.source) == SOURCE_FILE:
             # A file: relative to the config file. Checked at run time too (the stream's state says
             # why), so a file that appears later is picked up by the reconnect loop.

@@ -133,12 +133,56 @@ class _Daemon:
         self.thread.join(30)
 
 
+class _Supervised:
+    """The daemon as [server] processes > 1 runs it (process/supervisor.py), read through its API:
+    each process pulls a share of the streams in an interpreter of its own."""
+
+    def __init__(self, config):
+        from edgeinfer.process.supervisor import Supervisor
+
+        self.loaded = threading.Event()
+        self.sup = Supervisor(config, tick_s=0.5, on_loaded=lambda _states: self.loaded.set())
+        self.thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+
+    def _run(self):
+        self.sup.run()
+
+    def start(self):
+        self.address = self.sup.start(timeout=600)
+        self.thread.start()
+        if not self.loaded.wait(600):
+            raise SystemExit("the processes did not finish loading")
+        return self
+
+    def stats(self) -> dict:
+        from edgeinfer_client import Client
+
+        with Client(self.address, timeout=30) as c:
+            return {s.name: s for s in c.streams()}
+
+    def cpu(self) -> float:
+        """CPU seconds (user + system) of every process of the daemon."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in self.sup.pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / ticks
+        return total
+
+    def stop(self):
+        self.sup.request_stop()
+        self.thread.join(120)
+
+
 def _input_size(args) -> tuple[int, int]:
     width, height = (int(v) for v in args.input.lower().split("x"))
     return width, height
 
 
-def _config(args, video: Path, work: Path, streams: int, decode: str, in_flight: int = 1):
+def _config(args, video: Path, work: Path, streams: int, decode: str, in_flight: int = 1, processes: int = 1):
     from edgeinfer.config import parse_config
 
     on_gpu = args.device == "gpu"
@@ -153,8 +197,11 @@ def _config(args, video: Path, work: Path, streams: int, decode: str, in_flight:
         # The accuracy gate compares against fp32 on frames of the streams' own video.
         model["precision"] = [args.precision, "fp32"]
         model["calibration"] = {"images": str(video.resolve()), "max_images": 16}
+    server = {"listen": "127.0.0.1:0", "workers": args.workers}
+    if processes > 1:
+        server.update(processes=processes, grace_period_s=1.0)
     return parse_config({
-        "server": {"listen": "127.0.0.1:0", "workers": args.workers},
+        "server": server,
         "metrics": {"enabled": False},
         "cache": {"dir": str(work / "cache")},
         "models": [model],
@@ -174,15 +221,18 @@ def run(args, on_row=lambda text: None) -> str:
         width, height = (int(v) for v in args.size.lower().split("x"))
         video, size = make_video(Path(args.video), work / f"loop-{width}x{height}.mp4", (width, height)), args.size
     reports, summary = [], []
-    rows = [(decode, in_flight, count) for decode in [d.strip() for d in args.decode.split(",") if d.strip()]
+    rows = [(decode, processes, in_flight, count)
+            for decode in [d.strip() for d in args.decode.split(",") if d.strip()]
+            for processes in (int(n) for n in str(args.processes).split(","))
             for in_flight in (int(n) for n in str(args.in_flight).split(","))
             for count in (int(n) for n in str(args.streams).split(","))]
-    for decode, in_flight, count in rows:
+    for decode, processes, in_flight, count in rows:
         try:
-            text, row = run_one(args, video, size, work, count, decode, in_flight)
+            text, row = run_one(args, video, size, work, count, decode, in_flight, processes)
         except Exception as exc:  # noqa: BLE001 - one row failing must not lose the rows measured
-            text = f"{count} streams, decode {decode}, in_flight {in_flight}: failed: {type(exc).__name__}: {exc}"
-            row = f"| {decode} | {in_flight} | {count} | failed: {type(exc).__name__}: {exc} | | | | | | |"
+            text = (f"{count} streams, decode {decode}, {processes} processes, in_flight {in_flight}: failed: "
+                    f"{type(exc).__name__}: {exc}")
+            row = f"| {decode} | {processes} | {in_flight} | {count} | failed: {type(exc).__name__}: {exc} | | | | | | |"
         on_row(text)
         reports.append(text)
         summary.append(row)
@@ -190,8 +240,9 @@ def run(args, on_row=lambda text: None) -> str:
         return reports[0]
     target = f"{args.fps:g} fps" if args.fps else "every frame"
     lines = ["", f"summary ({args.device} model, target {target} per stream):", "",
-             "| decode | in flight | streams | decoded on | results/s | slowest stream fps out | all at 97% of target | "
-             "latency P50 ms | P95 ms | cores |", "| --- | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+             "| decode | processes | in flight | streams | decoded on | results/s | slowest stream fps out | "
+             "all at 97% of target | latency P50 ms | P95 ms | cores |",
+             "| --- | ---: | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
     lines += [row for row in summary]
     return "\n\n".join(reports) + "\n" + "\n".join(lines)
 
@@ -220,19 +271,17 @@ def _watch_all(address: str, names: list[str], timeout: float, measuring, stop, 
     results.put({name: list(values) for name, values in latencies.items()})
 
 
-def run_one(args, video: Path, size: str, work: Path, count: int, decode: str, in_flight: int = 1
-            ) -> tuple[str, str]:
-    cfg = _config(args, video, work, count, decode, in_flight)
+def run_one(args, video: Path, size: str, work: Path, count: int, decode: str, in_flight: int = 1,
+            processes: int = 1) -> tuple[str, str]:
+    cfg = _config(args, video, work, count, decode, in_flight, processes)
+    if processes > 1:
+        return _run_supervised(args, cfg, video, size, count, decode, in_flight, processes)
     d = _Daemon(cfg).start()
     address = f"127.0.0.1:{d.daemon.port}"
     names = [s.name for s in cfg.streams]
     # Subscribers are other programs: watching from this process would share its GIL with the
     # daemon and charge the daemon's CPU figure with the clients' work.
-    ctx = multiprocessing.get_context("spawn")
-    measuring, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
-    watcher = ctx.Process(target=_watch_all, args=(address, names, args.warmup + args.seconds + 60, measuring,
-                                                   stop, results), daemon=True)
-    watcher.start()
+    measuring, stop, results, watcher = _start_watching(address, names, args)
     time.sleep(args.warmup)
     streams = list(d.daemon.streams)
     # Every reading carries the time it was taken: on a busy interpreter this thread can wait
@@ -254,7 +303,50 @@ def run_one(args, video: Path, size: str, work: Path, count: int, decode: str, i
     latencies = results.get(timeout=60)
     watcher.join(10)
     d.stop()
+    return _report(args, video, size, count, decode, in_flight, before, after, latencies, wall, cpu,
+                   decode_cpu, f"busiest threads (cores, by kind): {busiest}", model_state, lag, 1)
 
+
+def _start_watching(address: str, names: list[str], args):
+    """The subscriber process; returns (measuring, stop, results, process)."""
+    ctx = multiprocessing.get_context("spawn")
+    measuring, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    watcher = ctx.Process(target=_watch_all, args=(address, names, args.warmup + args.seconds + 60, measuring,
+                                                   stop, results), daemon=True)
+    watcher.start()
+    return measuring, stop, results, watcher
+
+
+def _run_supervised(args, cfg, video: Path, size: str, count: int, decode: str, in_flight: int, processes: int
+                    ) -> tuple[str, str]:
+    """run_one for [server] processes > 1: the counters come through ListStreams, the CPU from /proc."""
+    d = _Supervised(cfg).start()
+    measuring, stop, results, watcher = _start_watching(d.address, [s.name for s in cfg.streams], args)
+    time.sleep(args.warmup)
+    t0, first = _timed(d.stats)
+    w0, cpu0 = _timed(d.cpu)
+    measuring.set()
+    time.sleep(args.seconds)
+    measuring.clear()
+    w1, cpu1 = _timed(d.cpu)
+    t1, last = _timed(d.stats)
+    stop.set()
+    latencies = results.get(timeout=60)
+    watcher.join(10)
+    pids = d.sup.pids
+    d.stop()
+    before = {name: (t0, info) for name, info in first.items()}
+    after = {name: (t1, info) for name, info in last.items()}
+    return _report(args, video, size, count, decode, in_flight, before, after, latencies, w1 - w0, cpu1 - cpu0,
+                   None, f"{processes} daemon processes (pids {', '.join(map(str, pids))})",
+                   f"{processes} processes", t1 - w1, processes)
+
+
+def _report(args, video: Path, size: str, count: int, decode: str, in_flight: int, before: dict, after: dict,
+            latencies: dict, wall: float, cpu: float, decode_cpu, threads_line: str, model_state: str,
+            lag: float, processes: int) -> tuple[str, str]:
+    """One row's report and its summary line. `decode_cpu`: the capture threads' CPU seconds, where
+    known (one process); `before`/`after`: each stream's (time read, counters)."""
     ncpu = os.cpu_count() or 1
     decoded_on = sorted({a.decode for _, a in after.values()})
     first = next((a for _, a in after.values()), None)
@@ -295,13 +387,14 @@ def run_one(args, video: Path, size: str, work: Path, count: int, decode: str, i
         lines.append(f"| each of {count} (slowest / median fps out) | | {min(outs):.2f} / {np.median(outs):.2f} | | | |")
     lines.append(f"| all | {tot_in:.1f} | {tot_out:.2f} | {tot_drop:.2f} | {p50_all:.0f} | {p95_all:.0f} |")
     used = cpu / wall
-    lines += ["",
-              f"CPU: {used:.2f} of {ncpu} cores for the process ({used / ncpu:.0%}); capture and decoder threads "
-              f"{decode_cpu / wall:.2f} cores ({decode_cpu / max(cpu, 1e-9):.0%} of the process), the rest "
-              f"(preprocess, inference, postprocess, gRPC) {(cpu - decode_cpu) / wall:.2f} cores",
-              f"decode cost: {decode_cpu / max(tot_in * wall, 1) * 1000:.2f} ms of CPU per captured frame; "
-              f"inference side: {(cpu - decode_cpu) / max(tot_out * wall, 1) * 1000:.1f} ms of CPU per result",
-              f"busiest threads (cores, by kind): {busiest}"]
+    lines += ["", f"CPU: {used:.2f} of {ncpu} cores for the daemon ({used / ncpu:.0%})"]
+    if decode_cpu is not None:
+        lines[-1] += (f"; capture and decoder threads {decode_cpu / wall:.2f} cores "
+                      f"({decode_cpu / max(cpu, 1e-9):.0%} of the process), the rest (preprocess, inference, "
+                      f"postprocess, gRPC) {(cpu - decode_cpu) / wall:.2f} cores")
+        lines.append(f"decode cost: {decode_cpu / max(tot_in * wall, 1) * 1000:.2f} ms of CPU per captured frame; "
+                     f"inference side: {(cpu - decode_cpu) / max(tot_out * wall, 1) * 1000:.1f} ms of CPU per result")
+    lines.append(threads_line)
     native_rate = 30.0 * count
     target = args.fps * count if args.fps else native_rate
     if tot_in < 0.9 * native_rate:
@@ -313,11 +406,11 @@ def run_one(args, video: Path, size: str, work: Path, count: int, decode: str, i
         bound = "neither: every stream got its target fps"
     load = os.getloadavg()[0]
     if used < 0.8 * ncpu and not bound.startswith("neither") and args.device == "cpu":
-        bound += (f" -- yet this process used only {used:.2f} of {ncpu} cores: the rest went to other work on "
+        bound += (f" -- yet the daemon used only {used:.2f} of {ncpu} cores: the rest went to other work on "
                   f"the machine (load average {load:.1f} at the end)")
     lines.append(f"bound: {bound}")
     per_stream_target = args.fps or 30.0
-    row = (f"| {decode} | {in_flight} | {count} | {', '.join(decoded_on)} | {tot_out:.1f} | {min(outs) if outs else 0:.2f} | "
+    row = (f"| {decode} | {processes} | {in_flight} | {count} | {', '.join(decoded_on)} | {tot_out:.1f} | {min(outs) if outs else 0:.2f} | "
            f"{'yes' if outs and min(outs) >= 0.97 * per_stream_target else 'no'} | {p50_all:.0f} | {p95_all:.0f} | "
            f"{used:.1f} |")
     return "\n".join(lines), row
@@ -338,6 +431,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-batch", type=int, default=1)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
                     help="the detector's precision, behind the accuracy gate (fp32 if the gate refuses it)")
+    ap.add_argument("--processes", default="1",
+                    help="[server] processes (the streams spread over them), or a comma-separated list of counts")
     ap.add_argument("--in-flight", default="1", help="[[streams]] in_flight, or a comma-separated list of them")
     ap.add_argument("--switch-interval-ms", type=float, default=0.0,
                     help="the interpreter's GIL switch interval for the daemon (0: Python's default, 5 ms)")

@@ -15,6 +15,7 @@ import grpc
 from edgeinfer_client import Client, build_request
 from edgeinfer_proto.edgeinfer.v1 import inference_pb2 as pb
 from edgeinfer_proto.tensors import from_tensor
+from testkit.supervisor_kit import Running
 
 
 def _free_ports(n: int = 2) -> int:
@@ -44,28 +45,6 @@ def _config(tmp_path, trivial_onnx, metrics_port=0, processes=2, inference="per-
         "models": [{"name": "trivial", "onnx": str(trivial_onnx), "backends": ["onnxruntime"],
                     "postprocess": {"task": "raw"}, "onnxruntime": {"intra_op_threads": 1}}],
     }, source="test_supervisor")
-
-
-class Running:
-    """A Supervisor started here, run() on a thread (signals stay with pytest)."""
-
-    def __init__(self, config):
-        from edgeinfer.process.supervisor import Supervisor
-
-        self.loaded = threading.Event()
-        self.sup = Supervisor(config, tick_s=0.2, on_loaded=lambda _s: self.loaded.set())
-        self.listen = self.sup.start(timeout=120)
-        self.rc = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        assert self.loaded.wait(120), "the processes did not finish loading"
-
-    def _run(self):
-        self.rc = self.sup.run()
-
-    def stop(self):
-        self.sup.request_stop()
-        self.thread.join(30)
 
 
 def _metric_sum(port: int, prefix: str) -> float:

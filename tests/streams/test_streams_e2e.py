@@ -230,9 +230,6 @@ def test_config_checks_streams(centerface_onnx):
         parse_config({**base, "streams": [{"name": "a", "source": "x.mp4", "model": "faces", "decode": "nvdec"}]})
     with pytest.raises(ConfigError, match=r"\[streams.a\] fps0: unknown key"):
         parse_config({**base, "streams": [{"name": "a", "source": "x.mp4", "model": "faces", "fps0": 1}]})
-    with pytest.raises(ConfigError, match=r"streams run in one daemon process"):
-        parse_config({**base, "server": {"processes": 2},
-                      "streams": [{"name": "a", "source": "x.mp4", "model": "faces"}]})
     cfg = parse_config({**base, "streams": [{"name": "a", "source": "v/x.mp4", "model": "faces"},
                                             {"name": "b", "source": "rtsp://cam/x", "model": "faces"}]},
                        base_dir=Path("/srv/edge"))

@@ -43,6 +43,7 @@ from edgeinfer.serving.lanes import InferencePipeline
 from edgeinfer.rpc.servicer import SERVICE_NAME, InferenceServicer, add_to_server
 from edgeinfer.rpc import kserve
 from edgeinfer.rpc import streams_servicer
+from edgeinfer.rpc.stream_peers import StreamPeers
 from edgeinfer.observe.metrics import StreamCollector
 from edgeinfer.streams.manager import StreamManager
 
@@ -77,7 +78,7 @@ class Daemon:
                  config_path: Optional[str] = None,
                  config_overrides: Callable[[Config], Config] = lambda c: c,
                  on_reloaded: Optional[Callable[[ReloadOutcome], None]] = None,
-                 admin_refusal: str = ""):
+                 admin_refusal: str = "", stream_peers: Optional[StreamPeers] = None):
         """reuse_port: share the port with sibling processes (process/supervisor.py); off, a
         second daemon on a taken port fails to bind instead of silently sharing it.
         on_tick: called after each healthy tick (inference makes progress), from the loop.
@@ -90,7 +91,9 @@ class Daemon:
         config_overrides: applied to every config read from it (e.g. `serve --listen`).
         on_reloaded: called with each reload's outcome (a supervisor's child reports it).
         admin_refusal: when set, Admin.Reload answers FAILED_PRECONDITION with it (a child of the
-        supervisor reloads only with its siblings, on the supervisor's SIGHUP)."""
+        supervisor reloads only with its siblings, on the supervisor's SIGHUP).
+        stream_peers: with sibling processes, which [[streams]] this one pulls and how it reaches
+        the others for the rest (rpc/stream_peers.py)."""
         check_devices(config, _visible_gpus())
         self.config = config
         self.config_path = config_path
@@ -112,7 +115,8 @@ class Daemon:
                                               self.pipeline.in_flight, __version__, self.pipeline.max_batch))
         self.metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics)
         # [[streams]]: sources the daemon pulls itself (edgeinfer/streams), fed to the pipeline.
-        self.streams = StreamManager(config.streams, self.registry, self.pipeline, self.metrics)
+        self.stream_peers = stream_peers
+        self.streams = StreamManager(self._pulled(config.streams), self.registry, self.pipeline, self.metrics)
         if config.streams:
             self.metrics.register(StreamCollector(self.streams.stats))
         self.health = health.aio.HealthServicer()
@@ -133,6 +137,10 @@ class Daemon:
         self._beside: dict[str, ServedModel] = {}
         self._reloading = False
         self._reload_tasks: set[asyncio.Task] = set()
+
+    def _pulled(self, streams: list) -> list:
+        """The [[streams]] this process pulls: all of them, or its share among its siblings."""
+        return self.stream_peers.mine(streams) if self.stream_peers is not None else list(streams)
 
     # -- startup ------------------------------------------------------------
     async def start(self) -> int:
@@ -155,7 +163,7 @@ class Daemon:
         # The interceptor exists only where roles are checked: without it no call pays for one.
         interceptors = []
         if cfg.roles_checked:
-            self.auth = AuthInterceptor(cfg.auth, cfg.tls)
+            self.auth = AuthInterceptor(cfg.auth, cfg.tls, self.stream_peers.token if self.stream_peers else None)
             interceptors.append(self.auth)
         self.server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", limit),
@@ -173,7 +181,8 @@ class Daemon:
         kserve.add_to_server(kserve.KServeServicer(self.registry, self.pipeline, __version__,
                                                    self.config.server.stream_window, self.config.limits,
                                                    self.servicer.rate_limiter), self.server)
-        streams_servicer.add_to_server(streams_servicer.StreamsServicer(self.streams, self.registry), self.server)
+        streams_servicer.add_to_server(streams_servicer.StreamsServicer(
+            self.streams, self.registry, self.stream_peers, lambda: self.config.streams), self.server)
         # Health and reflection through generic handlers only: a method registered with the core
         # costs every call a little (rpc/methods.py), and these are called rarely.
         health_pb2_grpc.add_HealthServicer_to_server(self.health, GenericOnly(self.server))
@@ -193,6 +202,8 @@ class Daemon:
             self.port = 0
         if self.port == 0 and not listen.startswith("unix:"):
             raise OSError(f"cannot listen on {listen} (address in use or not allowed)")
+        if self.stream_peers is not None:  # the sibling processes' way in, for the streams this one pulls
+            self.server.add_insecure_port(self.stream_peers.address())
         await self.server.start()
         log.info("serving edgeinfer.v1 on %s (port %s, %s%s)", listen, self.port,
                  "TLS" if self.tls else "plain text",
@@ -429,8 +440,8 @@ class Daemon:
                                                            for c in plan]))
         # Streams after the models: a stream of a model just added finds it in the registry.
         self.config = dataclasses.replace(self.config, streams=list(new.streams))
-        for name, action in (await self.streams.reconfigure(new.streams, self.registry, self.pipeline,
-                                                            self.metrics)).items():
+        for name, action in (await self.streams.reconfigure(self._pulled(new.streams), self.registry,
+                                                            self.pipeline, self.metrics)).items():
             if action != "unchanged":
                 log.info("reload: stream %s %s", name, action)
         await self._publish_overall()
@@ -496,6 +507,8 @@ class Daemon:
         await self.health.enter_graceful_shutdown()
         # First: WatchStream calls end at once instead of holding the grace period.
         await self.streams.stop()
+        if self.stream_peers is not None:
+            await self.stream_peers.close()
         # stop() refuses new calls at once (UNAVAILABLE) and waits for the running ones; a stream
         # would otherwise run to the end of the grace period and be cancelled with frames unanswered.
         stopping = asyncio.ensure_future(self.server.stop(self.config.server.grace_period_s))

@@ -46,7 +46,10 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import secrets
+import shutil
 import signal
+import tempfile
 import time
 from typing import Callable, Optional
 
@@ -54,6 +57,7 @@ from edgeinfer.process import signals, systemd
 from edgeinfer.config import Config
 from edgeinfer.listen import claim_listen, join_listen, parse_listen
 from edgeinfer.process.child import prepare_child
+from edgeinfer.rpc.stream_peers import StreamPeers
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +81,11 @@ HOST_NAME = "edgeinfer-inference"
 
 
 def _child(config: Config, index: int, events, all_loaded, loop_kind: str, log_level: int,
-           links=None, config_path: Optional[str] = None, listen: str = "") -> None:
+           links=None, config_path: Optional[str] = None, listen: str = "", stream_peers=None) -> None:
     """Body of child `index`: a Daemon on the shared port, reporting to the supervisor.
 
-    links: with shared inference, this front-end's connections to the inference host."""
+    links: with shared inference, this front-end's connections to the inference host.
+    stream_peers: with [[streams]], which of them this child pulls (rpc/stream_peers.py)."""
     import asyncio
 
     from edgeinfer.process.eventloop import run
@@ -110,6 +115,7 @@ def _child(config: Config, index: int, events, all_loaded, loop_kind: str, log_l
         daemon = Daemon(config, tick_s=1.0, reuse_port=True, on_tick=tick, siblings_ready=all_loaded.is_set,
                         remote=remote, config_path=config_path,
                         config_overrides=lambda c: child_config(c, index, listen), on_reloaded=reloaded,
+                        stream_peers=stream_peers,
                         admin_refusal="this daemon runs several processes ([server] processes > 1 or "
                                       "inference = \"shared\"): reload them together with SIGHUP to the supervisor (systemctl reload)")
         port = await daemon.start()
@@ -163,6 +169,9 @@ class Supervisor:
         self._last_tick: dict[int, float] = {}
         self._loaded: dict[int, dict] = {}
         self._stop = False
+        # [[streams]] are spread over the front-ends, which reach each other through Unix sockets in
+        # a folder of this process's own (mkdtemp: mode 0700), with a token made for this run.
+        self._peers_dir: Optional[str] = None
 
     @property
     def pids(self) -> list[int]:
@@ -176,11 +185,14 @@ class Supervisor:
         front_links: list = [None] * self.count
         if self.shared:
             front_links = self._start_host(level)
+        token = secrets.token_urlsafe(32)
+        self._peers_dir = tempfile.mkdtemp(prefix="edgeinfer-streams-")
         for i in range(self.count):
+            peers = StreamPeers(i, self.count, self._peers_dir, token)
             p = self._ctx.Process(target=_child, name=f"edgeinfer-{i}",
                                   args=(child_config(self.config, i, self.listen), i, self._events,
                                         self._all_loaded, kind, level, front_links[i], self.config_path,
-                                        self.listen))
+                                        self.listen, peers))
             p.start()
             self._procs.append(p)
             for conn in front_links[i] or []:  # the child has its own copies now
@@ -338,3 +350,6 @@ class Supervisor:
                     p.kill()
                     p.join(5)
         self._procs = []
+        if self._peers_dir is not None:
+            shutil.rmtree(self._peers_dir, ignore_errors=True)
+            self._peers_dir = None

@@ -141,13 +141,19 @@ def _common_name(context) -> Optional[str]:
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Enforces the role table above (module docstring)."""
 
-    def __init__(self, auth: AuthConfig, tls: TlsConfig):
+    def __init__(self, auth: AuthConfig, tls: TlsConfig, peer_token: Optional[str] = None):
+        # peer_token: what sibling processes relaying a Streams call send (rpc/stream_peers.py);
+        # it has the infer role, and only the daemon's own processes know it.
+        self._peer = (hashlib.sha256(peer_token.encode("utf-8")).digest(), "sibling process",
+                      frozenset({"infer"})) if peer_token else None
         self.update(auth, tls)
 
     def update(self, auth: AuthConfig, tls: TlsConfig) -> None:
         """Take new tokens and subject mappings (config reload); calls already admitted go on."""
         self._auth = auth
         self._tokens = [(bytes.fromhex(t.sha256), t.name, frozenset(t.roles)) for t in auth.tokens]
+        if self._peer is not None:
+            self._tokens.append(self._peer)
         self._subjects = {cn: frozenset(roles) for cn, roles in tls.subject_roles.items()}
         self._roles: dict[str, str] = {}
 

@@ -315,6 +315,9 @@ class StreamManager:
     def __len__(self) -> int:
         return len(self._streams)
 
+    def has(self, name: str) -> bool:
+        return name in self._streams
+
     def get(self, name: str) -> Stream:
         stream = self._streams.get(name)
         if stream is None:
