@@ -15,13 +15,14 @@ from edgeinfer.config import parse_config
 TOKEN = "kiosk-token-for-the-streams-test"
 
 
-def _config(tmp_path, centerface_onnx, face_video):
+def _config(tmp_path, centerface_onnx, face_video, inference):
     from edgeinfer.rpc.auth import hash_token
 
     model = faces_model(centerface_onnx)
     model["onnxruntime"] = {"intra_op_threads": 1}
     return parse_config({
-        "server": {"listen": "127.0.0.1:0", "workers": 2, "processes": 2, "grace_period_s": 1.0},
+        "server": {"listen": "127.0.0.1:0", "workers": 2, "processes": 2, "grace_period_s": 1.0,
+                   "inference": inference},
         "cache": {"dir": str(tmp_path / "cache")},
         # Role checks on: a relayed call must pass the other process's checks too.
         "auth": {"tokens": [{"name": "kiosk", "sha256": hash_token(TOKEN), "roles": ["infer"]}]},
@@ -31,10 +32,13 @@ def _config(tmp_path, centerface_onnx, face_video):
 
 
 @pytest.mark.slow
-def test_each_stream_is_pulled_once_and_either_process_answers_for_all(tmp_path, centerface_onnx, face_video):
+@pytest.mark.parametrize("inference", ["per-process", "shared"])
+def test_each_stream_is_pulled_once_and_either_process_answers_for_all(tmp_path, centerface_onnx, face_video,
+                                                                       inference):
+    """With shared inference the front-ends pull the streams and the inference process runs the model."""
     from edgeinfer_client import Client, ClientError
 
-    r = Running(_config(tmp_path, centerface_onnx, face_video))
+    r = Running(_config(tmp_path, centerface_onnx, face_video, inference))
     try:
         peers_dir = r.sup._peers_dir
         assert oct(os.stat(peers_dir).st_mode & 0o777) == "0o700"
