@@ -71,3 +71,49 @@ def test_each_stream_is_pulled_once_and_either_process_answers_for_all(tmp_path,
         r.stop()
     assert r.rc == 0
     assert not os.path.exists(peers_dir)
+
+
+def _write_config(path, centerface_onnx, face_video, names):
+    streams = "".join(f'\n[[streams]]\nname = "{n}"\nsource = "{face_video}"\nmodel = "faces"\nfps = 3\n'
+                      for n in names)
+    path.write_text(f"""
+[server]
+listen = "127.0.0.1:0"
+workers = 2
+processes = 2
+grace_period_s = 1.0
+
+[cache]
+dir = "{path.parent / 'cache'}"
+
+[[models]]
+name = "faces"
+onnx = "{centerface_onnx}"
+postprocess = {{ task = "centerface" }}
+onnxruntime = {{ intra_op_threads = 1 }}
+input = {{ color = "rgb", resize = "letterbox", size = [640, 480], pad_value = 0 }}
+""" + streams)
+
+
+@pytest.mark.slow
+def test_a_reload_spreads_the_new_stream_list_over_the_processes(tmp_path, centerface_onnx, face_video):
+    from edgeinfer.config import load_config
+    from edgeinfer_client import Client
+
+    path = tmp_path / "edgeinfer.toml"
+    _write_config(path, centerface_onnx, face_video, ["cam0", "cam1"])
+    r = Running(load_config(path), config_path=path)
+    try:
+        with Client(r.listen, timeout=30) as c:
+            assert wait_for(lambda: [s.name for s in c.streams() if s.state == "live"] == ["cam0", "cam1"], 60)
+            _write_config(path, centerface_onnx, face_video, ["cam0", "cam1", "cam2", "door"])
+            r.sup.request_reload()
+            assert wait_for(lambda: [s.name for s in c.streams() if s.state == "live" and s.frames_processed]
+                            == ["cam0", "cam1", "cam2", "door"], 60), c.streams()
+            assert [res.stream for res in c.watch("door", count=1, timeout=30)] == ["door"]
+            _write_config(path, centerface_onnx, face_video, ["door"])
+            r.sup.request_reload()
+            assert wait_for(lambda: [s.name for s in c.streams()] == ["door"], 60), c.streams()
+    finally:
+        r.stop()
+    assert r.rc == 0
