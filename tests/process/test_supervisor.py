@@ -205,3 +205,11 @@ def test_shared_inference_needs_a_tcp_port():
 
     with pytest.raises(ConfigError, match="inference"):
         parse_config({"server": {"listen": "unix:/tmp/x.sock", "inference": "shared"}}, source="t")
+
+
+def test_one_readiness_rule_for_a_daemon_and_a_supervisor():
+    from edgeinfer.process.systemd import ready_by_policy
+
+    assert ready_by_policy("all-models", ["ready", "ready"]) and not ready_by_policy("all-models", ["ready", "loading"])
+    assert ready_by_policy("any-model", ["failed", "ready"]) and not ready_by_policy("any-model", ["failed", "loading"])
+    assert ready_by_policy("any-model", []) and ready_by_policy("listening", ["loading"])

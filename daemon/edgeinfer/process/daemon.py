@@ -246,13 +246,7 @@ class Daemon:
 
     # -- systemd: READY by policy, STATUS, EXTEND_TIMEOUT_USEC -----------------------
     def _ready_by_policy(self) -> bool:
-        policy = self.config.server.ready
-        states = [m.state for m in self.registry]
-        if policy == "all-models":
-            return all(s is ModelState.READY for s in states)
-        if policy == "any-model":
-            return ModelState.READY in states or not states
-        return True  # "listening": the port is bound
+        return systemd.ready_by_policy(self.config.server.ready, (m.state.value for m in self.registry))
 
     def _status_line(self) -> str:
         """What `systemctl status` shows: loading progress, what serves, what failed or stalls."""

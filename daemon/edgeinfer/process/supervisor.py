@@ -265,9 +265,7 @@ class Supervisor:
             if len(self._loaded) == self.count:
                 self._all_loaded.set()
                 # [server] ready = "all-models" / "any-model": judged once every process finished loading.
-                states = [s[0] for s in self._loaded[0].values()]
-                policy = self.config.server.ready
-                ok = all(s == "ready" for s in states) if policy == "all-models" else "ready" in states or not states
+                ok = systemd.ready_by_policy(self.config.server.ready, (s[0] for s in self._loaded[0].values()))
                 if not self._ready_sent and ok:
                     self._ready_sent = True
                     systemd.notify("READY=1")

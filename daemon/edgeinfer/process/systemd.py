@@ -12,6 +12,18 @@ import socket
 log = logging.getLogger(__name__)
 
 
+def ready_by_policy(policy: str, states) -> bool:
+    """Whether [server] ready = `policy` holds for models in `states` ("ready", "loading", ...):
+    "all-models" every one ready, "any-model" one ready (or no models), "listening" always (the
+    port is bound). One rule for a daemon and for a supervisor judging all its processes."""
+    states = list(states)
+    if policy == "all-models":
+        return all(s == "ready" for s in states)
+    if policy == "any-model":
+        return "ready" in states or not states
+    return True
+
+
 def notify(*assignments: str) -> bool:
     """Send "KEY=value" lines to systemd; returns whether a socket was there."""
     address = os.environ.get("NOTIFY_SOCKET")
