@@ -307,16 +307,27 @@ class PreprocessKernel:
         if dst.dtype != np.float32 or dst.shape != (n, c, h, w):
             raise ValueError(f"destination must be float32 {[n, c, h, w]}, got {dst.dtype} {list(dst.shape)}")
         row = src_row_bytes or w * c
-        drv = driver()
-        bx, by, _ = self.BLOCK
-        grid = ((w + bx - 1) // bx, (h + by - 1) // by, n)
         args = ((src.ptr, dst.ptr, h, w, c, row, row * h, int(bool(swap_rb)), *norm.mul, *norm.add),
                 (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                  ctypes.c_int, ctypes.c_int, ctypes.c_float, ctypes.c_float, ctypes.c_float,
                  ctypes.c_float, ctypes.c_float, ctypes.c_float))
+        self._launch(self._function, KERNEL_NAME, w, h, n, args, stream)
+
+    def _launch(self, function, name: str, w: int, h: int, n: int, args, stream: Stream) -> None:
+        """One thread per output pixel of a w x h image, n images, on `stream`, in the kernels' context."""
+        drv = driver()
+        bx, by, _ = self.BLOCK
         check(drv.cuCtxSetCurrent(self._context), "cuCtxSetCurrent")
-        check(drv.cuLaunchKernel(self._function, *grid, *self.BLOCK, 0, drv.CUstream(stream.ptr), args, 0),
-              f"cuLaunchKernel({KERNEL_NAME})")
+        check(drv.cuLaunchKernel(function, (w + bx - 1) // bx, (h + by - 1) // by, n, *self.BLOCK, 0,
+                                 drv.CUstream(stream.ptr), args, 0), f"cuLaunchKernel({name})")
+
+    @staticmethod
+    def _slot(dst: DeviceArray, index: int) -> tuple[int, int, int]:
+        """(address, width, height) of image `index` of a float32 [N, 3, H, W] destination."""
+        n, oc, oh, ow = dst.shape
+        if dst.dtype != np.float32 or oc != 3 or not 0 <= index < n:
+            raise ValueError(f"destination must be float32 [N, 3, H, W] with slot {index}, got {dst.dtype} {list(dst.shape)}")
+        return dst.ptr + index * 3 * oh * ow * 4, ow, oh
 
     def launch_resize(self, src_ptr: int, src_shape: tuple[int, int, int], src_row_bytes: int, job: ResizeJob,
                       dst: DeviceArray, index: int, norm: Normalization, pad: float, stream: Stream) -> None:
@@ -328,28 +339,20 @@ class PreprocessKernel:
             CudaError: the launch failed.
         """
         h, w, c = src_shape
-        n, oc, oh, ow = dst.shape
-        if dst.dtype != np.float32 or oc != 3 or not 0 <= index < n:
-            raise ValueError(f"destination must be float32 [N, 3, H, W] with slot {index}, got {dst.dtype} {list(dst.shape)}")
+        out_ptr, ow, oh = self._slot(dst, index)
         if c not in (1, 3):
             raise ValueError(f"decoded image has {c} channels; 1 or 3 expected")
         red_w, red_h = -(-w // job.reduce), -(-h // job.reduce)
         if (red_w, red_h) != (job.reduced_w, job.reduced_h):
             raise ValueError(f"decoded {w}x{h} at 1/{job.reduce} is {red_w}x{red_h}, the plan expected "
                              f"{job.reduced_w}x{job.reduced_h}")
-        drv = driver()
-        bx, by, _ = self.BLOCK
-        grid = ((ow + bx - 1) // bx, (oh + by - 1) // by, 1)
-        out_ptr = dst.ptr + index * 3 * oh * ow * 4
         args = ((src_ptr, w, h, src_row_bytes, c, job.reduce, red_w, red_h, job.resized_w, job.resized_h,
                  job.dx, job.dy, out_ptr, ow, oh, int(bool(job.swap_rb)), float(pad), *norm.mul, *norm.add),
                 (ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                  ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                  ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_float,
                  ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float))
-        check(drv.cuCtxSetCurrent(self._context), "cuCtxSetCurrent")
-        check(drv.cuLaunchKernel(self._resize_function, *grid, *self.BLOCK, 0, drv.CUstream(stream.ptr), args, 0),
-              f"cuLaunchKernel({RESIZE_KERNEL_NAME})")
+        self._launch(self._resize_function, RESIZE_KERNEL_NAME, ow, oh, 1, args, stream)
 
     def launch_nv12_resize(self, frame: Nv12Surface, job: ResizeJob, dst: DeviceArray, index: int,
                            norm: Normalization, pad: float, stream: Stream) -> None:
@@ -361,25 +364,17 @@ class PreprocessKernel:
             ValueError: shapes do not match the job.
             CudaError: the launch failed.
         """
-        n, oc, oh, ow = dst.shape
-        if dst.dtype != np.float32 or oc != 3 or not 0 <= index < n:
-            raise ValueError(f"destination must be float32 [N, 3, H, W] with slot {index}, got {dst.dtype} {list(dst.shape)}")
+        out_ptr, ow, oh = self._slot(dst, index)
         if job.reduce != 1 or (frame.width, frame.height) != (job.reduced_w, job.reduced_h):
             raise ValueError(f"a {frame.width}x{frame.height} frame does not match the plan's "
                              f"{job.reduced_w}x{job.reduced_h} at 1/{job.reduce}")
-        drv = driver()
-        bx, by, _ = self.BLOCK
-        grid = ((ow + bx - 1) // bx, (oh + by - 1) // by, 1)
-        out_ptr = dst.ptr + index * 3 * oh * ow * 4
         args = ((frame.luma, frame.chroma, frame.pitch, frame.width, frame.height, job.resized_w, job.resized_h,
                  job.dx, job.dy, out_ptr, ow, oh, int(bool(job.swap_rb)), float(pad), *norm.mul, *norm.add),
                 (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                  ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
                  ctypes.c_int, ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float,
                  ctypes.c_float, ctypes.c_float))
-        check(drv.cuCtxSetCurrent(self._context), "cuCtxSetCurrent")
-        check(drv.cuLaunchKernel(self._nv12_function, *grid, *self.BLOCK, 0, drv.CUstream(stream.ptr), args, 0),
-              f"cuLaunchKernel({NV12_KERNEL_NAME})")
+        self._launch(self._nv12_function, NV12_KERNEL_NAME, ow, oh, 1, args, stream)
 
     def nv12_resize_normalize(self, nv12: np.ndarray, job: ResizeJob, out_hw: tuple[int, int],
                               norm: Normalization, pad: float, stream: Stream) -> np.ndarray:
