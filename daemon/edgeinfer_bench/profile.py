@@ -100,8 +100,8 @@ class Sampler:
         return summary
 
 
-def thread_cpu_ticks(pid: int) -> dict[int, int]:
-    """utime + stime (clock ticks) of every thread of `pid`, by thread id."""
+def thread_stats(pid: int) -> dict[int, tuple[str, int]]:
+    """(the OS's name, utime + stime in clock ticks) of every thread of `pid`, by thread id."""
     out = {}
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
@@ -113,8 +113,13 @@ def thread_cpu_ticks(pid: int) -> dict[int, int]:
         except OSError:
             continue
         rest = stat[stat.rfind(")") + 2:].split()
-        out[int(task.name)] = int(rest[11]) + int(rest[12])
+        out[int(task.name)] = (stat[stat.find("(") + 1:stat.rfind(")")], int(rest[11]) + int(rest[12]))
     return out
+
+
+def thread_cpu_ticks(pid: int) -> dict[int, int]:
+    """utime + stime (clock ticks) of every thread of `pid`, by thread id."""
+    return {tid: ticks for tid, (_name, ticks) in thread_stats(pid).items()}
 
 
 def thread_busy(before: dict[int, int], after: dict[int, int], seconds: float,

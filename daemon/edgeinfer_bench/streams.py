@@ -35,6 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeinfer_bench.environment import tree_cpu_seconds
+from edgeinfer_bench.profile import thread_busy, thread_stats
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VIDEO = ROOT / "assets" / "media" / "carphone_pristine.mp4"
 DEFAULT_ONNX = ROOT / "assets" / "models" / "centerface.onnx"
@@ -67,39 +70,24 @@ def _timed(read):
     return (t0 + time.monotonic()) / 2, value
 
 
-def _thread_cpu() -> dict[int, tuple[str, float]]:
-    """(name, CPU seconds user + system) of each thread of this process, by native id."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for task in os.listdir("/proc/self/task"):
-        try:
-            head, tail = Path(f"/proc/self/task/{task}/stat").read_text().rsplit(")", 1)
-        except OSError:
-            continue
-        fields = tail.split()
-        out[int(task)] = (head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / ticks)
-    return out
-
-
 def _busiest_threads(before: dict, after: dict, wall: float, top: int = 6) -> str:
     """CPU cores used by each kind of thread (Python's name for it, else the OS's, numbering dropped),
-    busiest first: a kind near one core on a many-core machine is what bounds the process."""
+    busiest first: a kind near one core on a many-core machine is what bounds the process.
+    `before`/`after`: profile.thread_stats of this process."""
     names = {t.native_id: t.name for t in threading.enumerate()}
-    groups: dict[str, float] = {}
-    for tid, (comm, cpu) in after.items():
-        kind = re.sub(r"[-_:]?s?[0-9]+$", "", names.get(tid, comm)) or comm
-        groups[kind] = groups.get(kind, 0.0) + cpu - before.get(tid, (comm, 0.0))[1]
-    busiest = sorted(groups.items(), key=lambda kv: -kv[1])[:top]
-    return ", ".join(f"{kind} {cpu / wall:.2f}" for kind, cpu in busiest)
+    kinds = {tid: re.sub(r"[-_:]?s?[0-9]+$", "", names.get(tid, comm)) or comm for tid, (comm, _) in after.items()}
+    busy = thread_busy({tid: t for tid, (_, t) in before.items()}, {tid: t for tid, (_, t) in after.items()},
+                       wall, kinds)
+    return ", ".join(f"{kind} {cores:.2f}" for kind, cores in busy[:top])
 
 
 def _decode_cpu(before: dict, after: dict, readers: set[int]) -> float:
     """CPU seconds of the capture threads and FFmpeg's decoder threads (named "av:<codec>:...")."""
-    total = 0.0
-    for tid, (name, cpu) in after.items():
+    ticks = 0
+    for tid, (name, t) in after.items():
         if tid in readers or name.startswith("av:"):
-            total += cpu - before.get(tid, (name, 0.0))[1]
-    return total
+            ticks += t - before.get(tid, (name, 0))[1]
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class _Daemon:
@@ -162,15 +150,7 @@ class _Supervised:
 
     def cpu(self) -> float:
         """CPU seconds (user + system) of every process of the daemon."""
-        ticks = os.sysconf("SC_CLK_TCK")
-        total = 0.0
-        for pid in self.sup.pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += (int(fields[11]) + int(fields[12])) / ticks
-        return total
+        return sum(tree_cpu_seconds(pid) for pid in self.sup.pids)
 
     def stop(self):
         self.sup.request_stop()
@@ -287,11 +267,11 @@ def run_one(args, video: Path, size: str, work: Path, count: int, decode: str, i
     # Every reading carries the time it was taken: on a busy interpreter this thread can wait
     # seconds for the GIL between two readings, and one window for all would skew the rates.
     before = {s.name: _timed(s.stats) for s in streams}
-    (w0, (cpu0, threads0)) = _timed(lambda: (time.process_time(), _thread_cpu()))
+    (w0, (cpu0, threads0)) = _timed(lambda: (time.process_time(), thread_stats(os.getpid())))
     measuring.set()
     time.sleep(args.seconds)
     measuring.clear()
-    (w1, (cpu1, threads1)) = _timed(lambda: (time.process_time(), _thread_cpu()))
+    (w1, (cpu1, threads1)) = _timed(lambda: (time.process_time(), thread_stats(os.getpid())))
     after = {s.name: _timed(s.stats) for s in streams}
     wall, cpu = w1 - w0, cpu1 - cpu0
     lag = max(t for t, _ in after.values()) - w1
