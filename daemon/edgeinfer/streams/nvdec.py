@@ -26,11 +26,9 @@ from typing import Union
 
 import numpy as np
 
-from edgeinfer.config import StreamConfig
+from edgeinfer.config import SOURCE_DEVICE, SOURCE_FILE, SOURCE_GSTREAMER, StreamConfig, source_kind
 from edgeinfer.runtime.gpu.image_job import Nv12Surface
-from edgeinfer.config import SOURCE_DEVICE, SOURCE_FILE, SOURCE_GSTREAMER, source_kind
 from edgeinfer.streams.sources import Source, SourceError, redact
-
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +99,7 @@ def _planes(frame, width: int, height: int) -> tuple[int, int, int, int]:
 
 class NvdecSource(Source):
     """One NVDEC decoder fed by PyNvVideoCodec's FFmpeg demuxer (files and RTSP/HTTP URLs);
-    `read()` returns each frame as an Nv12Surface in GPU memory.
+    `retrieve()` returns each frame as an Nv12Surface in GPU memory.
 
     Should the device frames fail before the first one is handed on (a PyNvVideoCodec
     whose frames this code cannot read), the source reopens with frames in host memory,
@@ -183,10 +181,6 @@ class NvdecSource(Source):
             return self.read()
         self._handed_on += 1
         return surface
-
-    def read(self) -> Union[Nv12Surface, np.ndarray]:
-        self.grab()
-        return self.retrieve()
 
     def _device_frame(self, frame, width: int, height: int) -> Nv12Surface:
         from edgeinfer.runtime.gpu.memory import use_device
