@@ -152,7 +152,7 @@ class Daemon:
         signals.route(handlers, self._loop)
         limit = self.config.server.max_message_bytes
         listen = self.config.server.listen
-        if not self.reuse_port and not listen.endswith(":0"):  # port 0: gRPC picks a free one
+        if not self.reuse_port:
             try:
                 claim_listen(listen)
             except ValueError:  # not host:port: gRPC's own bind names what it could not use
